@@ -1,0 +1,73 @@
+//! The Support agent. Owns `open_tickets`, `last_interaction` and
+//! `satisfaction_score`; shares `status` with Sales.
+//!
+//! Messages:
+//! - `escalation` `{ticket, summary}`: opens a ticket and marks the customer
+//!   `at_risk`.
+//! - `resolved` `{ticket, satisfaction}`: closes a ticket; with none left open
+//!   the customer is `active` again.
+//!
+//! Each change is computed from a fresh read and committed against that
+//! read's version; on a conflict Support re-reads and recomputes (a ticket
+//! count is never blindly re-applied to a stale value).
+
+use concord_agent::{Entity, Handler, Message, Value, Write, WriteError, describe, kb, warn};
+
+struct Support;
+
+const ATTEMPTS: usize = 5;
+
+impl Handler for Support {
+    fn handle(message: Message) -> Result<String, String> {
+        let target = message.entity.clone().ok_or("support needs an entity, such as customer/acme")?;
+        let body = message.body_json();
+        let ticket = body["ticket"].as_str().unwrap_or("?").to_string();
+        let plan: Box<dyn Fn(&Entity) -> (Write, String)> = match message.kind.as_str() {
+            "escalation" => {
+                let summary = body["summary"].as_str().unwrap_or("escalation").to_string();
+                let ticket = ticket.clone();
+                Box::new(move |c: &Entity| {
+                    let open = c.integer("open_tickets").unwrap_or(0) + 1;
+                    let w = Write::update(c)
+                        .set("status", Value::Text("at_risk".into()))
+                        .set("open_tickets", Value::Integer(open))
+                        .set("last_interaction", Value::Text(format!("{ticket}: {summary}")));
+                    (w, format!("escalation {ticket}: {summary}; {open} ticket(s) open, customer at risk"))
+                })
+            }
+            "resolved" => {
+                let satisfaction = body["satisfaction"].as_f64();
+                let ticket = ticket.clone();
+                Box::new(move |c: &Entity| {
+                    let open = (c.integer("open_tickets").unwrap_or(0) - 1).max(0);
+                    let mut w = Write::update(c)
+                        .set("open_tickets", Value::Integer(open))
+                        .set("last_interaction", Value::Text(format!("{ticket}: resolved")));
+                    if open == 0 {
+                        w = w.set("status", Value::Text("active".into()));
+                    }
+                    if let Some(s) = satisfaction {
+                        w = w.set("satisfaction_score", Value::Float(s));
+                    }
+                    let status = if open == 0 { "customer active again" } else { "still at risk" };
+                    (w, format!("ticket {ticket} resolved; {open} open, {status}"))
+                })
+            }
+            other => {
+                return Err(format!("support does not handle `{other}` messages (it handles escalation, resolved)"));
+            }
+        };
+        for attempt in 1..=ATTEMPTS {
+            let customer = kb::get(&target)?.ok_or_else(|| format!("{target} does not exist"))?;
+            let (w, why) = plan(&customer);
+            match kb::commit(&[w], &why) {
+                Ok(v) => return Ok(format!("{why} ({target} version {})", v[0])),
+                Err(e @ WriteError::Conflict(_)) => warn(&format!("attempt {attempt}: {}; re-reading", describe(&e))),
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+        Err(format!("{target} kept changing under {ATTEMPTS} attempts; ticket {ticket} not recorded"))
+    }
+}
+
+concord_agent::export!(Support);

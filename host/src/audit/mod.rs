@@ -1,0 +1,368 @@
+//! The audit log: one entry for every host call, hash-chained.
+//!
+//! Entries are appended by the store (see [`crate::kb::Store`]) so that a
+//! commit's entry lands in the same transaction as the commit itself. This
+//! module owns the entry format, the chain hash and the query filter.
+//!
+//! # Hash format
+//! `hash = hex(sha256(json))`, where `json` is the entry serialized by
+//! `serde_json` with every field except `hash`, in declaration order (the
+//! order of [`AuditEntry`]'s fields). `prev_hash` of the first entry is 64
+//! zeros. Any edit, deletion or reordering breaks the chain at that entry.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// What the host decided about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The call was allowed and carried out.
+    Allowed,
+    /// An ownership rule refused it.
+    Forbidden,
+    /// A version expectation did not hold.
+    Conflict,
+    /// Schema violation or malformed request.
+    Invalid,
+    /// The agent ran but reported an error.
+    Failed,
+    /// The invocation trapped: a wasm trap, fuel or time exhausted, memory
+    /// limit hit, or an instantiation failure.
+    Trapped,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 6] =
+        [Self::Allowed, Self::Forbidden, Self::Conflict, Self::Invalid, Self::Failed, Self::Trapped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Forbidden => "forbidden",
+            Self::Conflict => "conflict",
+            Self::Invalid => "invalid",
+            Self::Failed => "failed",
+            Self::Trapped => "trapped",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = Self::ALL.iter().map(|d| d.as_str()).collect();
+            format!("unknown outcome `{s}`: use one of {}", all.join(", "))
+        })
+    }
+}
+
+/// The names of the calls the audit records.
+pub mod calls {
+    pub const INVOCATION_START: &str = "invocation.start";
+    pub const INVOCATION_END: &str = "invocation.end";
+    pub const GET: &str = "kb.get";
+    pub const COMMIT: &str = "kb.commit";
+    pub const HISTORY: &str = "kb.history";
+    pub const RECENT: &str = "kb.recent";
+    pub const LOG: &str = "log.log";
+    /// Every call an agent itself can make (not the invocation bracket).
+    pub const AGENT_CALLS: [&str; 5] = [GET, COMMIT, HISTORY, RECENT, LOG];
+}
+
+/// An entry before the store gives it a place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDraft {
+    pub agent: String,
+    /// sha256 of the agent's component, hex.
+    pub digest: String,
+    /// The invocation's id; `None` for an `invocation.start` entry, whose
+    /// own sequence number becomes the invocation id.
+    pub invocation: Option<u64>,
+    pub call: String,
+    /// Entities the call touched, as `kind/id`.
+    pub entities: Vec<String>,
+    /// The call's arguments as JSON, bounded by `limits.audit_arg_bytes`.
+    pub args: String,
+    pub decision: Decision,
+    /// The rule that decided, where one did (`ownership: …`, `version`, …).
+    pub rule: Option<String>,
+    /// A short, human-readable result.
+    pub outcome: String,
+    pub duration_us: u64,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Gap-free, starting at 1.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub agent: String,
+    pub digest: String,
+    pub invocation: u64,
+    pub call: String,
+    pub entities: Vec<String>,
+    pub args: String,
+    pub decision: Decision,
+    pub rule: Option<String>,
+    pub outcome: String,
+    pub duration_us: u64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `prev_hash` of the first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditEntry {
+    /// Places a draft in the chain after `prev_hash`.
+    pub fn seal(draft: AuditDraft, seq: u64, at_ms: u64, prev_hash: &str) -> AuditEntry {
+        let mut entry = AuditEntry {
+            seq,
+            at_ms,
+            agent: draft.agent,
+            digest: draft.digest,
+            invocation: draft.invocation.unwrap_or(seq),
+            call: draft.call,
+            entities: draft.entities,
+            args: draft.args,
+            decision: draft.decision,
+            rule: draft.rule,
+            outcome: draft.outcome,
+            duration_us: draft.duration_us,
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash();
+        entry
+    }
+
+    /// The hash this entry should carry (see the module docs).
+    pub fn compute_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct Hashed<'a> {
+            seq: u64,
+            at_ms: u64,
+            agent: &'a str,
+            digest: &'a str,
+            invocation: u64,
+            call: &'a str,
+            entities: &'a [String],
+            args: &'a str,
+            decision: Decision,
+            rule: &'a Option<String>,
+            outcome: &'a str,
+            duration_us: u64,
+            prev_hash: &'a str,
+        }
+        let json = serde_json::to_vec(&Hashed {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            agent: &self.agent,
+            digest: &self.digest,
+            invocation: self.invocation,
+            call: &self.call,
+            entities: &self.entities,
+            args: &self.args,
+            decision: self.decision,
+            rule: &self.rule,
+            outcome: &self.outcome,
+            duration_us: self.duration_us,
+            prev_hash: &self.prev_hash,
+        })
+        .unwrap_or_default(); // serializing plain strings and integers cannot fail
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+/// Which entries `concord audit` shows. Every set filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub agent: Option<String>,
+    pub entity: Option<String>,
+    pub call: Option<String>,
+    pub decision: Option<Decision>,
+    pub invocation: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Keep only the newest `limit` matches (still printed oldest first).
+    pub limit: Option<usize>,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.agent.as_ref().is_none_or(|a| &e.agent == a)
+            && self.entity.as_ref().is_none_or(|x| e.entities.iter().any(|y| y == x))
+            && self.call.as_ref().is_none_or(|c| &e.call == c)
+            && self.decision.is_none_or(|d| e.decision == d)
+            && self.invocation.is_none_or(|i| e.invocation == i)
+            && self.since_ms.is_none_or(|t| e.at_ms >= t)
+            && self.until_ms.is_none_or(|t| e.at_ms <= t)
+    }
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Every entry links to the one before and hashes to what it claims.
+    Intact { entries: u64, head: String },
+    /// The first entry that is wrong, and how.
+    Broken { seq: u64, problem: String },
+}
+
+/// Checks a run of entries, in order, starting from the genesis hash.
+pub fn verify<I: IntoIterator<Item = AuditEntry>>(entries: I) -> Verification {
+    let mut chain = ChainVerifier::default();
+    for e in entries {
+        if let Err(broken) = chain.push(&e) {
+            return broken;
+        }
+    }
+    chain.finish()
+}
+
+/// Verifies a chain one entry at a time, so a long log is never held whole.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: String,
+    next_seq: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self { prev: GENESIS_HASH.to_string(), next_seq: 1 }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next entry; on failure returns the [`Verification::Broken`]
+    /// to report.
+    pub fn push(&mut self, e: &AuditEntry) -> Result<(), Verification> {
+        let expected = self.next_seq;
+        if e.seq != expected {
+            let problem = if e.seq > expected {
+                format!("entries {expected}..{} are missing (deleted)", e.seq - 1)
+            } else {
+                format!("sequence number {} appears after {} (reordered)", e.seq, expected - 1)
+            };
+            return Err(Verification::Broken { seq: expected, problem });
+        }
+        if e.prev_hash != self.prev {
+            return Err(Verification::Broken {
+                seq: e.seq,
+                problem:
+                    "prev_hash does not match the previous entry (an entry before it was edited, removed or reordered)"
+                        .into(),
+            });
+        }
+        if e.compute_hash() != e.hash {
+            return Err(Verification::Broken {
+                seq: e.seq,
+                problem: "the entry's contents do not match its hash (edited)".into(),
+            });
+        }
+        self.prev.clone_from(&e.hash);
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// The seq the next entry must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn finish(self) -> Verification {
+        Verification::Intact { entries: self.next_seq - 1, head: self.prev }
+    }
+}
+
+/// Bounds a call's arguments for the audit, marking what was cut.
+pub fn bounded(mut json: String, max: usize) -> String {
+    if json.len() <= max {
+        return json;
+    }
+    let total = json.len();
+    let mut cut = max;
+    while !json.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    json.truncate(cut);
+    json.push_str(&format!("…(truncated, {total} bytes in all)"));
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(call: &str) -> AuditDraft {
+        AuditDraft {
+            agent: "sales".into(),
+            digest: "ab".into(),
+            invocation: Some(1),
+            call: call.into(),
+            entities: vec!["customer/acme".into()],
+            args: "{}".into(),
+            decision: Decision::Allowed,
+            rule: None,
+            outcome: "ok".into(),
+            duration_us: 3,
+        }
+    }
+
+    fn chain(n: u64) -> Vec<AuditEntry> {
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|seq| {
+                let e = AuditEntry::seal(draft("kb.get"), seq, 1000 + seq, &prev);
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        assert!(matches!(verify(chain(5)), Verification::Intact { entries: 5, .. }));
+    }
+
+    #[test]
+    fn edits_deletions_and_reorders_are_found_at_the_first_bad_entry() {
+        let mut c = chain(5);
+        c[2].outcome = "edited".into();
+        assert_eq!(verify(c).broken_seq(), Some(3));
+
+        let mut c = chain(5);
+        c.remove(1);
+        assert_eq!(verify(c).broken_seq(), Some(2));
+
+        let mut c = chain(5);
+        c.swap(1, 2);
+        assert_eq!(verify(c).broken_seq(), Some(2));
+    }
+
+    #[test]
+    fn bounded_marks_truncation_on_a_char_boundary() {
+        assert_eq!(bounded("abc".into(), 10), "abc");
+        let b = bounded("ééééé".into(), 3);
+        assert!(b.starts_with('é') && b.contains("truncated, 10 bytes"), "{b}");
+    }
+
+    impl Verification {
+        fn broken_seq(&self) -> Option<u64> {
+            match self {
+                Verification::Broken { seq, .. } => Some(*seq),
+                Verification::Intact { .. } => None,
+            }
+        }
+    }
+}

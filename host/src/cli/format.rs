@@ -1,0 +1,180 @@
+//! Human-readable tables and JSON lines for the CLI.
+
+use crate::audit::AuditEntry;
+use crate::coord::script::StepReport;
+use crate::kb::{Entity, Event, Value, now_ms};
+use crate::policy::config::Config;
+use crate::runtime::{Outcome, Runtime};
+use serde_json::json;
+
+/// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn fmt_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (H. Hinnant), for days since 1970-01-01.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+/// Parses `--since`/`--until`: ms since the epoch, or an age (`30s`, `10m`,
+/// `2h`, `7d`) counted back from now.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a time: use ms since the epoch, or an age like 30s, 10m, 2h, 7d"))?;
+    let unit_ms = match unit {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use s, m, h or d")),
+    };
+    Ok(now_ms().saturating_sub(n.saturating_mul(unit_ms)))
+}
+
+fn value(v: &Option<Value>) -> String {
+    v.as_ref().map_or_else(|| "∅".to_string(), ToString::to_string)
+}
+
+pub fn print_entity(e: &Entity, as_json: bool) {
+    if as_json {
+        let fields: serde_json::Map<_, _> = e.fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        println!(
+            "{}",
+            json!({ "entity": e.entity.key(), "version": e.version, "updated_at_ms": e.updated_at_ms,
+                    "updated_by": e.updated_by, "fields": fields })
+        );
+        return;
+    }
+    println!("{}  version {}  (updated by {} at {})", e.entity, e.version, e.updated_by, fmt_time(e.updated_at_ms));
+    let width = e.fields.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in &e.fields {
+        println!("  {k:width$}  {v}");
+    }
+}
+
+pub fn print_events(events: &[Event], as_json: bool) {
+    for e in events {
+        if as_json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            continue;
+        }
+        println!(
+            "#{:<5} {}  {:<8} {} v{} {}  \"{}\" (invocation {})",
+            e.seq,
+            fmt_time(e.at_ms),
+            e.agent,
+            e.entity,
+            e.version,
+            e.kind.as_str(),
+            e.reason,
+            e.invocation
+        );
+        for c in &e.changes {
+            println!("         {}: {} -> {}", c.name, value(&c.before), value(&c.after));
+        }
+    }
+}
+
+pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
+    if !as_json {
+        println!("{:>5}  {:<24} {:<8} {:>5}  {:<16} {:<9}  outcome", "seq", "time", "agent", "inv", "call", "decision");
+    }
+    for e in entries {
+        if as_json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            continue;
+        }
+        let mut outcome = e.outcome.replace('\n', " ");
+        if let Some(rule) = &e.rule {
+            outcome.push_str(&format!("  [rule: {rule}]"));
+        }
+        if outcome.chars().count() > 140 {
+            outcome = outcome.chars().take(139).collect::<String>() + "…";
+        }
+        println!(
+            "{:>5}  {:<24} {:<8} {:>5}  {:<16} {:<9}  {}",
+            e.seq,
+            fmt_time(e.at_ms),
+            e.agent,
+            e.invocation,
+            e.call,
+            e.decision.as_str(),
+            outcome
+        );
+    }
+}
+
+pub fn print_agents(runtime: &Runtime, config: &Config, as_json: bool) {
+    for a in runtime.agents() {
+        let fields = config.schema.writable_by(&a.name);
+        if as_json {
+            println!("{}", json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields }));
+        } else {
+            println!("{:<10} sha256:{}  {}", a.name, a.digest, a.path.display());
+            println!("           writes: {}", if fields.is_empty() { "(nothing)".into() } else { fields.join(", ") });
+        }
+    }
+}
+
+pub fn print_step(step: &StepReport) {
+    let line = match step.line() {
+        0 => "end".to_string(),
+        n => format!("line {n}"),
+    };
+    match step {
+        StepReport::Paused { id, agent, call, note, .. } => {
+            if let Some(note) = note {
+                println!("[{line:>8}] -- {note}");
+            }
+            println!("[{line:>8}] {agent:<8} paused before {call} (trigger `{id}`; resumes later in the script)");
+        }
+        StepReport::Finished { note, invocation, .. } => {
+            if let Some(note) = note {
+                println!("[{line:>8}] -- {note}");
+            }
+            let (tag, text) = match &invocation.outcome {
+                Outcome::Ok(s) => ("ok", s),
+                Outcome::Failed(s) => ("FAILED", s),
+                Outcome::Trapped(s) => ("TRAPPED", s),
+            };
+            println!(
+                "[{line:>8}] {:<8} invocation {:<4} {tag}: {text}  ({} host calls)",
+                invocation.agent, invocation.id, invocation.host_calls
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_utc() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(fmt_time(1_796_000_000_123), "2026-11-30T00:53:20.123Z");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn ages_and_epochs_parse() {
+        assert_eq!(parse_time("1234"), Ok(1234));
+        let t = parse_time("10m").expect("age");
+        assert!(now_ms() - t >= 600_000);
+        assert!(parse_time("10y").is_err());
+        assert!(parse_time("soon").is_err());
+    }
+}

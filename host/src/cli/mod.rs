@@ -1,0 +1,297 @@
+//! The `concord` command line. Uses `anyhow` at the edge; every error names
+//! the thing involved and what to do.
+//!
+//! Exit codes: 0 success; 1 the work ran but something in it failed (an
+//! invocation failed or trapped, the audit chain is broken); 2 bad usage;
+//! 3 bad input (config, agents, script, store); 4 not found.
+
+mod format;
+
+use crate::audit::{AuditFilter, Decision, Verification};
+use crate::coord::script::{self, Script, StepReport};
+use crate::host::{Host, StartError};
+use crate::kb::{EntityRef, RedbStore, Store, StoreError};
+use crate::policy::config::{Config, ConfigError, DEFAULT_CONFIG};
+use crate::runtime::{LoadError, Outcome, Runtime};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const AFTER_HELP: &str = "\
+Examples:
+  concord run --script scenarios/acme.jsonl   play the Acme scenario
+  concord get customer/acme                   current state, with its version
+  concord history customer/acme               every change, who made it and why
+  concord audit --agent sales                 every host call sales made
+  concord audit --outcome forbidden --json    refusals, as JSON lines
+  concord audit verify                        check the audit hash chain
+  concord agents                              loaded agents, digests, writable fields
+
+Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain);
+2 bad usage; 3 bad input (config, agents, script, store); 4 not found.
+Logs go to stderr; set CONCORD_LOG (e.g. CONCORD_LOG=debug) to see more.";
+
+/// Concord: sandboxed WebAssembly agents sharing one versioned, owned,
+/// audited knowledge base.
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The config file. Relative paths in it are resolved against its folder.
+    #[arg(long, short, global = true, env = "CONCORD_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the agents and play a script of triggers, then print a summary.
+    ///
+    /// The script is JSON lines: {"agent":"sales","kind":"upsell","entity":"customer/acme","body":{...}}.
+    /// Optional keys: "note" (shown in the summary), "id" and "pause_before" (a host call,
+    /// such as "kb.commit": the invocation waits there until a later {"resume":"ID"} line).
+    /// Lines starting with # are comments.
+    Run {
+        /// The script to play; `-` reads standard input.
+        #[arg(long, short)]
+        script: PathBuf,
+    },
+    /// Show an entity's current state and version.
+    Get {
+        /// The entity, as kind/id (e.g. customer/acme).
+        entity: EntityRef,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an entity's events: who changed which fields, when and why.
+    History {
+        /// The entity, as kind/id.
+        entity: EntityRef,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query the audit log (every host call), or verify its hash chain.
+    Audit(AuditArgs),
+    /// List the agents in the agents folder: digest and writable fields.
+    Agents {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+    /// Only calls by this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only calls touching this entity (kind/id).
+    #[arg(long)]
+    pub entity: Option<EntityRef>,
+    /// Only this call: kb.get, kb.commit, kb.history, kb.recent, log.log,
+    /// invocation.start, invocation.end.
+    #[arg(long)]
+    pub call: Option<String>,
+    /// Only this decision: allowed, forbidden, conflict, invalid, failed, trapped.
+    #[arg(long)]
+    pub outcome: Option<Decision>,
+    /// Only this invocation id.
+    #[arg(long)]
+    pub invocation: Option<u64>,
+    /// Only entries at or after this time: ms since the epoch, or an age such as 30s, 10m, 2h, 7d.
+    #[arg(long, value_parser = format::parse_time)]
+    pub since: Option<u64>,
+    /// Only entries at or before this time (same forms as --since).
+    #[arg(long, value_parser = format::parse_time)]
+    pub until: Option<u64>,
+    /// Only the newest N matching entries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Recompute the hash chain; report the first bad entry and exit 1 if broken.
+    Verify,
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = if error.downcast_ref::<ConfigError>().is_some()
+            || error.downcast_ref::<LoadError>().is_some()
+            || error.downcast_ref::<StartError>().is_some()
+            || error.downcast_ref::<StoreError>().is_some()
+            || error.downcast_ref::<script::ScriptError>().is_some()
+        {
+            3
+        } else {
+            1
+        };
+        Failure { code, error }
+    }
+}
+
+/// Runs the command line; the `concord` binary is just this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `run` shows what agents log; the per-invocation results are printed
+    // on stdout already, so the host's own chatter stays at `warn`.
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "warn,concord::agent=info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Run { script } => run(&cli.config, &script),
+        Command::Get { entity, json } => {
+            let store = open_store(&cli.config)?;
+            match store.get(&entity)? {
+                Some(e) => {
+                    format::print_entity(&e, json);
+                    Ok(0)
+                }
+                None => Err(Failure {
+                    code: 4,
+                    error: anyhow::anyhow!("{entity} does not exist (see `concord history {entity}`, or check the id)"),
+                }),
+            }
+        }
+        Command::History { entity, after, limit, json } => {
+            let store = open_store(&cli.config)?;
+            let events = store.history(&entity, after, limit)?;
+            if events.is_empty() && !json {
+                return Err(Failure { code: 4, error: anyhow::anyhow!("{entity} has no events after seq {after}") });
+            }
+            format::print_events(&events, json);
+            Ok(0)
+        }
+        Command::Audit(args) => audit(&cli.config, args),
+        Command::Agents { json } => {
+            let config = Config::load(&cli.config)?;
+            let runtime = Runtime::load(&config.agents_dir, config.limits.clone())?;
+            format::print_agents(&runtime, &config, json);
+            Ok(0)
+        }
+    }
+}
+
+fn open_store(config: &std::path::Path) -> Result<RedbStore, Failure> {
+    let config = Config::load(config)?;
+    Ok(RedbStore::open_read_only(&config.kb_path)?)
+}
+
+fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
+    let store = open_store(config)?;
+    if let Some(AuditAction::Verify) = args.action {
+        return match store.verify_audit()? {
+            Verification::Intact { entries, head } => {
+                println!("audit chain intact: {entries} entries, head {head}");
+                Ok(0)
+            }
+            Verification::Broken { seq, problem } => {
+                println!("audit chain BROKEN at entry {seq}: {problem}");
+                Ok(1)
+            }
+        };
+    }
+    let filter = AuditFilter {
+        agent: args.agent,
+        entity: args.entity.map(|e| e.key()),
+        call: args.call,
+        decision: args.outcome,
+        invocation: args.invocation,
+        since_ms: args.since,
+        until_ms: args.until,
+        limit: args.limit,
+    };
+    let entries = store.audit(&filter)?;
+    format::print_audit(&entries, args.json);
+    Ok(0)
+}
+
+fn run(config_path: &std::path::Path, script_path: &std::path::Path) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    // Parse the whole script before starting, so a bad line writes nothing.
+    let script = if script_path == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Script::parse(&text, std::path::Path::new("<stdin>"))?
+    } else {
+        Script::load(script_path)?
+    };
+    // Check the script against the agents before the store is opened.
+    script.check(&config.schema, &crate::runtime::agent_names(&config.agents_dir)?)?;
+    let host = Arc::new(Host::start(config)?);
+    for w in host.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let names: Vec<String> = host.agents().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
+    println!("concord: {} agents loaded: {}", names.len(), names.join(", "));
+    println!("concord: knowledge base {}", host.config().kb_path.display());
+    println!();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let results = runtime.block_on(script::run(host.clone(), &script, format::print_step))?;
+
+    let ok = results.iter().filter(|i| i.outcome.is_ok()).count();
+    let failed = results.iter().filter(|i| matches!(i.outcome, Outcome::Failed(_))).count();
+    let trapped = results.iter().filter(|i| matches!(i.outcome, Outcome::Trapped(_))).count();
+    println!();
+    println!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
+    let refused = host.store().audit(&AuditFilter::default())?;
+    let count = |d: Decision| refused.iter().filter(|e| e.decision == d && e.call.starts_with("kb.")).count();
+    println!(
+        "         host calls refused in this knowledge base: {} conflict, {} forbidden, {} invalid",
+        count(Decision::Conflict),
+        count(Decision::Forbidden),
+        count(Decision::Invalid)
+    );
+    println!("         see `concord audit` for every call, `concord history KIND/ID` for every change");
+    Ok(if failed + trapped == 0 { 0 } else { 1 })
+}
+
+impl StepReport {
+    fn line(&self) -> usize {
+        match self {
+            StepReport::Paused { line, .. } | StepReport::Finished { line, .. } => *line,
+        }
+    }
+}

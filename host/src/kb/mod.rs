@@ -1,0 +1,13 @@
+//! The knowledge base: entities, events, versions, and where they are stored.
+//!
+//! - [`model`]: the data types (entities, values, events, writes, conflicts).
+//! - [`store`]: the [`Store`] trait every backend implements.
+//! - [`redb_store`]: the embedded default backend.
+
+pub mod model;
+pub mod redb_store;
+pub mod store;
+
+pub use model::{Conflict, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields, Value, Write, now_ms};
+pub use redb_store::RedbStore;
+pub use store::{CommitOutcome, CommitRequest, Store, StoreError};

@@ -1,0 +1,384 @@
+//! `concord.toml`: parsing and validation.
+//!
+//! A config is parsed and checked whole before anything uses it, so a bad
+//! config is refused at start (with the file, the line and what to do) and
+//! never half-applied.
+
+use super::schema::{FieldDef, FieldType, KindDef, Schema, Writers};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The default config file name, looked up in the current directory.
+pub const DEFAULT_CONFIG: &str = "concord.toml";
+
+/// A config that could not be loaded. Names the file, the line where known,
+/// and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Per-invocation sandbox limits, and the bounds on what the audit keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory an invocation may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wasm fuel (roughly, instructions) an invocation may burn.
+    pub fuel: u64,
+    /// Wall-clock time an invocation may take, enforced by epoch deadlines.
+    pub timeout: Duration,
+    /// How much of a call's arguments an audit entry keeps.
+    pub audit_arg_bytes: usize,
+    /// How much stdout+stderr an invocation may write before it is dropped.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            fuel: 5_000_000_000,
+            timeout: Duration::from_secs(10),
+            audit_arg_bytes: 2048,
+            output_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (or a label for inline text).
+    pub file: PathBuf,
+    /// The redb file of the knowledge base.
+    pub kb_path: PathBuf,
+    /// Where the agents' `*.wasm` components are.
+    pub agents_dir: PathBuf,
+    pub limits: Limits,
+    pub schema: Schema,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    kb: RawKb,
+    #[serde(default)]
+    agents: RawAgents,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    kinds: BTreeMap<Spanned<String>, Spanned<RawKind>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKb {
+    #[serde(default = "default_kb_path")]
+    path: String,
+}
+
+impl Default for RawKb {
+    fn default() -> Self {
+        Self { path: default_kb_path() }
+    }
+}
+
+fn default_kb_path() -> String {
+    "data/concord.redb".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgents {
+    #[serde(default = "default_agents_dir")]
+    dir: String,
+}
+
+impl Default for RawAgents {
+    fn default() -> Self {
+        Self { dir: default_agents_dir() }
+    }
+}
+
+fn default_agents_dir() -> String {
+    "agents".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mib: Option<Spanned<u64>>,
+    fuel: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    audit_arg_bytes: Option<Spanned<u64>>,
+    output_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    fields: BTreeMap<Spanned<String>, Spanned<RawField>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: Spanned<String>,
+    owner: Option<Spanned<String>>,
+    writers: Option<Spanned<Vec<String>>>,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read the config: {e} (pass --config FILE, or create {DEFAULT_CONFIG})"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses config text. `file` labels errors; `base` resolves relative paths.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim_end().to_string()))?;
+
+        let mut limits = Limits::default();
+        let positive = |v: &Option<Spanned<u64>>, name: &str| -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(s) if *s.get_ref() == 0 => {
+                    Err(err(Some(s.span()), format!("limits.{name} must be greater than 0")))
+                }
+                Some(s) => Ok(Some(*s.get_ref())),
+                None => Ok(None),
+            }
+        };
+        let to_usize = |v: u64, span: Option<std::ops::Range<usize>>, name: &str| {
+            usize::try_from(v).map_err(|_| err(span, format!("limits.{name} is too large for this machine")))
+        };
+        if let Some(mib) = positive(&raw.limits.memory_mib, "memory_mib")? {
+            let span = raw.limits.memory_mib.as_ref().map(Spanned::span);
+            if mib > 4096 {
+                return Err(err(
+                    span,
+                    "limits.memory_mib is at most 4096 (a wasm32 memory cannot grow past 4 GiB)".into(),
+                ));
+            }
+            limits.memory_bytes = to_usize(mib << 20, span, "memory_mib")?;
+        }
+        if let Some(fuel) = positive(&raw.limits.fuel, "fuel")? {
+            limits.fuel = fuel;
+        }
+        if let Some(ms) = positive(&raw.limits.timeout_ms, "timeout_ms")? {
+            limits.timeout = Duration::from_millis(ms);
+        }
+        if let Some(b) = positive(&raw.limits.audit_arg_bytes, "audit_arg_bytes")? {
+            limits.audit_arg_bytes =
+                to_usize(b, raw.limits.audit_arg_bytes.as_ref().map(Spanned::span), "audit_arg_bytes")?;
+        }
+        if let Some(b) = positive(&raw.limits.output_bytes, "output_bytes")? {
+            limits.output_bytes = to_usize(b, raw.limits.output_bytes.as_ref().map(Spanned::span), "output_bytes")?;
+        }
+
+        let mut kinds = BTreeMap::new();
+        for (name, kind) in raw.kinds {
+            let span = name.span();
+            let name = name.into_inner();
+            check_name(&name).map_err(|why| err(Some(span.clone()), format!("kind `{name}`: {why}")))?;
+            let kind = kind.into_inner();
+            if kind.fields.is_empty() {
+                return Err(err(Some(span), format!("kind `{name}` declares no fields: add `[kinds.{name}.fields]`")));
+            }
+            let mut fields = BTreeMap::new();
+            for (field, def) in kind.fields {
+                let fspan = field.span();
+                let field = field.into_inner();
+                check_name(&field).map_err(|why| err(Some(fspan.clone()), format!("field `{name}.{field}`: {why}")))?;
+                let def = def.into_inner();
+                let ty = FieldType::parse(def.ty.get_ref()).ok_or_else(|| {
+                    err(
+                        Some(def.ty.span()),
+                        format!(
+                            "field `{name}.{field}` has unknown type `{}`: use one of {}",
+                            def.ty.get_ref(),
+                            FieldType::NAMES.join(", ")
+                        ),
+                    )
+                })?;
+                let writers = match (def.owner, def.writers) {
+                    (Some(owner), None) => {
+                        let o = owner.get_ref().trim();
+                        if o.is_empty() {
+                            return Err(err(Some(owner.span()), format!("field `{name}.{field}` has an empty owner")));
+                        }
+                        Writers::Owner(o.to_string())
+                    }
+                    (None, Some(list)) => {
+                        let span = list.span();
+                        let list = list.into_inner();
+                        if list.is_empty() || list.iter().any(|w| w.trim().is_empty()) {
+                            return Err(err(
+                                Some(span),
+                                format!(
+                                    "field `{name}.{field}`: `writers` must list at least one agent name, and no empty names"
+                                ),
+                            ));
+                        }
+                        Writers::Shared(list)
+                    }
+                    (Some(_), Some(list)) => {
+                        return Err(err(
+                            Some(list.span()),
+                            format!("field `{name}.{field}` has both `owner` and `writers`: keep one"),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            Some(fspan),
+                            format!(
+                                "field `{name}.{field}` has no `owner` and no `writers`: say who may write it, e.g. `owner = \"sales\"`"
+                            ),
+                        ));
+                    }
+                };
+                fields.insert(field, FieldDef { ty, writers, line: line_of(text, fspan.start) });
+            }
+            kinds.insert(name, KindDef { fields });
+        }
+        if kinds.is_empty() {
+            return Err(err(None, "no entity kinds are declared: add at least one `[kinds.NAME.fields]` table".into()));
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            kb_path: base.join(&raw.kb.path),
+            agents_dir: base.join(&raw.agents.dir),
+            limits,
+            schema: Schema { kinds },
+        })
+    }
+}
+
+/// Kind and field names: ASCII letters, digits and `_`, starting with a
+/// letter. Keeps `kind/id` keys unambiguous and names easy to type.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() => {}
+        _ => return Err("names must start with an ASCII letter"),
+    }
+    if chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err("names may contain only ASCII letters, digits and `_`")
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    const GOOD: &str = r#"
+[kb]
+path = "kb.redb"
+
+[limits]
+memory_mib = 32
+
+[kinds.customer.fields]
+status = { type = "text", writers = ["sales", "support"] }
+deal_stage = { type = "text", owner = "sales" }
+"#;
+
+    #[test]
+    fn good_config_loads_with_paths_relative_to_the_file() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.kb_path, Path::new("/base/kb.redb"));
+        assert_eq!(c.agents_dir, Path::new("/base/agents"));
+        assert_eq!(c.limits.memory_bytes, 32 << 20);
+        let f = &c.schema.kinds["customer"].fields["deal_stage"];
+        assert_eq!(f.writers, Writers::Owner("sales".into()));
+        assert_eq!(f.line, 10);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let text = "[kinds.customer.fields]\nstatus = { type = \"text\", owner = \"sales\" }\nage = { type = \"number\", owner = \"sales\" }\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().starts_with("test.toml:3:"), "{e}");
+        assert!(e.message.contains("unknown type `number`"), "{e}");
+        assert!(e.message.contains("integer"), "the error lists the valid types: {e}");
+    }
+
+    #[test]
+    fn field_without_owner_is_refused() {
+        let e = parse("[kinds.c.fields]\nx = { type = \"text\" }\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("no `owner` and no `writers`"), "{e}");
+    }
+
+    #[test]
+    fn owner_and_writers_together_are_refused() {
+        let e = parse("[kinds.c.fields]\nx = { type = \"text\", owner = \"a\", writers = [\"b\"] }\n").unwrap_err();
+        assert!(e.message.contains("both"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_refused_with_a_line() {
+        let e =
+            parse("[kinds.c.fields]\nx = { type = \"text\", owner = \"a\" }\n[limits]\nmemroy_mib = 3\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("memroy_mib"), "{e}");
+        let e = parse("[kinds.c.fields\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_and_bad_names_are_refused() {
+        let e = parse("[limits]\nfuel = 0\n[kinds.c.fields]\nx = { type = \"text\", owner = \"a\" }\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = parse("[kinds.\"a/b\".fields]\nx = { type = \"text\", owner = \"a\" }\n").unwrap_err();
+        assert!(e.message.contains("kind `a/b`"), "{e}");
+    }
+
+    #[test]
+    fn a_config_without_kinds_is_refused() {
+        let e = parse("[kb]\npath = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("no entity kinds"), "{e}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Entity kinds, typed fields and who may write them, as declared in
+//! `concord.toml`. Computed once when the config loads, so the checks at call
+//! time are map lookups.
+
+use crate::kb::{EntityRef, Value};
+use std::collections::BTreeMap;
+
+/// The declared type of a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Text,
+    Integer,
+    Float,
+    Boolean,
+    Json,
+}
+
+impl FieldType {
+    /// The names accepted in `type = "…"`.
+    pub const NAMES: [&'static str; 5] = ["text", "integer", "float", "boolean", "json"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "text" => Self::Text,
+            "integer" => Self::Integer,
+            "float" => Self::Float,
+            "boolean" => Self::Boolean,
+            "json" => Self::Json,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Integer => "integer",
+            Self::Float => "float",
+            Self::Boolean => "boolean",
+            Self::Json => "json",
+        }
+    }
+
+    /// Checks a value against this type. `null` fits every type.
+    pub fn check(self, value: &Value) -> Result<(), String> {
+        let ok = match (self, value) {
+            (_, Value::Null) => true,
+            (Self::Text, Value::Text(_)) | (Self::Integer, Value::Integer(_)) | (Self::Boolean, Value::Boolean(_)) => {
+                true
+            }
+            (Self::Float, Value::Float(f)) => {
+                if !f.is_finite() {
+                    return Err(format!("{f} is not a finite float"));
+                }
+                true
+            }
+            (Self::Json, Value::Json(text)) => {
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    return Err(format!("the json value does not parse: {e}"));
+                }
+                true
+            }
+            _ => false,
+        };
+        if ok { Ok(()) } else { Err(format!("expected {}, got {}", self.name(), value_type(value))) }
+    }
+}
+
+fn value_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Boolean(_) => "boolean",
+        Value::Integer(_) => "integer",
+        Value::Float(_) => "float",
+        Value::Text(_) => "text",
+        Value::Json(_) => "json",
+    }
+}
+
+/// Who may write a field. Deny by default: an agent not named here may not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writers {
+    /// One owning agent.
+    Owner(String),
+    /// Several agents share the field.
+    Shared(Vec<String>),
+}
+
+impl Writers {
+    pub fn allows(&self, agent: &str) -> bool {
+        match self {
+            Writers::Owner(o) => o == agent,
+            Writers::Shared(list) => list.iter().any(|w| w == agent),
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Writers::Owner(o) => vec![o.clone()],
+            Writers::Shared(list) => list.clone(),
+        }
+    }
+
+    /// How the rule reads in errors and the audit.
+    pub fn describe(&self) -> String {
+        match self {
+            Writers::Owner(o) => format!("owned by {o}"),
+            Writers::Shared(list) => format!("writable by {}", list.join(", ")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDef {
+    pub ty: FieldType,
+    pub writers: Writers,
+    /// Where it is declared in the config, for messages.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindDef {
+    pub fields: BTreeMap<String, FieldDef>,
+}
+
+/// Every declared kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schema {
+    pub kinds: BTreeMap<String, KindDef>,
+}
+
+/// The longest entity id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+impl Schema {
+    /// Checks that an entity reference names a declared kind and a sane id.
+    pub fn check_ref(&self, entity: &EntityRef) -> Result<&KindDef, String> {
+        let kind = self.kinds.get(&entity.kind).ok_or_else(|| {
+            let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+            format!("unknown entity kind `{}` (declared kinds: {})", entity.kind, known.join(", "))
+        })?;
+        if entity.id.is_empty() {
+            return Err(format!("entity `{}/` has an empty id", entity.kind));
+        }
+        if entity.id.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "entity id of `{}` is {} bytes; the limit is {MAX_ID_BYTES}",
+                entity.kind,
+                entity.id.len()
+            ));
+        }
+        if entity.id.chars().any(char::is_control) {
+            return Err(format!("entity id {:?} of kind `{}` contains control characters", entity.id, entity.kind));
+        }
+        Ok(kind)
+    }
+
+    /// Every field an agent may write, as `kind.field`.
+    pub fn writable_by(&self, agent: &str) -> Vec<String> {
+        self.kinds
+            .iter()
+            .flat_map(|(k, def)| {
+                def.fields.iter().filter(|(_, f)| f.writers.allows(agent)).map(move |(name, _)| format!("{k}.{name}"))
+            })
+            .collect()
+    }
+
+    /// Every agent name the config mentions as an owner or writer.
+    pub fn named_agents(&self) -> std::collections::BTreeSet<String> {
+        self.kinds.values().flat_map(|k| k.fields.values()).flat_map(|f| f.writers.names()).collect()
+    }
+}

@@ -1,0 +1,396 @@
+//! The wasm runtime: the engine, loading agent components, and running one
+//! invocation in a fresh, limited instance.
+//!
+//! - [`bindings`]: host bindings generated from `wit/`.
+//! - `state`: the per-invocation store data and the WIT host functions.
+//! - `output`: agent stdout/stderr to the host log.
+//!
+//! State is kept apart by lifetime. App-wide: the [`wasmtime::Engine`], each
+//! agent's compiled, pre-linked component (`InstancePre`), the limits. Per
+//! invocation: a new `Store` with its own WASI context, memory limiter, fuel
+//! and epoch deadline, dropped when the invocation ends.
+//!
+//! # Sandbox defaults
+//! An agent gets no preopened directories, no network (TCP, UDP and name
+//! lookup are all off), no environment variables and no arguments. Its
+//! stdin is closed. Clocks and randomness are the host's. Memory, fuel and
+//! wall-clock time are bounded by `[limits]` in `concord.toml`.
+
+pub mod bindings;
+mod output;
+mod state;
+
+use crate::audit::Decision;
+use crate::gate::{Breakpoint, Caller, Gate};
+use crate::kb::{EntityRef, StoreError};
+use crate::policy::config::Limits;
+use bindings::{AgentPre, types as wit};
+use sha2::{Digest, Sha256};
+use state::InvocationState;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// How often the epoch advances; the granularity of `limits.timeout_ms`.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// One file in the agents folder that is not a usable agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadAgentFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Why the agents could not be loaded. The host does not start half-loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("cannot read the agents folder {dir}: {reason}")]
+    Folder { dir: PathBuf, reason: String },
+    #[error("no agents in {dir}: build the examples with `just build-agents`, or drop *.wasm components there")]
+    NoAgents { dir: PathBuf },
+    #[error("{}", describe_bad(.0))]
+    BadFiles(Vec<BadAgentFile>),
+    #[error("cannot set up the wasm engine: {0}")]
+    Engine(String),
+}
+
+fn describe_bad(files: &[BadAgentFile]) -> String {
+    let mut s = format!("{} agent file(s) cannot be loaded; fix or remove them:", files.len());
+    for f in files {
+        s.push_str(&format!("\n  {}: {}", f.path.display(), f.reason));
+    }
+    s
+}
+
+/// A loaded agent, as `concord agents` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The file stem: `agents/sales.wasm` is `sales`.
+    pub name: String,
+    /// sha256 of the component file, hex.
+    pub digest: String,
+    pub path: PathBuf,
+}
+
+struct LoadedAgent {
+    info: AgentInfo,
+    pre: AgentPre<InvocationState>,
+}
+
+/// What an agent is invoked with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: String,
+    pub entity: Option<EntityRef>,
+    /// JSON text.
+    pub body: String,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent's report of what it decided and why.
+    Ok(String),
+    /// The agent returned an error.
+    Failed(String),
+    /// The invocation was stopped: a trap, a limit, or a failed instantiation.
+    Trapped(String),
+}
+
+impl Outcome {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Outcome::Ok(_) => Decision::Allowed,
+            Outcome::Failed(_) => Decision::Failed,
+            Outcome::Trapped(_) => Decision::Trapped,
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Ok(s) | Outcome::Failed(s) | Outcome::Trapped(s) => s,
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok(_))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok(s) => write!(f, "ok: {s}"),
+            Outcome::Failed(s) => write!(f, "failed: {s}"),
+            Outcome::Trapped(s) => write!(f, "trapped: {s}"),
+        }
+    }
+}
+
+/// The result of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The invocation id: the seq of its `invocation.start` audit entry.
+    pub id: u64,
+    pub agent: String,
+    pub outcome: Outcome,
+    /// Host calls the agent made.
+    pub host_calls: u32,
+}
+
+/// Advances the engine's epoch until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (engine, flag) = (engine.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("concord-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The engine and every loaded agent.
+pub struct Runtime {
+    engine: Engine,
+    agents: BTreeMap<String, LoadedAgent>,
+    limits: Limits,
+    _ticker: EpochTicker,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("agents", &self.agents.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+fn engine() -> Result<Engine, LoadError> {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    // Both CPU bounds: fuel is deterministic, the epoch deadline bounds
+    // wall-clock time (which fuel alone does not, e.g. in host calls).
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))
+}
+
+/// The `*.wasm` files of an agents folder, sorted. Errors if there are none.
+pub fn agent_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let folder_err = |e: std::io::Error| LoadError::Folder { dir: dir.to_path_buf(), reason: e.to_string() };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(folder_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(LoadError::NoAgents { dir: dir.to_path_buf() });
+    }
+    Ok(paths)
+}
+
+/// The agent names an agents folder would load (file stems), without
+/// compiling anything.
+pub fn agent_names(dir: &Path) -> Result<Vec<String>, LoadError> {
+    Ok(agent_files(dir)?.iter().filter_map(|p| p.file_stem()?.to_str().map(String::from)).collect())
+}
+
+fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Runtime {
+    /// Loads every `*.wasm` in `dir`. Every bad file is reported, and none
+    /// is skipped: the runtime loads whole or not at all.
+    pub fn load(dir: &Path, limits: Limits) -> Result<Runtime, LoadError> {
+        let paths = agent_files(dir)?;
+
+        let engine = engine()?;
+        let mut linker: Linker<InvocationState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let mut agents = BTreeMap::new();
+        let mut bad = Vec::new();
+        for path in paths {
+            match Self::load_one(&engine, &linker, &path) {
+                Ok(agent) => {
+                    agents.insert(agent.info.name.clone(), agent);
+                }
+                Err(reason) => bad.push(BadAgentFile { path, reason }),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(LoadError::BadFiles(bad));
+        }
+        Ok(Runtime { _ticker: EpochTicker::start(&engine), engine, agents, limits })
+    }
+
+    fn load_one(engine: &Engine, linker: &Linker<InvocationState>, path: &Path) -> Result<LoadedAgent, String> {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        if !valid_agent_name(&name) {
+            return Err(format!("`{name}` is not a valid agent name: rename the file to letters, digits, `_` or `-`"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let component = Component::from_binary(engine, &bytes).map_err(|e| {
+            let e = format!("{e:#}");
+            if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                format!("this is a core wasm module, not a component; build it for wasm32-wasip2 ({e})")
+            } else {
+                format!("not a valid wasm component ({e})")
+            }
+        })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("imports something the `concord:agent/agent` world does not offer ({e:#})"))?;
+        let pre = AgentPre::new(pre)
+            .map_err(|e| format!("does not export the `concord:agent/agent` world's handler ({e:#})"))?;
+        Ok(LoadedAgent { info: AgentInfo { name, digest, path: path.to_path_buf() }, pre })
+    }
+
+    /// Every loaded agent, by name.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentInfo> {
+        self.agents.values().map(|a| &a.info)
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&AgentInfo> {
+        self.agents.get(name).map(|a| &a.info)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs one invocation in a fresh instance and audits its start and end.
+    /// `Err` is a host fault (the audit could not be written); everything the
+    /// agent does, traps included, is an [`Outcome`].
+    pub(crate) async fn invoke(
+        &self,
+        gate: &Arc<Gate>,
+        agent: &str,
+        message: &Message,
+        breakpoint: Option<Breakpoint>,
+    ) -> Result<Option<Invocation>, StoreError> {
+        let Some(loaded) = self.agents.get(agent) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let args = serde_json::json!({
+            "kind": message.kind,
+            "entity": message.entity.as_ref().map(EntityRef::key),
+            "body": message.body,
+        });
+        let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref()).await?;
+        let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, breakpoint));
+        let outcome = self.run(loaded, gate, caller.clone(), message, id).await;
+        match &outcome {
+            Outcome::Ok(s) => tracing::debug!(agent, invocation = id, "ok: {s}"),
+            Outcome::Failed(s) => tracing::warn!(agent, invocation = id, "failed: {s}"),
+            Outcome::Trapped(s) => tracing::warn!(agent, invocation = id, "trapped: {s}"),
+        }
+        // A host fault inside the run has already surfaced as a trap; if the
+        // audit cannot record even the end, that is the host's error.
+        gate.end_invocation(&caller, outcome.decision(), outcome.text(), started).await?;
+        Ok(Some(Invocation { id, agent: agent.to_string(), host_calls: caller.calls(), outcome }))
+    }
+
+    async fn run(
+        &self,
+        loaded: &LoadedAgent,
+        gate: &Arc<Gate>,
+        caller: Arc<Caller>,
+        message: &Message,
+        id: u64,
+    ) -> Outcome {
+        let limits = &self.limits;
+        let name = &loaded.info.name;
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output::AgentOutput::new(name, "stdout", limits.output_bytes))
+            .stderr(output::AgentOutput::new(name, "stderr", limits.output_bytes))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = InvocationState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+            caller,
+            gate: gate.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        if let Err(e) = store.set_fuel(limits.fuel) {
+            return Outcome::Trapped(format!("cannot set fuel: {e:#}"));
+        }
+        let ticks = limits.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+
+        let instance = match loaded.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => return Outcome::Trapped(describe_trap(&e, limits, "instantiation failed")),
+        };
+        let msg = wit::Message {
+            kind: message.kind.clone(),
+            entity: message.entity.clone().map(Into::into),
+            body: message.body.clone(),
+            invocation: id,
+        };
+        match instance.concord_agent_handler().call_handle(&mut store, &msg).await {
+            Ok(Ok(report)) => Outcome::Ok(report),
+            Ok(Err(error)) => Outcome::Failed(error),
+            Err(e) => Outcome::Trapped(describe_trap(&e, limits, "trap")),
+        }
+    }
+}
+
+/// Turns a wasmtime error into a sentence that names the limit involved.
+fn describe_trap(e: &wasmtime::Error, limits: &Limits, what: &str) -> String {
+    if let Some(store) = e.downcast_ref::<StoreError>() {
+        return format!("host fault: {store}");
+    }
+    let full = format!("{e:#}");
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => {
+            format!("CPU limit: all {} fuel consumed (limits.fuel)", limits.fuel)
+        }
+        Some(Trap::Interrupt) => {
+            format!("time limit: still running after {} ms (limits.timeout_ms)", limits.timeout.as_millis())
+        }
+        Some(Trap::StackOverflow) => "stack overflow".into(),
+        _ if full.contains("forcing trap when growing memory") => {
+            format!("memory limit: tried to grow past {} MiB (limits.memory_mib)", limits.memory_bytes >> 20)
+        }
+        _ => format!("{what}: {full}"),
+    }
+}

@@ -1,0 +1,48 @@
+# Concord tasks. `just run` plays the demo; `just test` runs the whole gate.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+agents := "sales support product"
+test_agents := "probe hostile wrong-world"
+# Guests get their own target dir under target/, so that tests can build
+# them while `cargo test` holds the host's build lock.
+wasm_dir := "target/wasm/wasm32-wasip2/release"
+
+# List the recipes
+default:
+    @just --list
+
+# Install what the build needs: the wasm32-wasip2 target
+setup:
+    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# Build the example agents and drop them into agents/*.wasm
+build-agents: setup
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
+    for a in {{ agents }}; do cp {{ wasm_dir }}/$a.wasm agents/$a.wasm; done
+
+# Build the host (the `concord` binary)
+build:
+    cargo build -p concord-host
+
+# Play the Acme scenario on a fresh knowledge base, then print the audit trail
+run: build-agents build
+    rm -f data/concord.redb
+    ./target/debug/concord run --script scenarios/acme.jsonl
+    @echo
+    @echo "== the audit trail (concord audit) =="
+    ./target/debug/concord audit
+    @echo
+    @echo "== the current state (concord get customer/acme) =="
+    ./target/debug/concord get customer/acme
+
+# Run any concord command, e.g. `just concord history customer/acme`
+concord *args: build
+    ./target/debug/concord {{ args }}
+
+# The whole gate: formatting, lints (host and guests), and every test
+test: setup
+    cargo fmt --all -- --check
+    cargo clippy -p concord-host --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
+    cargo test -p concord-host

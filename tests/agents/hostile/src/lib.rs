@@ -1,0 +1,67 @@
+//! Test-only agent that misbehaves on purpose, one way per message kind.
+//! Each must end only its own invocation, with an audited error.
+//!
+//! - `loop`: spins forever (fuel or the time limit must stop it).
+//! - `alloc`: allocates until the memory limit.
+//! - `trap`: panics (a wasm trap).
+//! - `stack`: recurses until the stack overflows.
+//! - `open_file` `{path}`: tries to read a host file; reports what it got.
+//! - `env` `{name}`: tries to read an environment variable; reports it.
+//! - `commit_then_trap` `{entity}`: reads and commits, then panics.
+
+use concord_agent::{Handler, Message, Value, Write, kb};
+use std::hint::black_box;
+
+struct Hostile;
+
+fn recurse(n: u64) -> u64 {
+    let buf = black_box([n; 64]);
+    if black_box(true) { recurse(n + 1) + buf[3] } else { 0 }
+}
+
+impl Handler for Hostile {
+    fn handle(message: Message) -> Result<String, String> {
+        let body = message.body_json();
+        match message.kind.as_str() {
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "trap" => panic!("hostile agent panics on purpose"),
+            "stack" => Ok(format!("{}", recurse(0))),
+            "open_file" => {
+                let path = body["path"].as_str().unwrap_or("/etc/passwd");
+                match std::fs::read(path) {
+                    Ok(bytes) => Ok(format!("read {} bytes from {path}", bytes.len())),
+                    Err(e) => Err(format!("could not open {path}: {e}")),
+                }
+            }
+            "env" => {
+                let name = body["name"].as_str().unwrap_or("HOME");
+                let all = std::env::vars().count();
+                match std::env::var(name) {
+                    Ok(v) => Ok(format!("read {name}={v} ({all} variables visible)")),
+                    Err(e) => Err(format!("could not read {name}: {e} ({all} variables visible)")),
+                }
+            }
+            "commit_then_trap" => {
+                let e = message.entity.clone().ok_or("needs an entity")?;
+                let current = kb::get(&e)?.ok_or("entity missing")?;
+                let w = Write::update(&current).set("last_interaction", Value::Text("hostile was here".into()));
+                kb::commit(&[w], "about to trap").map_err(|e| concord_agent::describe(&e))?;
+                panic!("trap after a commit");
+            }
+            other => Err(format!("hostile does not know `{other}`")),
+        }
+    }
+}
+
+concord_agent::export!(Hostile);

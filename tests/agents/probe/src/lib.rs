@@ -1,0 +1,158 @@
+//! Test-only agent: runs the host calls listed in its message body, so that
+//! tests control exactly which calls are made.
+//!
+//! Body: `{"ops": [op, ...]}`, each op one of
+//! - `{"op": "get", "entity": "k/i"}`
+//! - `{"op": "commit", "reason": "...", "writes": [{"entity": "k/i",
+//!   "expect": "absent" | "read" | N, "set": {"f": json}, "unset": ["f"]}]}`
+//!   (`"read"` uses the version of the last `get` of that entity; JSON
+//!   strings, integers, floats, booleans and null map to the matching
+//!   value, objects and arrays to `json`)
+//! - `{"op": "history", "entity": "k/i", "after": N, "limit": N}`
+//! - `{"op": "recent", "entity": "k/i", "within_ms": N}`
+//! - `{"op": "log", "message": "..."}`
+//! - `{"op": "increment", "entity": "k/i", "field": "f", "tries": N}`: read,
+//!   add one, commit on that version; on conflict re-read and retry.
+//!
+//! The report is a JSON array with one result per op.
+
+use concord_agent::{EntityRef, Expect, Field, Handler, Message, Value, Write, WriteError, describe, kb};
+use serde_json::{Value as Json, json};
+use std::collections::HashMap;
+
+struct Probe;
+
+fn entity(op: &Json) -> Result<EntityRef, String> {
+    let s = op["entity"].as_str().ok_or("op needs an `entity`")?;
+    let (k, i) = s.split_once('/').ok_or("entity must be kind/id")?;
+    Ok(concord_agent::entity(k, i))
+}
+
+fn value(j: &Json) -> Value {
+    match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => n.as_i64().map_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)), Value::Integer),
+        Json::String(s) => Value::Text(s.clone()),
+        other => Value::Json(other.to_string()),
+    }
+}
+
+fn error_json(e: &WriteError) -> Json {
+    match e {
+        WriteError::Conflict(c) => json!({
+            "error": "conflict", "text": describe(e), "current_version": c.current_version,
+            "changed_by": c.changed_by, "changed_fields": c.changed_fields, "events_since": c.events_since.len(),
+        }),
+        WriteError::Forbidden(f) => {
+            json!({ "error": "forbidden", "text": describe(e), "field": f.field, "writers": f.writers })
+        }
+        WriteError::Invalid(m) => json!({ "error": "invalid", "text": m }),
+    }
+}
+
+impl Handler for Probe {
+    fn handle(message: Message) -> Result<String, String> {
+        let body = message.body_json();
+        let ops = body["ops"].as_array().cloned().unwrap_or_default();
+        let mut read_versions: HashMap<String, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for op in &ops {
+            let result = match op["op"].as_str().unwrap_or("") {
+                "get" => {
+                    let e = entity(op)?;
+                    match kb::get(&e) {
+                        Ok(Some(found)) => {
+                            read_versions.insert(e.to_string(), found.version);
+                            let fields: serde_json::Map<String, Json> =
+                                found.fields.iter().map(|f| (f.name.clone(), json!(f.value.to_string()))).collect();
+                            json!({ "version": found.version, "fields": fields, "updated_by": found.updated_by })
+                        }
+                        Ok(None) => json!(null),
+                        Err(m) => json!({ "error": "read", "text": m }),
+                    }
+                }
+                "commit" => {
+                    let mut writes = Vec::new();
+                    for w in op["writes"].as_array().cloned().unwrap_or_default() {
+                        let e = entity(&w)?;
+                        let expect = match &w["expect"] {
+                            Json::String(s) if s == "absent" => Expect::Absent,
+                            Json::String(s) if s == "read" => {
+                                Expect::Version(*read_versions.get(&e.to_string()).ok_or("expect=read without a get")?)
+                            }
+                            n => Expect::Version(n.as_u64().ok_or("expect must be absent, read or a version")?),
+                        };
+                        let set = w["set"]
+                            .as_object()
+                            .map(|m| m.iter().map(|(k, v)| Field { name: k.clone(), value: value(v) }).collect())
+                            .unwrap_or_default();
+                        let unset = w["unset"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                            .unwrap_or_default();
+                        writes.push(Write { entity: e, expect, set, unset });
+                    }
+                    match kb::commit(&writes, op["reason"].as_str().unwrap_or("probe")) {
+                        Ok(versions) => json!({ "versions": versions }),
+                        Err(e) => error_json(&e),
+                    }
+                }
+                "history" => {
+                    let e = entity(op)?;
+                    match kb::history(&e, op["after"].as_u64().unwrap_or(0), op["limit"].as_u64().unwrap_or(100) as u32)
+                    {
+                        Ok(events) => json!(
+                            events
+                                .iter()
+                                .map(|ev| json!({"seq": ev.seq, "version": ev.version, "agent": ev.agent}))
+                                .collect::<Vec<_>>()
+                        ),
+                        Err(m) => json!({ "error": "read", "text": m }),
+                    }
+                }
+                "recent" => {
+                    let e = entity(op)?;
+                    match kb::recent(&e, op["within_ms"].as_u64().unwrap_or(60_000)) {
+                        Ok(events) => {
+                            json!(events.iter().map(|ev| json!({"seq": ev.seq, "agent": ev.agent})).collect::<Vec<_>>())
+                        }
+                        Err(m) => json!({ "error": "read", "text": m }),
+                    }
+                }
+                "log" => {
+                    concord_agent::info(op["message"].as_str().unwrap_or(""));
+                    json!("logged")
+                }
+                "increment" => {
+                    let e = entity(op)?;
+                    let field = op["field"].as_str().ok_or("increment needs a `field`")?;
+                    let tries = op["tries"].as_u64().unwrap_or(100);
+                    let mut result = json!({ "error": "gave up" });
+                    for attempt in 1..=tries {
+                        let current = kb::get(&e)?.ok_or_else(|| format!("{e} does not exist"))?;
+                        let n = current.integer(field).unwrap_or(0);
+                        let w = Write::update(&current).set(field, Value::Integer(n + 1));
+                        match kb::commit(&[w], "increment") {
+                            Ok(v) => {
+                                result = json!({ "value": n + 1, "version": v[0], "attempts": attempt });
+                                break;
+                            }
+                            Err(WriteError::Conflict(_)) => continue,
+                            Err(other) => {
+                                result = error_json(&other);
+                                break;
+                            }
+                        }
+                    }
+                    result
+                }
+                other => return Err(format!("unknown op `{other}`")),
+            };
+            out.push(result);
+        }
+        Ok(Json::Array(out).to_string())
+    }
+}
+
+concord_agent::export!(Probe);

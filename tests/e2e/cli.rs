@@ -1,0 +1,111 @@
+//! The `concord` binary, as a user runs it.
+
+use crate::common::{FAST_LIMITS, config_text, root, wasm};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn concord(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("CONCORD_CONFIG")
+        .env("CONCORD_LOG", "warn")
+        .output()
+        .expect("concord runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn demo_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("agents")).expect("agents");
+    for a in ["sales", "support", "product"] {
+        std::fs::copy(wasm(a), dir.path().join(format!("agents/{a}.wasm"))).expect("copy");
+    }
+    std::fs::write(dir.path().join("concord.toml"), config_text(FAST_LIMITS)).expect("config");
+    std::fs::copy(root().join("scenarios/acme.jsonl"), dir.path().join("acme.jsonl")).expect("script");
+    dir
+}
+
+#[test]
+fn the_demo_runs_and_the_read_verbs_show_who_did_what() {
+    let dir = demo_dir();
+    let run = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
+    assert_eq!(run.status.code(), Some(0), "{}\n{}", stdout(&run), stderr(&run));
+    let out = stdout(&run);
+    assert!(out.contains("held the upsell"), "{out}");
+    assert!(out.contains("7 invocations: 7 ok, 0 failed, 0 trapped"), "{out}");
+    assert!(out.contains("1 conflict, 1 forbidden"), "{out}");
+
+    let get = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(get.status.code(), Some(0));
+    assert!(stdout(&get).contains("deal_stage") && stdout(&get).contains("upsell_offered"), "{}", stdout(&get));
+    let json = concord(dir.path(), &["get", "customer/acme", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&json).trim()).expect("json");
+    assert_eq!(v["fields"]["status"], "active");
+
+    let history = stdout(&concord(dir.path(), &["history", "customer/acme"]));
+    assert!(history.contains("status: \"active\" -> \"at_risk\""), "{history}");
+
+    let audit = stdout(&concord(dir.path(), &["audit", "--agent", "product", "--outcome", "forbidden"]));
+    assert!(audit.contains("ownership: customer.deal_stage is owned by sales"), "{audit}");
+    let lines = stdout(&concord(dir.path(), &["audit", "--agent", "sales", "--json"]));
+    for l in lines.lines() {
+        let e: serde_json::Value = serde_json::from_str(l).expect("json line");
+        assert_eq!(e["agent"], "sales");
+    }
+    let verify = concord(dir.path(), &["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(0));
+    assert!(stdout(&verify).contains("audit chain intact"));
+
+    let agents = stdout(&concord(dir.path(), &["agents"]));
+    assert!(agents.contains("sales") && agents.contains("customer.deal_stage"), "{agents}");
+}
+
+#[test]
+fn exit_codes_mean_something() {
+    let dir = demo_dir();
+    // Reading before anything ran: the store does not exist (bad input, 3).
+    let o = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist yet"), "{}", stderr(&o));
+    // Usage errors are 2, and name the problem.
+    let o = concord(dir.path(), &["get", "acme"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("kind/id"), "{}", stderr(&o));
+    // A bad script line is 3, names file and line, and writes nothing.
+    std::fs::write(dir.path().join("bad.jsonl"), "{\"agent\":\"sales\",\"kind\":\"onboard\",\"entity\":\"customer/acme\"}\n{\"agent\":\"salse\",\"kind\":\"x\"}\n").expect("write");
+    let o = concord(dir.path(), &["run", "--script", "bad.jsonl"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.jsonl:2:") && stderr(&o).contains("salse"), "{}", stderr(&o));
+    assert!(!dir.path().join("data").exists(), "nothing was written");
+    // A missing entity is 4.
+    let o = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = concord(dir.path(), &["get", "customer/nobody"]);
+    assert_eq!(o.status.code(), Some(4));
+    // A bad config is 3 and names the line.
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "[kinds.customer.fields]\nstatus = { type = \"txt\", owner = \"sales\" }\n",
+    )
+    .expect("write");
+    let o = concord(dir.path(), &["--config", "broken.toml", "agents"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("broken.toml:2:") && stderr(&o).contains("unknown type `txt`"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_is_enough_to_start() {
+    let o = concord(Path::new("."), &["--help"]);
+    let help = stdout(&o);
+    for needle in ["run", "get", "history", "audit", "agents", "Exit codes", "concord audit verify"] {
+        assert!(help.contains(needle), "--help should mention {needle}:\n{help}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Shared helpers: build the guests once, lay out a host in a temp folder.
+
+use concord::audit::{AuditEntry, AuditFilter};
+use concord::{Config, Entity, EntityRef, Host, Invocation, Message};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// Builds every guest (examples and test agents) once, and returns the
+/// folder with their `.wasm` files. The guests have their own target dir, so
+/// this never waits on the lock `cargo test` holds.
+pub fn wasm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/wasm", "--quiet"])
+            .args([
+                "-p",
+                "sales",
+                "-p",
+                "support",
+                "-p",
+                "product",
+                "-p",
+                "probe",
+                "-p",
+                "hostile",
+                "-p",
+                "wrong-world",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the guest agents failed; is the wasm32-wasip2 target installed? (`just setup`)"
+        );
+        root.join("target/wasm/wasm32-wasip2/release")
+    })
+}
+
+/// The path of a built guest, such as `probe` or `wrong_world`.
+pub fn wasm(name: &str) -> PathBuf {
+    wasm_dir().join(format!("{name}.wasm"))
+}
+
+/// The example config, with the `[limits]` table replaced.
+pub fn config_text(limits: &str) -> String {
+    let text = std::fs::read_to_string(root().join("concord.toml")).expect("concord.toml is readable");
+    let start = text.find("[limits]").expect("concord.toml has [limits]");
+    let end = start + text[start..].find("\n# Customer records").expect("limits end");
+    format!("{}[limits]\n{limits}\n{}", &text[..start], &text[end..])
+}
+
+/// Test limits: small enough that runaway agents stop quickly.
+pub const FAST_LIMITS: &str = "memory_mib = 16\nfuel = 300_000_000\ntimeout_ms = 5_000\n";
+
+/// A host in its own temp folder.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub host: Arc<Host>,
+}
+
+impl Env {
+    /// Agents as `(name, guest)`: `("product", "probe")` loads the probe
+    /// guest under the name `product`.
+    pub fn new(agents: &[(&str, &str)]) -> Env {
+        Self::with_limits(agents, FAST_LIMITS)
+    }
+
+    pub fn with_limits(agents: &[(&str, &str)], limits: &str) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("agents")).expect("agents dir");
+        for (name, guest) in agents {
+            std::fs::copy(wasm(guest), dir.path().join("agents").join(format!("{name}.wasm"))).expect("copy agent");
+        }
+        std::fs::write(dir.path().join("concord.toml"), config_text(limits)).expect("write config");
+        let host = Arc::new(Host::start(Self::config_of(dir.path())).expect("host starts"));
+        Env { dir, host }
+    }
+
+    pub fn config_of(dir: &Path) -> Config {
+        Config::load(&dir.join("concord.toml")).expect("config loads")
+    }
+
+    /// Stops the host and starts a new one on the same folder.
+    pub fn restart(self) -> Env {
+        let Env { dir, host } = self;
+        drop(Arc::into_inner(host).expect("no other host handles"));
+        let host = Arc::new(Host::start(Self::config_of(dir.path())).expect("host restarts"));
+        Env { dir, host }
+    }
+
+    pub async fn send(&self, agent: &str, kind: &str, entity: &str, body: serde_json::Value) -> Invocation {
+        self.host.invoke(agent, message(kind, entity, body)).await.expect("invocation starts")
+    }
+
+    /// Runs the probe (under `agent`) with these ops; returns its results.
+    pub async fn probe(&self, agent: &str, ops: serde_json::Value) -> Vec<serde_json::Value> {
+        let inv = self.send(agent, "probe", "", serde_json::json!({ "ops": ops })).await;
+        match inv.outcome {
+            concord::Outcome::Ok(report) => serde_json::from_str(&report).expect("probe reports JSON"),
+            other => panic!("probe invocation did not succeed: {other}"),
+        }
+    }
+
+    pub fn get(&self, entity: &str) -> Option<Entity> {
+        self.host.store().get(&entity.parse::<EntityRef>().expect("kind/id")).expect("store reads")
+    }
+
+    pub fn audit(&self, filter: AuditFilter) -> Vec<AuditEntry> {
+        self.host.store().audit(&filter).expect("audit reads")
+    }
+
+    pub fn all_audit(&self) -> Vec<AuditEntry> {
+        self.audit(AuditFilter::default())
+    }
+}
+
+pub fn message(kind: &str, entity: &str, body: serde_json::Value) -> Message {
+    Message {
+        kind: kind.into(),
+        entity: if entity.is_empty() { None } else { Some(entity.parse().expect("kind/id")) },
+        body: body.to_string(),
+    }
+}
+
+/// Creates `customer/<id>` through the real sales agent.
+pub async fn onboard(env: &Env, id: &str) {
+    let inv = env.send("sales", "onboard", &format!("customer/{id}"), serde_json::json!({ "name": id })).await;
+    assert!(inv.outcome.is_ok(), "onboarding {id}: {}", inv.outcome);
+}
+
+pub fn text(e: &Entity, field: &str) -> Option<String> {
+    match e.fields.get(field) {
+        Some(concord::Value::Text(s)) => Some(s.clone()),
+        _ => None,
+    }
+}

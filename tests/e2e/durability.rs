@@ -1,0 +1,32 @@
+//! Restarting the host keeps the knowledge base and the audit.
+
+use crate::common::{Env, onboard, text};
+use concord::audit::{AuditFilter, Verification};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_the_kb_and_the_audit_and_continues_both() {
+    let env = Env::new(&[("sales", "sales"), ("support", "support")]);
+    onboard(&env, "acme").await;
+    env.send("support", "escalation", "customer/acme", json!({"ticket": "T-1", "summary": "x"})).await;
+    let entity = env.get("customer/acme").expect("acme");
+    let audit = env.all_audit();
+
+    let env = env.restart();
+    assert_eq!(env.get("customer/acme"), Some(entity.clone()), "the projection survives");
+    assert_eq!(env.all_audit(), audit, "the audit survives, entry for entry");
+    let history = env.host.store().history(&"customer/acme".parse().expect("ref"), 0, 100).expect("history");
+    assert_eq!(history.len(), 2);
+
+    // Both logs continue where they stopped: no gaps, no reuse.
+    env.send("support", "resolved", "customer/acme", json!({"ticket": "T-1"})).await;
+    let after = env.get("customer/acme").expect("acme");
+    assert_eq!(after.version, entity.version + 1);
+    assert_eq!(text(&after, "status").as_deref(), Some("active"));
+    let history = env.host.store().history(&"customer/acme".parse().expect("ref"), 0, 100).expect("history");
+    assert_eq!(history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let new = env.audit(AuditFilter::default());
+    assert_eq!(new[..audit.len()], audit[..]);
+    assert_eq!(new[audit.len()].seq, audit.len() as u64 + 1);
+    assert!(matches!(env.host.store().verify_audit().expect("verify"), Verification::Intact { .. }));
+}

@@ -1,0 +1,14 @@
+//! End-to-end scenarios on real compiled agents, through the real host.
+//!
+//! One test binary with shared helpers ([`common`]). The agents are built
+//! from source (`agents/`, `tests/agents/`) once per run; nothing binary is
+//! checked in. Interleavings are made exact with breakpoints, never sleeps.
+
+mod common;
+
+mod audit;
+mod bad_input;
+mod cli;
+mod coordination;
+mod durability;
+mod sandbox;
