@@ -307,7 +307,7 @@ impl Gate {
 
         if let Err(refusal) = self.policy.check_commit(&caller.agent, &writes) {
             draft.decision = match refusal {
-                Refusal::Forbidden { .. } => Decision::Forbidden,
+                Refusal::Forbidden(_) => Decision::Forbidden,
                 Refusal::Invalid(_) => Decision::Invalid,
             };
             draft.rule = Some(refusal.rule());

@@ -62,7 +62,7 @@ async fn a_scripted_run_is_audited_completely() {
     let entries = env.all_audit();
     let call_entries = entries.iter().filter(|e| calls::AGENT_CALLS.contains(&e.call.as_str())).count() as u64;
     assert_eq!(call_entries, made, "one entry per host call");
-    assert!(made > 20, "the scenario makes many calls ({made})");
+    assert!(made >= 16, "the scenario makes many calls ({made})");
 
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>(), "gap-free from 1");

@@ -51,11 +51,13 @@ async fn allocating_past_the_memory_limit_traps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_panic_and_a_stack_overflow_trap() {
+async fn a_panic_and_stack_overflows_trap() {
     let env = Env::new(&[("hostile", "hostile"), ("sales", "sales")]);
     onboard(&env, "acme").await;
-    misbehave(&env, "trap", json!({}), Decision::Trapped, "trap").await;
+    let text = misbehave(&env, "trap", json!({}), Decision::Trapped, "unreachable").await;
+    assert!(text.contains("hostile agent panics on purpose"), "the panic message is in the report: {text}");
     misbehave(&env, "stack", json!({}), Decision::Trapped, "stack overflow").await;
+    misbehave(&env, "shadow_stack", json!({}), Decision::Trapped, "out-of-bounds memory access").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,13 +15,25 @@ use crate::kb::{EntityRef, Write};
 use schema::Schema;
 use std::collections::BTreeSet;
 
+/// A field an agent may not write, and who may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbidden {
+    pub entity: EntityRef,
+    pub field: String,
+    pub agent: String,
+    /// The agents that may write the field.
+    pub writers: Vec<String>,
+    /// How the rule reads: `owned by sales`, `writable by sales, support`.
+    pub rule: String,
+}
+
 /// Why policy refused a commit. The commit is refused whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
     /// A field the agent may not write.
-    #[error("{agent} may not write {entity}.{field}: the field is {rule}")]
-    Forbidden { entity: EntityRef, field: String, agent: String, writers: Vec<String>, rule: String },
+    #[error("{} may not write {}.{}: the field is {}", .0.agent, .0.entity, .0.field, .0.rule)]
+    Forbidden(Box<Forbidden>),
     /// A schema violation or malformed request.
     #[error("{0}")]
     Invalid(String),
@@ -31,7 +43,7 @@ impl Refusal {
     /// The rule that decided, as recorded in the audit.
     pub fn rule(&self) -> String {
         match self {
-            Refusal::Forbidden { entity, field, rule, .. } => format!("ownership: {}.{field} is {rule}", entity.kind),
+            Refusal::Forbidden(f) => format!("ownership: {}.{} is {}", f.entity.kind, f.field, f.rule),
             Refusal::Invalid(_) => "schema".into(),
         }
     }
@@ -101,13 +113,13 @@ impl Policy {
                 // Ownership before the value's type: "not yours" is the
                 // answer that matters, whatever was written.
                 if !def.writers.allows(agent) {
-                    return Err(Refusal::Forbidden {
+                    return Err(Refusal::Forbidden(Box::new(Forbidden {
                         entity: w.entity.clone(),
                         field: name.clone(),
                         agent: agent.to_string(),
                         writers: def.writers.names(),
                         rule: def.writers.describe(),
-                    });
+                    })));
                 }
                 if let Some(value) = value {
                     def.ty
@@ -158,9 +170,9 @@ mod tests {
     fn non_owner_is_forbidden_and_told_who_owns() {
         let e = policy().check_commit("product", &[write("deal_stage", Value::Text("x".into()))]).unwrap_err();
         match &e {
-            Refusal::Forbidden { field, writers, .. } => {
-                assert_eq!(field, "deal_stage");
-                assert_eq!(writers, &["sales".to_string()]);
+            Refusal::Forbidden(f) => {
+                assert_eq!(f.field, "deal_stage");
+                assert_eq!(f.writers, ["sales".to_string()]);
             }
             other => panic!("expected forbidden, got {other:?}"),
         }
@@ -172,7 +184,7 @@ mod tests {
         let mut w = write("status", Value::Null);
         w.set.clear();
         w.unset.push("deal_stage".into());
-        assert!(matches!(policy().check_commit("support", &[w]), Err(Refusal::Forbidden { .. })));
+        assert!(matches!(policy().check_commit("support", &[w]), Err(Refusal::Forbidden(_))));
     }
 
     #[test]

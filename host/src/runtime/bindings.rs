@@ -10,4 +10,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use concord::agent::types;
+pub use self::concord::agent::types;

@@ -333,9 +333,10 @@ impl Runtime {
     ) -> Outcome {
         let limits = &self.limits;
         let name = &loaded.info.name;
+        let stderr = output::AgentOutput::new(name, "stderr", limits.output_bytes);
         let wasi = WasiCtxBuilder::new()
             .stdout(output::AgentOutput::new(name, "stdout", limits.output_bytes))
-            .stderr(output::AgentOutput::new(name, "stderr", limits.output_bytes))
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -369,28 +370,39 @@ impl Runtime {
         match instance.concord_agent_handler().call_handle(&mut store, &msg).await {
             Ok(Ok(report)) => Outcome::Ok(report),
             Ok(Err(error)) => Outcome::Failed(error),
-            Err(e) => Outcome::Trapped(describe_trap(&e, limits, "trap")),
+            Err(e) => {
+                let mut why = describe_trap(&e, limits, "trap");
+                if let Some(tail) = stderr.tail() {
+                    why.push_str(&format!(" (agent stderr: {tail})"));
+                }
+                Outcome::Trapped(why)
+            }
         }
     }
 }
 
 /// Turns a wasmtime error into a sentence that names the limit involved.
+/// The wasm backtrace is left out: it is long, and the trap kind plus the
+/// agent's last stderr lines say more to an operator.
 fn describe_trap(e: &wasmtime::Error, limits: &Limits, what: &str) -> String {
     if let Some(store) = e.downcast_ref::<StoreError>() {
         return format!("host fault: {store}");
     }
-    let full = format!("{e:#}");
+    let root = e.root_cause().to_string();
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => {
-            format!("CPU limit: all {} fuel consumed (limits.fuel)", limits.fuel)
-        }
+        Some(Trap::OutOfFuel) => format!("CPU limit: all {} fuel consumed (limits.fuel)", limits.fuel),
         Some(Trap::Interrupt) => {
             format!("time limit: still running after {} ms (limits.timeout_ms)", limits.timeout.as_millis())
         }
-        Some(Trap::StackOverflow) => "stack overflow".into(),
-        _ if full.contains("forcing trap when growing memory") => {
+        Some(Trap::StackOverflow) => "stack overflow: the wasm call stack is exhausted".into(),
+        Some(Trap::UnreachableCodeReached) => "trap: wasm `unreachable` executed (a Rust panic or abort)".into(),
+        Some(Trap::MemoryOutOfBounds) => {
+            "trap: out-of-bounds memory access (in Rust guests, often an overflow of the shadow stack)".into()
+        }
+        Some(trap) => format!("{what}: {trap}"),
+        None if format!("{e:#}").contains("forcing trap when growing memory") => {
             format!("memory limit: tried to grow past {} MiB (limits.memory_mib)", limits.memory_bytes >> 20)
         }
-        _ => format!("{what}: {full}"),
+        None => format!("{what}: {root}"),
     }
 }

@@ -23,7 +23,13 @@ struct Inner {
     line: Vec<u8>,
     budget: usize,
     dropped: bool,
+    /// The last few complete lines, to explain a trap (a Rust panic prints
+    /// its message to stderr just before the trap).
+    tail: std::collections::VecDeque<String>,
 }
+
+/// How many recent lines [`AgentOutput::tail`] keeps.
+const TAIL_LINES: usize = 4;
 
 impl AgentOutput {
     pub(crate) fn new(agent: &str, stream: &'static str, budget: usize) -> Self {
@@ -34,8 +40,21 @@ impl AgentOutput {
                 line: Vec::new(),
                 budget,
                 dropped: false,
+                tail: Default::default(),
             })),
         }
+    }
+
+    /// The last few lines written, joined with ` | `, or `None` if nothing
+    /// was.
+    pub(crate) fn tail(&self) -> Option<String> {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !inner.line.is_empty() {
+            inner.emit();
+        }
+        let lines: Vec<&str> =
+            inner.tail.iter().map(String::as_str).filter(|l| !l.starts_with("note: run with")).collect();
+        if lines.is_empty() { None } else { Some(lines.join(" | ")) }
     }
 }
 
@@ -44,7 +63,10 @@ impl Inner {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         tracing::info!(target: "concord::agent", "[{}] {}", self.agent, text);
-        let _ = self.stream; // stdout and stderr share one prefix; the level tells them apart later
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text.chars().take(300).collect());
         self.line.clear();
     }
 

@@ -132,8 +132,14 @@ impl From<WriteError> for wit::WriteError {
                 changed_fields: c.changed_fields,
                 events_since: c.events_since.into_iter().map(Into::into).collect(),
             }),
-            WriteError::Refused(Refusal::Forbidden { entity, field, agent, writers, .. }) => {
-                wit::WriteError::Forbidden(wit::Forbidden { entity: entity.into(), field, agent, writers })
+            WriteError::Refused(Refusal::Forbidden(f)) => {
+                let f = *f;
+                wit::WriteError::Forbidden(wit::Forbidden {
+                    entity: f.entity.into(),
+                    field: f.field,
+                    agent: f.agent,
+                    writers: f.writers,
+                })
             }
             WriteError::Refused(Refusal::Invalid(message)) => wit::WriteError::Invalid(message),
         }

@@ -4,7 +4,9 @@
 //! - `loop`: spins forever (fuel or the time limit must stop it).
 //! - `alloc`: allocates until the memory limit.
 //! - `trap`: panics (a wasm trap).
-//! - `stack`: recurses until the stack overflows.
+//! - `stack`: recurses until the wasm call stack overflows.
+//! - `shadow_stack`: recurses with big frames until the shadow stack (in
+//!   linear memory) overflows.
 //! - `open_file` `{path}`: tries to read a host file; reports what it got.
 //! - `env` `{name}`: tries to read an environment variable; reports it.
 //! - `commit_then_trap` `{entity}`: reads and commits, then panics.
@@ -14,9 +16,15 @@ use std::hint::black_box;
 
 struct Hostile;
 
+/// Recursion that lives on the wasm call stack (no shadow-stack frames).
 fn recurse(n: u64) -> u64 {
+    if black_box(n) == u64::MAX { 0 } else { black_box(recurse(black_box(n + 1))).wrapping_add(1) }
+}
+
+/// Recursion with big frames, which live on the shadow stack in linear memory.
+fn recurse_shadow(n: u64) -> u64 {
     let buf = black_box([n; 64]);
-    if black_box(true) { recurse(n + 1) + buf[3] } else { 0 }
+    if black_box(true) { recurse_shadow(n + 1) + buf[3] } else { 0 }
 }
 
 impl Handler for Hostile {
@@ -37,6 +45,7 @@ impl Handler for Hostile {
             }
             "trap" => panic!("hostile agent panics on purpose"),
             "stack" => Ok(format!("{}", recurse(0))),
+            "shadow_stack" => Ok(format!("{}", recurse_shadow(0))),
             "open_file" => {
                 let path = body["path"].as_str().unwrap_or("/etc/passwd");
                 match std::fs::read(path) {
