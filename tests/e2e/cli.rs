@@ -109,3 +109,25 @@ fn help_is_enough_to_start() {
         assert!(help.contains(needle), "--help should mention {needle}:\n{help}");
     }
 }
+
+/// The read verbs work while a host has the knowledge base open; a second
+/// host on the same store is refused with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_work_while_a_host_runs_and_a_second_host_is_refused() {
+    let env = crate::common::Env::new(&[("sales", "sales")]);
+    crate::common::onboard(&env, "acme").await;
+    let o = concord(env.dir.path(), &["get", "customer/acme"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("version 1"), "{}", stdout(&o));
+    let o = concord(env.dir.path(), &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    std::fs::write(
+        env.dir.path().join("s.jsonl"),
+        "{\"agent\":\"sales\",\"kind\":\"upsell\",\"entity\":\"customer/acme\"}\n",
+    )
+    .expect("write");
+    let o = concord(env.dir.path(), &["run", "--script", "s.jsonl"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already open in another process"), "{}", stderr(&o));
+}
