@@ -11,21 +11,50 @@
 //! traps the invocation.
 
 use crate::audit::{self, AuditDraft, Decision, calls};
-use crate::kb::{CommitOutcome, CommitRequest, Conflict, Entity, EntityRef, Event, Store, StoreError, Write, now_ms};
+use crate::kb::{
+    ActOutcome, ActRequest, Actor, ChangeRequest, CommitOutcome, CommitRequest, Conflict, Denial, Entity, EntityRef,
+    Event, EventKind, Lease, LeaseOutcome, Store, StoreError, Value, Write, now_ms,
+};
+use crate::policy::rules::Rules;
 use crate::policy::{Policy, Refusal};
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 
-/// Why a commit was refused. Mirrors the WIT `write-error`.
+/// Why a commit, action or lease was refused. Mirrors the WIT `write-error`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WriteError {
     #[error("conflict: {0}")]
     Conflict(Box<Conflict>),
     #[error("{0}")]
     Refused(Refusal),
+    #[error("{0}")]
+    Denied(Box<Denial>),
+}
+
+/// How a guard's denial is audited: the decision, the rule, the peer.
+fn denial_audit(d: &Denial) -> (Decision, String, Option<String>) {
+    // (fields are set by the caller, which knows what was written)
+    match d {
+        Denial::Rule { rule, defer, .. } => {
+            (if *defer { Decision::Deferred } else { Decision::Denied }, format!("rule: {rule}"), None)
+        }
+        Denial::Pinned { field, by, .. } => {
+            (Decision::Pinned, format!("pin: {field} by {by}"), Some(format!("human:{by}")))
+        }
+        Denial::Leased { holder, .. } => (Decision::Leased, "lease".into(), Some(holder.clone())),
+        Denial::StaleFence { .. } => (Decision::Leased, "fencing token".into(), None),
+    }
+}
+
+/// Work an invocation leaves for the dispatcher: its committed changes (for
+/// subscriptions) and its change requests (for the owners).
+#[derive(Debug, Clone, Default)]
+pub struct FollowUps {
+    pub events: Vec<Event>,
+    pub requests: Vec<ChangeRequest>,
 }
 
 /// Who is calling: fixed for one invocation.
@@ -34,14 +63,36 @@ pub struct Caller {
     pub agent: String,
     pub digest: String,
     pub invocation: u64,
+    /// The invocation that caused this one.
+    pub causation: Option<u64>,
     /// Host calls made so far by this invocation.
     calls: AtomicU32,
     breakpoint: Option<Breakpoint>,
+    followups: Mutex<FollowUps>,
 }
 
 impl Caller {
-    pub(crate) fn new(agent: String, digest: String, invocation: u64, breakpoint: Option<Breakpoint>) -> Self {
-        Self { agent, digest, invocation, calls: AtomicU32::new(0), breakpoint }
+    pub(crate) fn new(
+        agent: String,
+        digest: String,
+        invocation: u64,
+        causation: Option<u64>,
+        breakpoint: Option<Breakpoint>,
+    ) -> Self {
+        Self { agent, digest, invocation, causation, calls: AtomicU32::new(0), breakpoint, followups: Mutex::default() }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor { name: self.agent.clone(), invocation: self.invocation }
+    }
+
+    /// Takes what the invocation left for the dispatcher.
+    pub fn take_followups(&self) -> FollowUps {
+        std::mem::take(&mut *self.followups.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn follow(&self, f: impl FnOnce(&mut FollowUps)) {
+        f(&mut self.followups.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// How many host calls this invocation has made.
@@ -111,6 +162,7 @@ impl Breakpoint {
 pub struct Gate {
     store: Arc<dyn Store>,
     policy: Arc<Policy>,
+    rules: Arc<Rules>,
     audit_arg_bytes: usize,
 }
 
@@ -118,8 +170,8 @@ pub struct Gate {
 pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
-    pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, audit_arg_bytes: usize) -> Self {
-        Self { store, policy, audit_arg_bytes }
+    pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, rules: Arc<Rules>, audit_arg_bytes: usize) -> Self {
+        Self { store, policy, rules, audit_arg_bytes }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -151,6 +203,9 @@ impl Gate {
             args: audit::bounded(args.to_string(), self.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
+            peer: None,
+            fields: vec![],
+            causation: caller.causation,
             outcome: String::new(),
             duration_us: 0,
         }
@@ -176,6 +231,7 @@ impl Gate {
         digest: &str,
         message: serde_json::Value,
         entity: Option<&EntityRef>,
+        causation: Option<u64>,
     ) -> Result<u64, StoreError> {
         let draft = AuditDraft {
             agent: agent.to_string(),
@@ -186,7 +242,13 @@ impl Gate {
             args: audit::bounded(message.to_string(), self.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
-            outcome: "started".into(),
+            peer: None,
+            fields: vec![],
+            causation,
+            outcome: match causation {
+                Some(c) => format!("started (caused by invocation {c})"),
+                None => "started".into(),
+            },
             duration_us: 0,
         };
         Ok(self.blocking(move |s| s.append_audit(draft)).await?.seq)
@@ -206,27 +268,56 @@ impl Gate {
         self.record(draft, started).await
     }
 
+    /// Records a cascade step that was not run because of the depth limit.
+    /// Its own seq stands in for the invocation id it never got.
+    pub async fn record_stopped(
+        &self,
+        agent: &str,
+        digest: &str,
+        causation: u64,
+        entity: Option<&EntityRef>,
+        outcome: String,
+    ) -> Result<u64, StoreError> {
+        let draft = AuditDraft {
+            agent: agent.to_string(),
+            digest: digest.to_string(),
+            invocation: None,
+            call: calls::CASCADE_STOPPED.into(),
+            entities: entity.map(EntityRef::key).into_iter().collect(),
+            args: "{}".into(),
+            decision: Decision::Stopped,
+            rule: Some("limits.max_cascade_depth".into()),
+            peer: None,
+            fields: vec![],
+            causation: Some(causation),
+            outcome: audit::bounded(outcome, self.audit_arg_bytes),
+            duration_us: 0,
+        };
+        Ok(self.blocking(move |s| s.append_audit(draft)).await?.seq)
+    }
+
     pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, StoreError> {
         let started = self.enter(caller, calls::GET).await;
         let mut draft = self.draft(caller, calls::GET, vec![entity.key()], json!({ "entity": entity.key() }));
-        let result = match self.policy.check_read(&entity) {
-            Err(refusal) => {
-                draft.decision = Decision::Invalid;
-                draft.rule = Some(refusal.rule());
-                Err(refusal.to_string())
-            }
-            Ok(()) => {
-                let found = self.blocking(move |s| s.get(&entity)).await?;
-                Ok(found)
-            }
+        if let Err(refusal) = self.policy.check_read(&entity) {
+            draft.decision = Decision::Invalid;
+            draft.rule = Some(refusal.rule());
+            draft.outcome = refusal.to_string();
+            self.record(draft, started).await?;
+            return Ok(Err(refusal.to_string()));
+        }
+        let read = entity.clone();
+        let found = self.blocking(move |s| s.get(&read)).await?;
+        draft.outcome = match &found {
+            Some(e) => format!("version {}", e.version),
+            None => "absent".into(),
         };
-        draft.outcome = match &result {
-            Ok(Some(e)) => format!("version {}", e.version),
-            Ok(None) => "absent".into(),
-            Err(e) => e.clone(),
-        };
-        self.record(draft, started).await?;
-        Ok(result)
+        draft.duration_us = elapsed_us(started);
+        // The read moves the agent's cursor (for `changes-since-read`) in the
+        // same transaction as its audit entry.
+        let (agent, seq) = (caller.agent.clone(), found.as_ref().map_or(0, |e| e.seq));
+        self.blocking(move |s| s.record_read(&agent, &entity, seq, draft)).await?;
+        Ok(Ok(found))
     }
 
     pub async fn history(
@@ -301,13 +392,23 @@ impl Gate {
                 "expect": w.expect.to_string(),
                 "set": w.set.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
                 "unset": w.unset,
+                "fence": w.fence,
             })).collect::<Vec<_>>(),
         });
         let mut draft = self.draft(caller, calls::COMMIT, entities, args);
+        let mut written: Vec<String> =
+            writes.iter().flat_map(|w| w.set.iter().map(|(n, _)| n.clone()).chain(w.unset.iter().cloned())).collect();
+        written.sort();
+        written.dedup();
+        draft.fields = written;
 
         if let Err(refusal) = self.policy.check_commit(&caller.agent, &writes) {
-            draft.decision = match refusal {
-                Refusal::Forbidden(_) => Decision::Forbidden,
+            draft.decision = match &refusal {
+                Refusal::Forbidden(f) => {
+                    draft.peer = Some(f.writers.join(","));
+                    draft.fields = vec![f.field.clone()];
+                    Decision::Forbidden
+                }
                 Refusal::Invalid(_) => Decision::Invalid,
             };
             draft.rule = Some(refusal.rule());
@@ -317,15 +418,18 @@ impl Gate {
         }
 
         let request = CommitRequest {
-            agent: caller.agent.clone(),
-            invocation: caller.invocation,
+            actor: caller.actor(),
             reason,
             writes,
             at_ms: now_ms(),
+            by_human: false,
+            kind: EventKind::Updated,
         };
+        let (rules, agent) = (self.rules.clone(), caller.agent.clone());
         let (outcome, _entry) = self
             .blocking(move |s| {
-                s.commit(&request, &|outcome| {
+                let guard = move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input);
+                s.commit(&request, &guard, &|outcome| {
                     let mut d = draft.clone();
                     d.duration_us = elapsed_us(started);
                     match outcome {
@@ -341,7 +445,17 @@ impl Gate {
                         CommitOutcome::Conflict(c) => {
                             d.decision = Decision::Conflict;
                             d.rule = Some("version".into());
+                            d.peer = Some(c.changed_by.clone()).filter(|p| !p.is_empty());
+                            d.fields.clone_from(&c.changed_fields);
                             d.outcome = c.to_string();
+                        }
+                        CommitOutcome::Denied(denial) => {
+                            if let Denial::Pinned { field, .. } = denial {
+                                d.fields = vec![field.clone()];
+                            }
+                            let (decision, rule, peer) = denial_audit(denial);
+                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
+                            d.outcome = denial.to_string();
                         }
                     }
                     d
@@ -349,9 +463,273 @@ impl Gate {
             })
             .await?;
         Ok(match outcome {
-            CommitOutcome::Committed { versions, .. } => Ok(versions),
+            CommitOutcome::Committed { versions, events } => {
+                caller.follow(|f| f.events.extend(events));
+                Ok(versions)
+            }
             CommitOutcome::Conflict(c) => Err(WriteError::Conflict(Box::new(c))),
+            CommitOutcome::Denied(d) => Err(WriteError::Denied(Box::new(d))),
         })
+    }
+
+    /// Records a guarded action in the outbox, if its version still holds
+    /// and no rule defers it.
+    pub async fn act(
+        &self,
+        caller: &Caller,
+        kind: String,
+        payload: String,
+        entity: EntityRef,
+        based_on: u64,
+        key: Option<String>,
+    ) -> Result<Result<u64, WriteError>, StoreError> {
+        let started = self.enter(caller, calls::ACT).await;
+        let args = json!({ "kind": kind, "entity": entity.key(), "based_on": based_on, "idempotency_key": key, "payload": payload });
+        let mut draft = self.draft(caller, calls::ACT, vec![entity.key()], args);
+        let problem = if kind.trim().is_empty() {
+            Some("an action needs a kind, such as `email.send`".to_string())
+        } else if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload) {
+            Some(format!("the action payload is not JSON: {e}"))
+        } else {
+            self.policy.check_read(&entity).err().map(|r| r.to_string())
+        };
+        if let Some(problem) = problem {
+            draft.decision = Decision::Invalid;
+            draft.rule = Some("schema".into());
+            draft.outcome.clone_from(&problem);
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
+        }
+        let request = ActRequest {
+            actor: caller.actor(),
+            entity,
+            based_on,
+            kind,
+            payload,
+            idempotency_key: key,
+            at_ms: now_ms(),
+        };
+        let (rules, agent) = (self.rules.clone(), caller.agent.clone());
+        let (outcome, _) = self
+            .blocking(move |s| {
+                let guard = move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input);
+                s.act(&request, &guard, &|outcome| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    match outcome {
+                        ActOutcome::Recorded(a) => {
+                            d.outcome = format!("recorded action {} ({}, key {})", a.id, a.kind, a.idempotency_key);
+                        }
+                        ActOutcome::Conflict(c) => {
+                            d.decision = Decision::Conflict;
+                            d.rule = Some("version".into());
+                            d.peer = Some(c.changed_by.clone()).filter(|p| !p.is_empty());
+                            d.fields.clone_from(&c.changed_fields);
+                            d.outcome = c.to_string();
+                        }
+                        ActOutcome::Denied(denial) => {
+                            let (decision, rule, peer) = denial_audit(denial);
+                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
+                            d.outcome = denial.to_string();
+                        }
+                    }
+                    d
+                })
+            })
+            .await?;
+        Ok(match outcome {
+            ActOutcome::Recorded(a) => Ok(a.id),
+            ActOutcome::Conflict(c) => Err(WriteError::Conflict(Box::new(c))),
+            ActOutcome::Denied(d) => Err(WriteError::Denied(Box::new(d))),
+        })
+    }
+
+    /// Records a handoff: `owner` is asked to change fields it may write.
+    pub async fn request_change(
+        &self,
+        caller: &Caller,
+        owner: String,
+        entity: EntityRef,
+        proposed: Vec<(String, Value)>,
+        reason: String,
+    ) -> Result<Result<u64, WriteError>, StoreError> {
+        let started = self.enter(caller, calls::REQUEST_CHANGE).await;
+        let args = json!({
+            "owner": owner, "entity": entity.key(), "reason": reason,
+            "proposed": proposed.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
+        });
+        let mut draft = self.draft(caller, calls::REQUEST_CHANGE, vec![entity.key()], args);
+        draft.peer = Some(owner.clone());
+        // The owner must be able to apply what is proposed: the same checks
+        // as the owner's own commit would get.
+        let as_owner = Write {
+            entity: entity.clone(),
+            expect: crate::kb::Expect::Absent,
+            set: proposed.clone(),
+            unset: vec![],
+            fence: None,
+        };
+        if let Err(refusal) = self.policy.check_commit(&owner, std::slice::from_ref(&as_owner)) {
+            let problem = format!("{owner} cannot apply this change request: {refusal}");
+            draft.decision = Decision::Invalid;
+            draft.rule = Some(refusal.rule());
+            draft.outcome.clone_from(&problem);
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
+        }
+        let request = ChangeRequest {
+            id: 0,
+            from: caller.agent.clone(),
+            owner,
+            entity,
+            proposed,
+            reason,
+            applied: None,
+            resolution: None,
+        };
+        let actor = caller.actor();
+        let (stored, _) = self
+            .blocking(move |s| {
+                s.request_change(&request, &actor, now_ms(), &|event| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    d.outcome = format!("change request {} to {} (event {})", event.seq, request.owner, event.seq);
+                    d
+                })
+            })
+            .await?;
+        let id = stored.id;
+        caller.follow(|f| f.requests.push(stored));
+        Ok(Ok(id))
+    }
+
+    /// Records the owner's decision on a change request.
+    pub async fn resolve_change(
+        &self,
+        caller: &Caller,
+        request: u64,
+        applied: bool,
+        reason: String,
+    ) -> Result<Result<(), String>, StoreError> {
+        let started = self.enter(caller, calls::RESOLVE_CHANGE).await;
+        let args = json!({ "request": request, "applied": applied, "reason": reason });
+        let draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
+        let actor = caller.actor();
+        let (result, _) = self
+            .blocking(move |s| {
+                s.resolve_change(request, &actor, applied, &reason, now_ms(), &|r| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    match r {
+                        Ok(req) => {
+                            d.entities = vec![req.entity.key()];
+                            d.peer = Some(req.from.clone());
+                            d.outcome = format!(
+                                "change request {request} from {} {}",
+                                req.from,
+                                if applied { "applied" } else { "declined" }
+                            );
+                        }
+                        Err(e) => {
+                            d.decision = Decision::Invalid;
+                            d.outcome.clone_from(e);
+                        }
+                    }
+                    d
+                })
+            })
+            .await?;
+        Ok(result.map(|_| ()))
+    }
+
+    pub async fn lease(
+        &self,
+        caller: &Caller,
+        entity: EntityRef,
+        ttl_ms: u64,
+    ) -> Result<Result<Lease, WriteError>, StoreError> {
+        let started = self.enter(caller, calls::LEASE).await;
+        let mut draft =
+            self.draft(caller, calls::LEASE, vec![entity.key()], json!({ "entity": entity.key(), "ttl_ms": ttl_ms }));
+        if let Err(refusal) = self.policy.check_read(&entity) {
+            draft.decision = Decision::Invalid;
+            draft.outcome = refusal.to_string();
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(refusal)));
+        }
+        let actor = caller.actor();
+        let (outcome, _) = self
+            .blocking(move |s| {
+                s.lease(&actor, &entity, ttl_ms, now_ms(), &|o| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    match o {
+                        LeaseOutcome::Granted(l) => {
+                            d.outcome = format!("granted token {} until {} ms", l.token, l.expires_at_ms);
+                        }
+                        LeaseOutcome::Denied(denial) => {
+                            let (decision, rule, peer) = denial_audit(denial);
+                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
+                            d.outcome = denial.to_string();
+                        }
+                    }
+                    d
+                })
+            })
+            .await?;
+        Ok(match outcome {
+            LeaseOutcome::Granted(l) => Ok(l),
+            LeaseOutcome::Denied(d) => Err(WriteError::Denied(Box::new(d))),
+        })
+    }
+
+    pub async fn release(&self, caller: &Caller, entity: EntityRef, token: u64) -> Result<bool, StoreError> {
+        let started = self.enter(caller, calls::RELEASE).await;
+        let draft =
+            self.draft(caller, calls::RELEASE, vec![entity.key()], json!({ "entity": entity.key(), "token": token }));
+        let actor = caller.actor();
+        let (released, _) = self
+            .blocking(move |s| {
+                s.release(&actor, &entity, token, &|released| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    d.outcome = if released {
+                        "released".into()
+                    } else {
+                        "not the live lease's token; nothing released".into()
+                    };
+                    d
+                })
+            })
+            .await?;
+        Ok(released)
+    }
+
+    pub async fn changes_since_read(
+        &self,
+        caller: &Caller,
+        entity: EntityRef,
+    ) -> Result<Result<Vec<Event>, String>, StoreError> {
+        let started = self.enter(caller, calls::CHANGES).await;
+        let mut draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
+        if let Err(refusal) = self.policy.check_read(&entity) {
+            draft.decision = Decision::Invalid;
+            draft.outcome = refusal.to_string();
+            self.record(draft, started).await?;
+            return Ok(Err(refusal.to_string()));
+        }
+        let agent = caller.agent.clone();
+        let (events, _) = self
+            .blocking(move |s| {
+                s.changes_since_read(&agent, &entity, &|events| {
+                    let mut d = draft.clone();
+                    d.duration_us = elapsed_us(started);
+                    d.outcome = format!("{} events since the last read", events.len());
+                    d
+                })
+            })
+            .await?;
+        Ok(Ok(events))
     }
 }
 

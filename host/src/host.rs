@@ -1,11 +1,14 @@
 //! The assembled host: config, store, policy, gate and runtime, started in
 //! an order that never leaves anything half-done.
 
+use crate::coord::cascade::{self, FollowUp};
+use crate::coord::outbox::{self, Delivery, Sink, SinkError};
 use crate::gate::{Breakpoint, Gate};
 use crate::kb::{RedbStore, Store, StoreError};
 use crate::policy::Policy;
 use crate::policy::config::Config;
 use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Runtime};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Why the host did not start.
@@ -16,6 +19,8 @@ pub enum StartError {
     Agents(#[from] LoadError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open the action sink: {0}")]
+    Sink(#[from] SinkError),
 }
 
 /// Why an invocation could not be started. (How a started invocation ended,
@@ -38,25 +43,94 @@ pub struct Host {
     gate: Arc<Gate>,
     runtime: Runtime,
     warnings: Vec<String>,
+    sink: Box<dyn Sink>,
 }
 
 impl Host {
     /// Loads the agents, then opens the store. Agents come first so that a
     /// bad agent file stops the start before anything is written.
+    ///
+    /// Actions recorded but not delivered before the last stop (a crash,
+    /// say) are delivered now.
     pub fn start(config: Config) -> Result<Host, StartError> {
-        let runtime = Runtime::load(&config.agents_dir, config.limits.clone())?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.kb_path)?);
-        Ok(Self::with_store(config, runtime, store))
+        let sink = outbox::open_sink(&config.sink)?;
+        Self::start_with_sink(config, sink)
     }
 
-    fn with_store(config: Config, runtime: Runtime, store: Arc<dyn Store>) -> Host {
-        let warnings = ownership_warnings(&config, &runtime);
+    /// Like [`Host::start`], delivering actions to `sink` instead of the
+    /// configured one.
+    pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
+        let runtime = Runtime::load(&config.agents_dir, config.limits.clone())?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.kb_path)?);
+        let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
             tracing::warn!("{w}");
         }
         let policy = Arc::new(Policy::new(config.schema.clone()));
-        let gate = Arc::new(Gate::new(store, policy, config.limits.audit_arg_bytes));
-        Host { config, gate, runtime, warnings }
+        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.audit_arg_bytes));
+        let host = Host { config, gate, runtime, warnings, sink };
+        let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
+        if !leftover.delivered.is_empty() {
+            tracing::info!("delivered {} action(s) left in the outbox by the last run", leftover.delivered.len());
+        }
+        Ok(host)
+    }
+
+    /// Delivers every action waiting in the outbox.
+    pub fn deliver_actions(&self) -> Result<Delivery, StoreError> {
+        outbox::deliver_pending(self.store().as_ref(), self.sink.as_ref())
+    }
+
+    /// Runs a trigger: the invocation, every invocation it causes
+    /// (subscriptions, handoffs; breadth first, up to the depth limit), and
+    /// then delivers the actions they recorded. Returns every invocation,
+    /// in the order they ran.
+    pub async fn dispatch(&self, agent: &str, message: Message) -> Result<Vec<Invocation>, InvokeError> {
+        let root = self.invoke(agent, message).await?;
+        self.finish(root).await
+    }
+
+    /// Runs what `root` caused, then delivers recorded actions.
+    pub async fn finish(&self, root: Invocation) -> Result<Vec<Invocation>, InvokeError> {
+        let mut done = vec![];
+        let mut queue: VecDeque<(FollowUp, u64, u32, Vec<String>)> = VecDeque::new();
+        let enqueue = |queue: &mut VecDeque<_>, inv: &Invocation, chain: &[String]| {
+            let mut chain = chain.to_vec();
+            chain.push(inv.agent.clone());
+            for f in cascade::follow_ups(&inv.followups, &self.config.subscriptions) {
+                queue.push_back((f, inv.id, inv.depth + 1, chain.clone()));
+            }
+        };
+        enqueue(&mut queue, &root, &[]);
+        done.push(root);
+        while let Some((f, parent, depth, chain)) = queue.pop_front() {
+            let Some(info) = self.runtime.agent(&f.agent) else {
+                tracing::warn!("invocation {parent} calls for agent `{}`, which is not loaded; skipped", f.agent);
+                continue;
+            };
+            if depth > self.config.limits.max_cascade_depth {
+                let mut path = chain.clone();
+                path.push(f.agent.clone());
+                let looped = chain.contains(&f.agent);
+                let outcome = format!(
+                    "cascade stopped at depth {depth} (limits.max_cascade_depth = {}): {}{}",
+                    self.config.limits.max_cascade_depth,
+                    path.join(" -> "),
+                    if looped { "; the chain loops" } else { "" }
+                );
+                tracing::warn!("{outcome}");
+                let digest = info.digest.clone();
+                self.gate.record_stopped(&f.agent, &digest, parent, f.message.entity.as_ref(), outcome).await?;
+                continue;
+            }
+            let inv = self.invoke_inner(&f.agent, f.message, None, Some(parent), depth).await?;
+            enqueue(&mut queue, &inv, &chain);
+            done.push(inv);
+        }
+        if let Err(e) = self.deliver_actions() {
+            tracing::warn!("actions not delivered yet: {e}");
+        }
+        Ok(done)
     }
 
     pub fn config(&self) -> &Config {
@@ -78,8 +152,11 @@ impl Host {
     }
 
     /// Invokes an agent with a message in a fresh instance.
+    ///
+    /// This runs the one invocation; what it causes (subscriptions,
+    /// handoffs) and its actions' delivery are [`Host::dispatch`]'s.
     pub async fn invoke(&self, agent: &str, message: Message) -> Result<Invocation, InvokeError> {
-        self.invoke_inner(agent, message, None).await
+        self.invoke_inner(agent, message, None, None, 0).await
     }
 
     /// Like [`Host::invoke`], pausing the invocation at `breakpoint`.
@@ -89,7 +166,7 @@ impl Host {
         message: Message,
         breakpoint: Breakpoint,
     ) -> Result<Invocation, InvokeError> {
-        self.invoke_inner(agent, message, Some(breakpoint)).await
+        self.invoke_inner(agent, message, Some(breakpoint), None, 0).await
     }
 
     async fn invoke_inner(
@@ -97,6 +174,8 @@ impl Host {
         agent: &str,
         message: Message,
         breakpoint: Option<Breakpoint>,
+        causation: Option<u64>,
+        depth: u32,
     ) -> Result<Invocation, InvokeError> {
         if let Some(entity) = &message.entity {
             self.gate.policy().check_read(entity).map_err(|e| InvokeError::BadMessage(e.to_string()))?;
@@ -104,16 +183,30 @@ impl Host {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&message.body) {
             return Err(InvokeError::BadMessage(format!("the body is not JSON: {e}")));
         }
-        self.runtime.invoke(&self.gate, agent, &message, breakpoint).await?.ok_or_else(|| InvokeError::UnknownAgent {
-            name: agent.to_string(),
-            known: self.runtime.agents().map(|a| a.name.clone()).collect(),
+        self.runtime.invoke(&self.gate, agent, &message, breakpoint, causation, depth).await?.ok_or_else(|| {
+            InvokeError::UnknownAgent {
+                name: agent.to_string(),
+                known: self.runtime.agents().map(|a| a.name.clone()).collect(),
+            }
         })
     }
 }
 
-/// Checks the config's ownership against the loaded agents.
-fn ownership_warnings(config: &Config, runtime: &Runtime) -> Vec<String> {
+/// Checks the config's ownership, rules and subscriptions against the
+/// loaded agents.
+fn config_warnings(config: &Config, runtime: &Runtime) -> Vec<String> {
     let mut out = Vec::new();
+    let file = config.file.display();
+    for s in &config.subscriptions {
+        if runtime.agent(&s.agent).is_none() {
+            out.push(format!("{file}:{}: subscription names agent `{}`, which is not loaded", s.line, s.agent));
+        }
+    }
+    for r in config.rules.iter() {
+        for a in r.agents.iter().filter(|a| runtime.agent(a).is_none()) {
+            out.push(format!("{file}:{}: rule `{}` names agent `{a}`, which is not loaded", r.line, r.name));
+        }
+    }
     for (kind, def) in &config.schema.kinds {
         for (field, f) in &def.fields {
             for name in f.writers.names() {

@@ -84,10 +84,11 @@ async fn a_scripted_run_is_audited_completely() {
 /// matching entries.
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_filters_select_what_they_say() {
-    let env = Env::new(&[("sales", "sales"), ("product", "product")]);
+    let env = Env::new(&[("sales", "sales"), ("product", "probe")]);
     crate::common::onboard(&env, "acme").await;
     crate::common::onboard(&env, "globex").await;
-    env.send("product", "expansion_signal", "customer/acme", json!({})).await;
+    let forbidden_write = json!([{"op": "commit", "writes": [{"entity": "customer/acme", "expect": 1, "set": {"deal_stage": "x"}}]}]);
+    env.probe("product", forbidden_write).await;
     let all = env.all_audit();
 
     let by = |f: AuditFilter| env.audit(f);

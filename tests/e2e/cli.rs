@@ -40,12 +40,13 @@ fn the_demo_runs_and_the_read_verbs_show_who_did_what() {
     assert_eq!(run.status.code(), Some(0), "{}\n{}", stdout(&run), stderr(&run));
     let out = stdout(&run);
     assert!(out.contains("held the upsell"), "{out}");
-    assert!(out.contains("7 invocations: 7 ok, 0 failed, 0 trapped"), "{out}");
-    assert!(out.contains("1 conflict, 1 forbidden"), "{out}");
+    assert!(out.contains("13 invocations: 13 ok, 0 failed, 0 trapped"), "{out}");
+    assert!(out.contains("1 conflict, 1 deferred"), "{out}");
+    assert!(out.contains("actions: 1 recorded, 1 delivered"), "{out}");
 
     let get = concord(dir.path(), &["get", "customer/acme"]);
     assert_eq!(get.status.code(), Some(0));
-    assert!(stdout(&get).contains("deal_stage") && stdout(&get).contains("upsell_offered"), "{}", stdout(&get));
+    assert!(stdout(&get).contains("deal_stage") && stdout(&get).contains("expansion_candidate"), "{}", stdout(&get));
     let json = concord(dir.path(), &["get", "customer/acme", "--json"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&json).trim()).expect("json");
     assert_eq!(v["fields"]["status"], "active");
@@ -53,8 +54,8 @@ fn the_demo_runs_and_the_read_verbs_show_who_did_what() {
     let history = stdout(&concord(dir.path(), &["history", "customer/acme"]));
     assert!(history.contains("status: \"active\" -> \"at_risk\""), "{history}");
 
-    let audit = stdout(&concord(dir.path(), &["audit", "--agent", "product", "--outcome", "forbidden"]));
-    assert!(audit.contains("ownership: customer.deal_stage is owned by sales"), "{audit}");
+    let audit = stdout(&concord(dir.path(), &["audit", "--agent", "product", "--outcome", "deferred"]));
+    assert!(audit.contains("[rule: product-defers-during-escalations]"), "{audit}");
     let lines = stdout(&concord(dir.path(), &["audit", "--agent", "sales", "--json"]));
     for l in lines.lines() {
         let e: serde_json::Value = serde_json::from_str(l).expect("json line");

@@ -6,17 +6,17 @@ use concord::audit::{AuditFilter, Decision, calls};
 use serde_json::json;
 
 /// The reference case. Sales reads Acme (active) and decides to upsell;
-/// Support then marks Acme at_risk; Sales's commit of that decision rests on
-/// the old version, so it conflicts, naming Support and the changed fields.
-/// Sales re-reads and does not upsell.
+/// Support then marks Acme at_risk; Sales's upsell email (a guarded action)
+/// rests on the old version, so the host refuses it with a conflict naming
+/// Support and the changed fields. Sales re-reads and does not upsell.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_race_sales_upsell_after_support_escalation_is_refused_and_reconsidered() {
     let env = Env::new(&[("sales", "sales"), ("support", "support")]);
     onboard(&env, "acme").await;
     let before = env.get("customer/acme").expect("acme exists");
 
-    // Sales runs until it is about to commit its upsell decision.
-    let bp = Breakpoint::before(calls::COMMIT, 1);
+    // Sales runs until it is about to ask for the upsell email.
+    let bp = Breakpoint::before(calls::ACT, 1);
     let sales = {
         let (host, bp) = (env.host.clone(), bp.clone());
         tokio::spawn(async move {
@@ -40,6 +40,7 @@ async fn the_race_sales_upsell_after_support_escalation_is_refused_and_reconside
     let acme = env.get("customer/acme").expect("acme");
     assert_eq!(text(&acme, "status").as_deref(), Some("at_risk"));
     assert_eq!(text(&acme, "deal_stage").as_deref(), Some("closed_won"), "no upsell was recorded");
+    assert!(env.host.store().actions().expect("actions").is_empty(), "no email was recorded");
 
     // The conflict is audited and explains itself: who, and which fields.
     let conflicts = env.audit(AuditFilter {
@@ -49,15 +50,18 @@ async fn the_race_sales_upsell_after_support_escalation_is_refused_and_reconside
     });
     assert_eq!(conflicts.len(), 1, "{conflicts:#?}");
     let c = &conflicts[0];
-    assert_eq!(c.call, calls::COMMIT);
+    assert_eq!(c.call, calls::ACT);
     assert_eq!(c.invocation, sales.id);
+    assert_eq!(c.peer.as_deref(), Some("support"));
+    assert_eq!(c.fields, ["last_interaction", "open_tickets", "status"]);
     assert!(c.outcome.contains("changed by support"), "{}", c.outcome);
     assert!(c.outcome.contains("status") && c.outcome.contains("open_tickets"), "{}", c.outcome);
-    // After the conflict Sales read again (a second kb.get) and committed nothing.
+    // After the conflict Sales read again (a second kb.get) and asked for nothing more.
     let sales_calls = env.audit(AuditFilter { invocation: Some(sales.id), ..Default::default() });
     let gets = sales_calls.iter().filter(|e| e.call == calls::GET).count();
+    let acts = sales_calls.iter().filter(|e| e.call == calls::ACT).count();
     let commits = sales_calls.iter().filter(|e| e.call == calls::COMMIT).count();
-    assert_eq!((gets, commits), (2, 1), "{sales_calls:#?}");
+    assert_eq!((gets, acts, commits), (2, 1, 0), "{sales_calls:#?}");
 }
 
 /// The conflict an agent receives carries the current version, who changed
@@ -133,12 +137,18 @@ async fn lost_updates_concurrent_increments_all_count() {
 /// unchanged; the refusal is audited with the rule that decided.
 #[tokio::test(flavor = "multi_thread")]
 async fn ownership_product_may_not_write_deal_stage() {
-    let env = Env::new(&[("sales", "sales"), ("product", "product")]);
+    let env = Env::new(&[("sales", "sales"), ("product", "probe")]);
     onboard(&env, "acme").await;
     let before = env.get("customer/acme").expect("acme");
 
-    let inv = env.send("product", "expansion_signal", "customer/acme", json!({"reason": "growth"})).await;
-    assert!(inv.outcome.text().contains("belongs to sales"), "{}", inv.outcome);
+    let write = |field: &str, value: serde_json::Value| {
+        json!([{"op": "get", "entity": "customer/acme"},
+               {"op": "commit", "writes": [{"entity": "customer/acme", "expect": "read", "set": {field: value}}]}])
+    };
+    let r = env.probe("product", write("deal_stage", json!("expansion_candidate"))).await;
+    assert_eq!(r[1]["error"], "forbidden", "{r:?}");
+    assert_eq!(r[1]["field"], "deal_stage");
+    assert_eq!(r[1]["writers"], json!(["sales"]));
     assert_eq!(env.get("customer/acme").expect("acme"), before, "the entity is unchanged");
 
     let refused = env.audit(AuditFilter { decision: Some(Decision::Forbidden), ..Default::default() });
@@ -149,9 +159,8 @@ async fn ownership_product_may_not_write_deal_stage() {
     assert!(refused[0].entities.contains(&"customer/acme".to_string()));
 
     // Its own fields it may write.
-    let inv = env.send("product", "usage_report", "customer/acme", json!({"active_users": 5})).await;
-    assert!(inv.outcome.is_ok(), "{}", inv.outcome);
-    assert_eq!(env.get("customer/acme").expect("acme").version, before.version + 1);
+    let r = env.probe("product", write("usage_metrics", json!({"active_users": 5}))).await;
+    assert_eq!(r[1]["versions"], json!([before.version + 1]), "{r:?}");
 }
 
 /// A commit of three writes where the third is stale, or forbidden, or
@@ -199,31 +208,22 @@ async fn acme_scenario_never_upsells_an_at_risk_customer() {
     let runs = concord::coord::script::run(env.host.clone(), &script, |_| {}).await.expect("script runs");
     assert!(runs.iter().all(|r| r.outcome.is_ok()), "{runs:#?}");
 
-    // Replay Acme's events and check the state each upsell was decided on.
-    let events = env.host.store().history(&"customer/acme".parse().expect("ref"), 0, 1000).expect("history");
-    let mut state = std::collections::BTreeMap::new();
-    let mut upsells = 0;
-    for e in &events {
-        for c in &e.changes {
-            if c.name == "deal_stage" && c.after == Some(concord::Value::Text("upsell_offered".into())) {
-                upsells += 1;
-                assert_eq!(
-                    state.get("status"),
-                    Some(&concord::Value::Text("active".into())),
-                    "upsell at event {}",
-                    e.seq
-                );
-                assert_eq!(state.get("open_tickets"), Some(&concord::Value::Integer(0)), "upsell at event {}", e.seq);
-            }
-        }
-        for c in &e.changes {
-            match &c.after {
-                Some(v) => state.insert(c.name.clone(), v.clone()),
-                None => state.remove(&c.name),
-            };
-        }
+    // Every upsell email recorded rests on a version where Acme was active
+    // with no open tickets; exactly one went out (after the resolution).
+    let store = env.host.store();
+    let actions = store.actions().expect("actions");
+    let upsells: Vec<_> = actions.iter().filter(|a| a.kind == "email.upsell").collect();
+    assert_eq!(upsells.len(), 1, "{actions:#?}");
+    let events = store.history(&"customer/acme".parse().expect("ref"), 0, 1000).expect("history");
+    for a in &upsells {
+        let at = events.iter().filter(|e| e.kind.changes_state() && e.version == a.based_on).map(|e| e.seq).last();
+        let state = store.get_at(&a.entity, concord::kb::AtPoint::Seq(at.expect("version exists"))).expect("read").expect("exists");
+        assert_eq!(state.fields.get("status"), Some(&concord::Value::Text("active".into())), "action {}", a.id);
+        assert_eq!(state.fields.get("open_tickets"), Some(&concord::Value::Integer(0)), "action {}", a.id);
+        assert!(a.delivered_at_ms.is_some(), "delivered");
     }
-    assert_eq!(upsells, 1, "exactly the final upsell, after the ticket was resolved");
+    let delivered = std::fs::read_to_string(env.dir.path().join("data/actions.jsonl")).expect("sink file");
+    assert_eq!(delivered.lines().count(), 1, "{delivered}");
     let held = runs.iter().filter(|r| r.agent == "sales" && r.outcome.text().contains("held the upsell")).count();
     assert_eq!(held, 1, "the raced upsell was held");
 }

@@ -25,9 +25,10 @@ wit_bindgen::generate!({
 });
 
 pub use concord::agent::types::{
-    Conflict, Entity, EntityRef, Event, Expect, Field, FieldChange, Forbidden, Message, Value, Write, WriteError,
+    Conflict, Deferral, Entity, EntityRef, Event, Expect, Field, FieldChange, Forbidden, LeaseGrant, Leased, Message,
+    Pinned, StaleFence, Value, Write, WriteError,
 };
-pub use concord::agent::{kb, log};
+pub use concord::agent::{coord, kb, log};
 pub use exports::concord::agent::handler::Guest as Handler;
 
 /// `kind/id` as an [`EntityRef`].
@@ -75,13 +76,19 @@ impl Entity {
 impl Write {
     /// A write that creates `entity`; it fails with a conflict if it exists.
     pub fn create(entity: EntityRef) -> Write {
-        Write { entity, expect: Expect::Absent, set: vec![], unset: vec![] }
+        Write { entity, expect: Expect::Absent, set: vec![], unset: vec![], fence: None }
     }
 
     /// A write based on what was read: it fails with a conflict if the entity
     /// changed since.
     pub fn update(read: &Entity) -> Write {
-        Write { entity: read.reference(), expect: Expect::Version(read.version), set: vec![], unset: vec![] }
+        Write {
+            entity: read.reference(),
+            expect: Expect::Version(read.version),
+            set: vec![],
+            unset: vec![],
+            fence: None,
+        }
     }
 
     pub fn set(mut self, name: &str, value: Value) -> Write {
@@ -91,6 +98,12 @@ impl Write {
 
     pub fn unset(mut self, name: &str) -> Write {
         self.unset.push(name.into());
+        self
+    }
+
+    /// Carries a lease's fencing token.
+    pub fn fenced(mut self, token: u64) -> Write {
+        self.fence = Some(token);
         self
     }
 }
@@ -115,6 +128,13 @@ impl std::fmt::Display for Value {
     }
 }
 
+/// Who last changed `field` of `entity`, from its history: "who was here?"
+pub fn who_set(entity: &EntityRef, field: &str) -> Option<String> {
+    // `recent` with an unbounded window gives the newest events (up to 1000).
+    let events = kb::recent(entity, u64::MAX).ok()?;
+    events.iter().rev().find(|e| e.changes.iter().any(|c| c.name == field)).map(|e| e.agent.clone())
+}
+
 /// Explains a refused commit in one sentence.
 pub fn describe(error: &WriteError) -> String {
     match error {
@@ -133,7 +153,36 @@ pub fn describe(error: &WriteError) -> String {
                 f.writers.join(", ")
             )
         }
+        WriteError::Deferred(d) => format!("deferred by rule `{}` on {}: {}", d.rule, d.entity, d.reason),
+        WriteError::Denied(d) => format!("denied by rule `{}` on {}: {}", d.rule, d.entity, d.reason),
+        WriteError::Pinned(p) => format!("pinned: {}.{} is pinned by {}: {}", p.entity, p.field, p.by, p.reason),
+        WriteError::Leased(l) => format!("leased: {} is leased by {} until {} ms", l.entity, l.holder, l.expires_at_ms),
+        WriteError::StaleFence(f) => match f.current {
+            Some(c) => format!("stale fence: token {} for {} is superseded by {c}", f.token, f.entity),
+            None => format!("stale fence: token {} for {} has expired", f.token, f.entity),
+        },
         WriteError::Invalid(m) => format!("invalid: {m}"),
+    }
+}
+
+impl Message {
+    /// A field of the message body, as JSON.
+    pub fn body_field(&self, name: &str) -> serde_json::Value {
+        self.body_json().get(name).cloned().unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A JSON value as a field [`Value`]: strings, integers, floats, booleans
+/// and null map to the matching variant; arrays and objects to `json`.
+pub fn value_of_json(j: &serde_json::Value) -> Value {
+    match j {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => {
+            n.as_i64().map_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)), Value::Integer)
+        }
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        other => Value::Json(other.to_string()),
     }
 }
 

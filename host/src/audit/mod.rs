@@ -31,11 +31,38 @@ pub enum Decision {
     /// The invocation trapped: a wasm trap, fuel or time exhausted, memory
     /// limit hit, or an instantiation failure.
     Trapped,
+    /// A coordination rule deferred it ("not now").
+    Deferred,
+    /// A coordination rule denied it.
+    Denied,
+    /// A human pin refused it.
+    Pinned,
+    /// Another agent's lease, or a stale fencing token, refused it.
+    Leased,
+    /// A cascade hit its depth limit and was not run.
+    Stopped,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 6] =
-        [Self::Allowed, Self::Forbidden, Self::Conflict, Self::Invalid, Self::Failed, Self::Trapped];
+    pub const ALL: [Decision; 11] = [
+        Self::Allowed,
+        Self::Forbidden,
+        Self::Conflict,
+        Self::Invalid,
+        Self::Failed,
+        Self::Trapped,
+        Self::Deferred,
+        Self::Denied,
+        Self::Pinned,
+        Self::Leased,
+        Self::Stopped,
+    ];
+
+    /// Whether the host refused the call (as opposed to allowing it, or the
+    /// agent failing on its own).
+    pub fn is_refusal(self) -> bool {
+        !matches!(self, Self::Allowed | Self::Failed | Self::Trapped)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +72,11 @@ impl Decision {
             Self::Invalid => "invalid",
             Self::Failed => "failed",
             Self::Trapped => "trapped",
+            Self::Deferred => "deferred",
+            Self::Denied => "denied",
+            Self::Pinned => "pinned",
+            Self::Leased => "leased",
+            Self::Stopped => "stopped",
         }
     }
 }
@@ -74,8 +106,21 @@ pub mod calls {
     pub const HISTORY: &str = "kb.history";
     pub const RECENT: &str = "kb.recent";
     pub const LOG: &str = "log.log";
+    pub const ACT: &str = "coord.act";
+    pub const REQUEST_CHANGE: &str = "coord.request-change";
+    pub const RESOLVE_CHANGE: &str = "coord.resolve-change";
+    pub const LEASE: &str = "coord.lease";
+    pub const RELEASE: &str = "coord.release";
+    pub const CHANGES: &str = "coord.changes-since-read";
+    /// A cascade step that was not run (depth limit).
+    pub const CASCADE_STOPPED: &str = "cascade.stopped";
+    /// Operator commands.
+    pub const PIN: &str = "human.pin";
+    pub const UNPIN: &str = "human.unpin";
+    pub const REVERT: &str = "human.revert";
     /// Every call an agent itself can make (not the invocation bracket).
-    pub const AGENT_CALLS: [&str; 5] = [GET, COMMIT, HISTORY, RECENT, LOG];
+    pub const AGENT_CALLS: [&str; 11] =
+        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RELEASE, CHANGES];
 }
 
 /// An entry before the store gives it a place in the chain.
@@ -95,6 +140,15 @@ pub struct AuditDraft {
     pub decision: Decision,
     /// The rule that decided, where one did (`ownership: …`, `version`, …).
     pub rule: Option<String>,
+    /// The other party of a refusal: who changed the entity (conflict), who
+    /// owns the field (forbidden), who pinned it or holds the lease.
+    pub peer: Option<String>,
+    /// The fields the decision is about: those written (commit), the one
+    /// refused (forbidden, pinned), those changed since the expected version
+    /// (conflict).
+    pub fields: Vec<String>,
+    /// The invocation that caused this one (a subscription or a handoff).
+    pub causation: Option<u64>,
     /// A short, human-readable result.
     pub outcome: String,
     pub duration_us: u64,
@@ -114,6 +168,9 @@ pub struct AuditEntry {
     pub args: String,
     pub decision: Decision,
     pub rule: Option<String>,
+    pub peer: Option<String>,
+    pub fields: Vec<String>,
+    pub causation: Option<u64>,
     pub outcome: String,
     pub duration_us: u64,
     pub prev_hash: String,
@@ -137,6 +194,9 @@ impl AuditEntry {
             args: draft.args,
             decision: draft.decision,
             rule: draft.rule,
+            peer: draft.peer,
+            fields: draft.fields,
+            causation: draft.causation,
             outcome: draft.outcome,
             duration_us: draft.duration_us,
             prev_hash: prev_hash.to_string(),
@@ -160,6 +220,9 @@ impl AuditEntry {
             args: &'a str,
             decision: Decision,
             rule: &'a Option<String>,
+            peer: &'a Option<String>,
+            fields: &'a [String],
+            causation: Option<u64>,
             outcome: &'a str,
             duration_us: u64,
             prev_hash: &'a str,
@@ -175,6 +238,9 @@ impl AuditEntry {
             args: &self.args,
             decision: self.decision,
             rule: &self.rule,
+            peer: &self.peer,
+            fields: &self.fields,
+            causation: self.causation,
             outcome: &self.outcome,
             duration_us: self.duration_us,
             prev_hash: &self.prev_hash,
@@ -192,6 +258,9 @@ pub struct AuditFilter {
     pub call: Option<String>,
     pub decision: Option<Decision>,
     pub invocation: Option<u64>,
+    /// Entries of this invocation and of every invocation it caused, and
+    /// of the invocations that caused it (the whole causation chain).
+    pub trace: Option<std::collections::BTreeSet<u64>>,
     pub since_ms: Option<u64>,
     pub until_ms: Option<u64>,
     /// Keep only the newest `limit` matches (still printed oldest first).
@@ -205,6 +274,7 @@ impl AuditFilter {
             && self.call.as_ref().is_none_or(|c| &e.call == c)
             && self.decision.is_none_or(|d| e.decision == d)
             && self.invocation.is_none_or(|i| e.invocation == i)
+            && self.trace.as_ref().is_none_or(|t| t.contains(&e.invocation))
             && self.since_ms.is_none_or(|t| e.at_ms >= t)
             && self.until_ms.is_none_or(|t| e.at_ms <= t)
     }
@@ -314,6 +384,9 @@ mod tests {
             args: "{}".into(),
             decision: Decision::Allowed,
             rule: None,
+            peer: None,
+            fields: vec![],
+            causation: None,
             outcome: "ok".into(),
             duration_us: 3,
         }

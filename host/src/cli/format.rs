@@ -1,7 +1,9 @@
 //! Human-readable tables and JSON lines for the CLI.
 
 use crate::audit::AuditEntry;
+use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
+use crate::kb::{ActionRecord, AtPoint};
 use crate::kb::{Entity, Event, Value, now_ms};
 use crate::policy::config::Config;
 use crate::runtime::{Outcome, Runtime};
@@ -42,6 +44,98 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}`; use s, m, h or d")),
     };
     Ok(now_ms().saturating_sub(n.saturating_mul(unit_ms)))
+}
+
+/// Parses `--at`: an event seq, or a time (ms since the epoch: 13 digits
+/// or more; or an age such as `10m`).
+pub fn parse_at(s: &str) -> Result<AtPoint, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n < 1_000_000_000_000 => Ok(AtPoint::Seq(n)),
+        _ => parse_time(s).map(AtPoint::Time),
+    }
+}
+
+pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
+    if !as_json {
+        println!(
+            "{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} key",
+            "id", "kind", "entity", "agent", "version", "delivered"
+        );
+    }
+    for a in actions {
+        if as_json {
+            println!("{}", serde_json::to_string(a).unwrap_or_default());
+            continue;
+        }
+        let delivered = a.delivered_at_ms.map_or_else(|| "pending".to_string(), fmt_time);
+        println!(
+            "{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} {}",
+            a.id,
+            a.kind,
+            a.entity.key(),
+            a.agent,
+            a.based_on,
+            delivered,
+            a.idempotency_key
+        );
+    }
+}
+
+pub fn print_conflicts(r: &Report, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    let seqs = |s: &[u64]| {
+        let shown: Vec<String> = s.iter().take(12).map(u64::to_string).collect();
+        let more = if s.len() > 12 { format!(" (+{} more)", s.len() - 12) } else { String::new() };
+        format!("{}{more}", shown.join(", "))
+    };
+    let section = |title: &str, map: &std::collections::BTreeMap<String, crate::coord::conflicts::Tally>| {
+        println!("{title}:");
+        if map.is_empty() {
+            println!("  none");
+        }
+        for (k, t) in map {
+            println!("  {k:<48} {:>4}   audit seqs {}", t.count, seqs(&t.seqs));
+        }
+    };
+    section("refusals by agent pair (agent vs the other party)", &r.by_pair);
+    section("refusals by entity", &r.by_entity);
+    section("refusals by field", &r.by_field);
+    section("agents acting on stale versions (conflicts)", &r.stale);
+    println!("refusal rate per agent (refused / writes, actions and leases):");
+    for (agent, (refused, total)) in &r.refusal_rate {
+        println!("  {agent:<10} {refused}/{total}");
+    }
+    println!("ping-pongs (a field put back by another agent, twice or more):");
+    if r.ping_pongs.is_empty() {
+        println!("  none");
+    }
+    for p in &r.ping_pongs {
+        println!(
+            "  {}.{} between {} and {}: {} flips   events {}",
+            p.entity,
+            p.field,
+            p.agents.0,
+            p.agents.1,
+            p.flips,
+            seqs(&p.events)
+        );
+    }
+    println!("cascades:");
+    println!(
+        "  stopped at the depth limit: {}   audit seqs {}",
+        r.stopped_cascades.count,
+        seqs(&r.stopped_cascades.seqs)
+    );
+    if !r.deepest_chain.is_empty() {
+        println!(
+            "  deepest chain: invocations {} (see `concord audit --trace {}`)",
+            seqs(&r.deepest_chain),
+            r.deepest_chain[0]
+        );
+    }
 }
 
 fn value(v: &Option<Value>) -> String {
@@ -98,8 +192,15 @@ pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
             continue;
         }
         let mut outcome = e.outcome.replace('\n', " ");
+        if let Some(c) = e.causation
+            && e.call == crate::audit::calls::INVOCATION_START
+        {
+            outcome = format!("{outcome} <- {c}");
+        }
+        // The rule goes first: it is what a reader scans for, and the
+        // outcome may be cut.
         if let Some(rule) = &e.rule {
-            outcome.push_str(&format!("  [rule: {rule}]"));
+            outcome = format!("[{rule}] {outcome}");
         }
         if outcome.chars().count() > 140 {
             outcome = outcome.chars().take(139).collect::<String>() + "…";

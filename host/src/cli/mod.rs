@@ -9,8 +9,9 @@ mod format;
 
 use crate::audit::{AuditFilter, Decision, Verification};
 use crate::coord::script::{self, Script, StepReport};
+use crate::coord::{conflicts, operator};
 use crate::host::{Host, StartError};
-use crate::kb::{EntityRef, RedbStore, Store, StoreError};
+use crate::kb::{AtPoint, EntityRef, RedbStore, Store, StoreError};
 use crate::policy::config::{Config, ConfigError, DEFAULT_CONFIG};
 use crate::runtime::{LoadError, Outcome, Runtime};
 use clap::{Args, Parser, Subcommand};
@@ -26,7 +27,13 @@ Examples:
   concord audit --agent sales                 every host call sales made
   concord audit --outcome forbidden --json    refusals, as JSON lines
   concord audit verify                        check the audit hash chain
+  concord audit --trace 12                    the causation chain of invocation 12
   concord agents                              loaded agents, digests, writable fields
+  concord pin customer/acme status=active --by alice --reason 'CEO call'
+  concord get customer/acme --at 5            the state after event 5
+  concord revert 7 --by alice --reason 'wrong customer'
+  concord conflicts                           who gets in whose way, and where
+  concord actions                             the outbox: recorded and delivered actions
 
 Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain);
 2 bad usage; 3 bad input (config, agents, script, store); 4 not found.
@@ -58,10 +65,14 @@ pub enum Command {
         #[arg(long, short)]
         script: PathBuf,
     },
-    /// Show an entity's current state and version.
+    /// Show an entity's current state and version, or its state in the past.
     Get {
         /// The entity, as kind/id (e.g. customer/acme).
         entity: EntityRef,
+        /// The state as of a point in the past: an event seq (e.g. 12), or a
+        /// time: ms since the epoch (13 digits) or an age such as 10m.
+        #[arg(long, value_parser = format::parse_at)]
+        at: Option<AtPoint>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -84,6 +95,63 @@ pub enum Command {
     Audit(AuditArgs),
     /// List the agents in the agents folder: digest and writable fields.
     Agents {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set fields and pin them (a human override): agent writes to them are
+    /// refused until `concord unpin`. Needs the host stopped.
+    Pin {
+        /// The entity, as kind/id.
+        entity: EntityRef,
+        /// FIELD=VALUE, read as the field's declared type (`null` for null).
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        /// Who is pinning (recorded as `human:NAME`).
+        #[arg(long)]
+        by: String,
+        /// Why; shown to every agent that is refused.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release pinned fields. Needs the host stopped.
+    Unpin {
+        entity: EntityRef,
+        #[arg(required = true)]
+        fields: Vec<String>,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Rebuild the projection from the event log and report any difference.
+    Replay,
+    /// Undo an event by appending a compensating event (history is never
+    /// edited). Refuses if later events changed the same fields, unless
+    /// --force. Needs the host stopped.
+    Revert {
+        /// The event's seq (see `concord history`).
+        seq: u64,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+        /// Revert even though later events changed the same fields.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Report conflicts and refusals per agent pair, entity and field;
+    /// ping-pongs; deep or stopped cascades; agents acting on stale versions.
+    Conflicts {
+        /// How close in time two changes must be to count as a ping-pong.
+        #[arg(long, default_value_t = 600_000)]
+        window_ms: u64,
+        /// Print JSON instead of a report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recorded actions (the outbox) and whether they were delivered.
+    Actions {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -111,6 +179,10 @@ pub struct AuditArgs {
     /// Only this invocation id.
     #[arg(long)]
     pub invocation: Option<u64>,
+    /// The whole causation chain of this invocation: what caused it, and
+    /// everything it caused.
+    #[arg(long)]
+    pub trace: Option<u64>,
     /// Only entries at or after this time: ms since the epoch, or an age such as 30s, 10m, 2h, 7d.
     #[arg(long, value_parser = format::parse_time)]
     pub since: Option<u64>,
@@ -145,6 +217,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || error.downcast_ref::<StartError>().is_some()
             || error.downcast_ref::<StoreError>().is_some()
             || error.downcast_ref::<script::ScriptError>().is_some()
+            || error.downcast_ref::<crate::coord::outbox::SinkError>().is_some()
         {
             3
         } else {
@@ -181,9 +254,13 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Run { script } => run(&cli.config, &script),
-        Command::Get { entity, json } => {
+        Command::Get { entity, at, json } => {
             let store = open_store(&cli.config)?;
-            match store.get(&entity)? {
+            let found = match at {
+                Some(at) => store.get_at(&entity, at)?,
+                None => store.get(&entity)?,
+            };
+            match found {
                 Some(e) => {
                     format::print_entity(&e, json);
                     Ok(0)
@@ -210,7 +287,66 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             format::print_agents(&runtime, &config, json);
             Ok(0)
         }
+        Command::Pin { entity, assignments, by, reason } => {
+            let config = Config::load(&cli.config)?;
+            let fields = assignments
+                .iter()
+                .map(|a| operator::parse_assignment(&config.schema, &entity, a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure { code: 2, error: anyhow::anyhow!(e) })?;
+            let store = RedbStore::open(&config.kb_path)?;
+            let event = operator::pin(&store, &entity, &fields, &by, &reason)?;
+            println!("pinned {} on {entity} (event {}, version {})", names(&fields), event.seq, event.version);
+            Ok(0)
+        }
+        Command::Unpin { entity, fields, by, reason } => {
+            let config = Config::load(&cli.config)?;
+            let store = RedbStore::open(&config.kb_path)?;
+            let event = operator::unpin(&store, &entity, &fields, &by, &reason)?;
+            println!("unpinned {} on {entity} (event {})", fields.join(", "), event.seq);
+            Ok(0)
+        }
+        Command::Replay => {
+            let store = open_store(&cli.config)?;
+            let report = store.replay()?;
+            println!("replayed {} events into {} entities", report.events, report.entities);
+            if report.differences.is_empty() {
+                println!("the projection equals the replay");
+                Ok(0)
+            } else {
+                for d in &report.differences {
+                    println!("DIFFERS {d}");
+                }
+                Ok(1)
+            }
+        }
+        Command::Revert { seq, by, reason, force } => {
+            let config = Config::load(&cli.config)?;
+            let store = RedbStore::open(&config.kb_path)?;
+            let event = operator::revert(&store, seq, &by, &reason, force)?;
+            println!(
+                "reverted event {seq} with event {} ({} now at version {})",
+                event.seq, event.entity, event.version
+            );
+            format::print_events(std::slice::from_ref(&event), false);
+            Ok(0)
+        }
+        Command::Conflicts { window_ms, json } => {
+            let store = open_store(&cli.config)?;
+            let report = conflicts::analyze(&store, window_ms)?;
+            format::print_conflicts(&report, json);
+            Ok(0)
+        }
+        Command::Actions { json } => {
+            let store = open_store(&cli.config)?;
+            format::print_actions(&store.actions()?, json);
+            Ok(0)
+        }
     }
+}
+
+fn names(fields: &[(String, crate::kb::Value)]) -> String {
+    fields.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
 }
 
 fn open_store(config: &std::path::Path) -> Result<RedbStore, Failure> {
@@ -232,12 +368,17 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
             }
         };
     }
+    let trace = match args.trace {
+        Some(id) => Some(trace_of(&store, id)?),
+        None => None,
+    };
     let filter = AuditFilter {
         agent: args.agent,
         entity: args.entity.map(|e| e.key()),
         call: args.call,
         decision: args.outcome,
         invocation: args.invocation,
+        trace,
         since_ms: args.since,
         until_ms: args.until,
         limit: args.limit,
@@ -245,6 +386,39 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
     let entries = store.audit(&filter)?;
     format::print_audit(&entries, args.json);
     Ok(0)
+}
+
+/// The invocations in `id`'s causation chain: its ancestors and every
+/// invocation it caused, transitively.
+fn trace_of(store: &RedbStore, id: u64) -> Result<std::collections::BTreeSet<u64>, Failure> {
+    let starts =
+        store.audit(&AuditFilter { call: Some(crate::audit::calls::INVOCATION_START.into()), ..Default::default() })?;
+    let stops =
+        store.audit(&AuditFilter { call: Some(crate::audit::calls::CASCADE_STOPPED.into()), ..Default::default() })?;
+    let parent: std::collections::HashMap<u64, u64> =
+        starts.iter().chain(&stops).filter_map(|e| e.causation.map(|c| (e.invocation, c))).collect();
+    if !starts.iter().any(|e| e.invocation == id) {
+        return Err(Failure {
+            code: 4,
+            error: anyhow::anyhow!("there is no invocation {id} (see `concord audit --call invocation.start`)"),
+        });
+    }
+    let mut root = id;
+    while let Some(&p) = parent.get(&root) {
+        root = p;
+    }
+    let mut set = std::collections::BTreeSet::from([root]);
+    loop {
+        let before = set.len();
+        for (child, p) in &parent {
+            if set.contains(p) {
+                set.insert(*child);
+            }
+        }
+        if set.len() == before {
+            return Ok(set);
+        }
+    }
 }
 
 fn run(config_path: &std::path::Path, script_path: &std::path::Path) -> Result<u8, Failure> {
@@ -277,15 +451,27 @@ fn run(config_path: &std::path::Path, script_path: &std::path::Path) -> Result<u
     println!();
     println!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
     let refused = host.store().audit(&AuditFilter::default())?;
-    let count = |d: Decision| refused.iter().filter(|e| e.decision == d && e.call.starts_with("kb.")).count();
+    let mut counts = std::collections::BTreeMap::new();
+    for e in refused.iter().filter(|e| e.decision.is_refusal()) {
+        *counts.entry(e.decision.as_str()).or_insert(0) += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(d, n)| format!("{n} {d}")).collect();
     println!(
-        "         host calls refused in this knowledge base: {} conflict, {} forbidden, {} invalid",
-        count(Decision::Conflict),
-        count(Decision::Forbidden),
-        count(Decision::Invalid)
+        "         refused by the host in this knowledge base: {}",
+        if counts.is_empty() { "nothing".to_string() } else { counts.join(", ") }
     );
+    let actions = host.store().actions()?;
+    let delivered = actions.iter().filter(|a| a.delivered_at_ms.is_some()).count();
+    println!("         actions: {} recorded, {delivered} delivered ({})", actions.len(), sink_name(host.config()));
     println!("         see `concord audit` for every call, `concord history KIND/ID` for every change");
     Ok(if failed + trapped == 0 { 0 } else { 1 })
+}
+
+fn sink_name(config: &Config) -> String {
+    match &config.sink {
+        crate::policy::config::SinkConfig::Stdout => "to stdout".into(),
+        crate::policy::config::SinkConfig::File(p) => format!("to {}", p.display()),
+    }
 }
 
 impl StepReport {

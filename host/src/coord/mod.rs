@@ -1,8 +1,21 @@
-//! Coordination: what triggers invocations and in which order.
+//! Coordination: what triggers invocations, in which order, and what they
+//! cause.
 //!
 //! - [`script`]: JSON-lines scripts of triggers, with exact interleavings
 //!   (pause an invocation before a host call, resume it later).
+//! - [`cascade`]: subscriptions and handoffs: the invocations an invocation
+//!   causes, with causation and depth.
+//! - [`outbox`]: delivering recorded actions to a sink, at least once, with
+//!   idempotency keys.
+//! - [`operator`]: human pins and reverts.
+//! - [`conflicts`]: the `concord conflicts` analysis.
 //!
-//! Subscriptions, handoff, guarded actions and leases will live here too.
+//! Guarded actions, handoffs and leases are host calls, enforced in
+//! [`crate::gate`] and stored by [`crate::kb::Store`]; the rules that defer
+//! them are in [`crate::policy::rules`].
 
+pub mod cascade;
+pub mod conflicts;
+pub mod operator;
+pub mod outbox;
 pub mod script;

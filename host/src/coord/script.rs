@@ -197,9 +197,9 @@ pub async fn run(
         match step {
             Step::Trigger { line, agent, message, id, pause_before: None, note } => {
                 let _ = id;
-                let inv = host.invoke(agent, message.clone()).await?;
-                report(&StepReport::Finished { line: *line, note: note.clone(), invocation: inv.clone() });
-                done.push(inv);
+                let invs = host.dispatch(agent, message.clone()).await?;
+                report_all(&mut report, *line, note.clone(), &invs);
+                done.extend(invs);
             }
             Step::Trigger { line, agent, message, id, pause_before: Some(call), note } => {
                 let id = id.clone().unwrap_or_default();
@@ -218,8 +218,9 @@ pub async fn run(
                     }
                     finished = &mut task => {
                         let inv = finished.map_err(|e| InvokeError::BadMessage(format!("invocation task failed: {e}")))??;
-                        report(&StepReport::Finished { line: *line, note: note.clone(), invocation: inv.clone() });
-                        done.push(inv);
+                        let invs = host.finish(inv).await?;
+                        report_all(&mut report, *line, note.clone(), &invs);
+                        done.extend(invs);
                     }
                 }
             }
@@ -237,10 +238,19 @@ pub async fn run(
     for (_, (bp, task)) in paused {
         bp.release();
         let inv = task.await.map_err(|e| InvokeError::BadMessage(format!("invocation task failed: {e}")))??;
-        report(&StepReport::Finished { line: 0, note: None, invocation: inv.clone() });
-        done.push(inv);
+        let invs = host.finish(inv).await?;
+        report_all(&mut report, 0, None, &invs);
+        done.extend(invs);
     }
     Ok(done)
+}
+
+/// Reports an invocation and the ones it caused (the note goes with the first).
+fn report_all(report: &mut impl FnMut(&StepReport), line: usize, note: Option<String>, invs: &[Invocation]) {
+    for (i, inv) in invs.iter().enumerate() {
+        let note = if i == 0 { note.clone() } else { None };
+        report(&StepReport::Finished { line, note, invocation: inv.clone() });
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,12 @@ pub mod model;
 pub mod redb_store;
 pub mod store;
 
-pub use model::{Conflict, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields, Value, Write, now_ms};
+pub use model::{
+    ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields,
+    Lease, Pin, Value, Write, now_ms,
+};
 pub use redb_store::RedbStore;
-pub use store::{CommitOutcome, CommitRequest, Store, StoreError};
+pub use store::{
+    ActOutcome, ActRequest, Actor, AtPoint, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
+    ReplayReport, Store, StoreError,
+};

@@ -95,6 +95,34 @@ pub struct Entity {
     pub fields: Fields,
     pub updated_at_ms: u64,
     pub updated_by: String,
+    /// The seq of the event that produced this version.
+    pub seq: u64,
+}
+
+impl Entity {
+    /// Applies a state-changing event: the one projection rule, used both
+    /// when committing and when replaying, so the two cannot disagree.
+    /// Events that do not change state leave the entity as it is.
+    pub fn apply(current: Option<Entity>, event: &Event) -> Option<Entity> {
+        if !event.kind.changes_state() {
+            return current;
+        }
+        let mut fields = current.map(|e| e.fields).unwrap_or_default();
+        for c in &event.changes {
+            match &c.after {
+                Some(v) => fields.insert(c.name.clone(), v.clone()),
+                None => fields.remove(&c.name),
+            };
+        }
+        Some(Entity {
+            entity: event.entity.clone(),
+            version: event.version,
+            fields,
+            updated_at_ms: event.at_ms,
+            updated_by: event.agent.clone(),
+            seq: event.seq,
+        })
+    }
 }
 
 /// One field's change inside an event; `None` means absent.
@@ -105,12 +133,27 @@ pub struct FieldChange {
     pub after: Option<Value>,
 }
 
-/// What an event did to its entity.
+/// What an event records. `Created`, `Updated`, `Pinned` and `Reverted`
+/// change fields and bump the version; the others record what happened
+/// around the entity without changing it (their `version` is the entity's
+/// version at the time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Created,
     Updated,
+    /// A human set and pinned fields.
+    Pinned,
+    /// A human released pinned fields.
+    Unpinned,
+    /// A compensating change that undoes an earlier event.
+    Reverted,
+    /// A guarded action was recorded in the outbox.
+    ActionRecorded,
+    /// An agent asked a field's owner for a change (handoff).
+    ChangeRequested,
+    /// The owner applied or declined a change request.
+    ChangeResolved,
 }
 
 impl EventKind {
@@ -118,12 +161,24 @@ impl EventKind {
         match self {
             EventKind::Created => "created",
             EventKind::Updated => "updated",
+            EventKind::Pinned => "pinned",
+            EventKind::Unpinned => "unpinned",
+            EventKind::Reverted => "reverted",
+            EventKind::ActionRecorded => "action_recorded",
+            EventKind::ChangeRequested => "change_requested",
+            EventKind::ChangeResolved => "change_resolved",
         }
+    }
+
+    /// Whether events of this kind change fields (and bump the version).
+    pub fn changes_state(self) -> bool {
+        matches!(self, EventKind::Created | EventKind::Updated | EventKind::Pinned | EventKind::Reverted)
     }
 }
 
-/// One committed change to one entity. Events are the truth; entities are
-/// derived from them.
+/// One entry of the event log: a committed change to one entity, or a
+/// record of what happened around it (see [`EventKind`]). Events are the
+/// truth; entities are derived from them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
@@ -135,6 +190,9 @@ pub struct Event {
     pub changes: Vec<FieldChange>,
     pub reason: String,
     pub invocation: u64,
+    /// Kind-specific details as JSON text (the action, the change request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What a write expects to find.
@@ -163,6 +221,9 @@ pub struct Write {
     pub expect: Expect,
     pub set: Vec<(String, Value)>,
     pub unset: Vec<String>,
+    /// A lease's fencing token; a stale one is refused.
+    #[serde(default)]
+    pub fence: Option<u64>,
 }
 
 /// A write's expectation did not hold, and what happened instead.
@@ -171,6 +232,8 @@ pub struct Conflict {
     pub entity: EntityRef,
     pub expected: Expect,
     pub current_version: Option<u64>,
+    /// The agents that changed the entity since the expected version, most
+    /// recent first, comma-separated.
     pub changed_by: String,
     pub changed_at_ms: u64,
     pub changed_fields: Vec<String>,
@@ -207,4 +270,105 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A field a human pinned: agent writes to it are refused until unpinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub field: String,
+    pub by: String,
+    pub reason: String,
+    pub at_ms: u64,
+    /// The event that pinned it.
+    pub seq: u64,
+}
+
+/// A lease on an entity: while it is live, only its holder may write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub entity: EntityRef,
+    pub holder: String,
+    /// Strictly increasing across all leases, restarts included.
+    pub token: u64,
+    pub expires_at_ms: u64,
+}
+
+impl Lease {
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// Why a write or an action was refused by a guard (rule, pin or lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Denial {
+    /// A coordination rule matched. `defer` means "not now, try later";
+    /// deny means "not this".
+    Rule { entity: EntityRef, rule: String, defer: bool, reason: String },
+    /// A human pinned the field.
+    Pinned { entity: EntityRef, field: String, by: String, reason: String },
+    /// Another agent holds a live lease on the entity.
+    Leased { entity: EntityRef, holder: String, expires_at_ms: u64 },
+    /// The write's fencing token is expired or superseded.
+    StaleFence { entity: EntityRef, token: u64, current: Option<u64> },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::Rule { entity, rule, defer: true, reason } => {
+                write!(f, "deferred by rule `{rule}` on {entity}: {reason}")
+            }
+            Denial::Rule { entity, rule, defer: false, reason } => {
+                write!(f, "denied by rule `{rule}` on {entity}: {reason}")
+            }
+            Denial::Pinned { entity, field, by, reason } => {
+                write!(f, "{entity}.{field} is pinned by {by}: {reason}")
+            }
+            Denial::Leased { entity, holder, expires_at_ms } => {
+                write!(f, "{entity} is leased by {holder} until {expires_at_ms} ms")
+            }
+            Denial::StaleFence { entity, token, current: Some(c) } => {
+                write!(f, "fencing token {token} for {entity} is superseded (current lease token {c})")
+            }
+            Denial::StaleFence { entity, token, current: None } => {
+                write!(f, "fencing token {token} for {entity} has expired (no live lease)")
+            }
+        }
+    }
+}
+
+/// A side effect an agent asked for, recorded in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// Outbox id, increasing.
+    pub id: u64,
+    /// What to do, such as `email.send`.
+    pub kind: String,
+    /// JSON text.
+    pub payload: String,
+    pub entity: EntityRef,
+    /// The entity version the decision rested on.
+    pub based_on: u64,
+    pub agent: String,
+    pub invocation: u64,
+    /// Sinks deliver each key at most once.
+    pub idempotency_key: String,
+    pub recorded_at_ms: u64,
+    pub delivered_at_ms: Option<u64>,
+}
+
+/// A handoff: one agent asks the owner of some fields to change them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    /// The seq of the `change_requested` event.
+    pub id: u64,
+    pub from: String,
+    pub owner: String,
+    pub entity: EntityRef,
+    pub proposed: Vec<(String, Value)>,
+    pub reason: String,
+    /// `None` while open; then whether the owner applied it.
+    pub applied: Option<bool>,
+    pub resolution: Option<String>,
 }

@@ -5,8 +5,14 @@
 //! durable write transaction. redb runs one write transaction at a time;
 //! reads use MVCC snapshots and never wait for the writer.
 
-use super::model::{Conflict, Entity, EntityRef, Event, EventKind, Expect, FieldChange};
-use super::store::{CommitOutcome, CommitRequest, Store, StoreError};
+use super::model::{
+    ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Lease,
+    Pin, Value,
+};
+use super::store::{
+    ActOutcome, ActRequest, Actor, AtPoint, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
+    ReplayReport, Store, StoreError,
+};
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, GENESIS_HASH, Verification};
 use redb::{
     ConcurrencyMode, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -29,8 +35,25 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_AGENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_agent");
 /// (`kind/id`, seq) -> (). Audit index by entity.
 const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_entity");
-/// Format metadata.
+/// Format metadata and counters (`schema_version`, `next_fence`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (`kind/id`, field) -> pin (JSON).
+const PINS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("pins");
+/// `kind/id` -> lease (JSON).
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// action id -> action record (JSON). Every action ever recorded.
+const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions");
+/// action id -> (). The outbox: recorded, not yet delivered.
+const OUTBOX: TableDefinition<u64, ()> = TableDefinition::new("outbox");
+/// idempotency key -> action id.
+const ACTION_KEYS: TableDefinition<&str, u64> = TableDefinition::new("action_keys");
+/// request id -> change request (JSON).
+const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("change_requests");
+/// (agent, `kind/id`) -> the last event seq the agent has seen.
+const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
+
+/// How far back guards look for `recent` events.
+pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// Bumped whenever the table layout or an encoding changes.
 const SCHEMA_VERSION: u64 = 1;
@@ -120,6 +143,13 @@ impl RedbStore {
             txn.open_table(AUDIT).map_err(backend)?;
             txn.open_table(AUDIT_BY_AGENT).map_err(backend)?;
             txn.open_table(AUDIT_BY_ENTITY).map_err(backend)?;
+            txn.open_table(PINS).map_err(backend)?;
+            txn.open_table(LEASES).map_err(backend)?;
+            txn.open_table(ACTIONS).map_err(backend)?;
+            txn.open_table(OUTBOX).map_err(backend)?;
+            txn.open_table(ACTION_KEYS).map_err(backend)?;
+            txn.open_table(REQUESTS).map_err(backend)?;
+            txn.open_table(CURSORS).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             let found = meta.get("schema_version").map_err(backend)?.map(|v| v.value());
             match found {
@@ -222,6 +252,7 @@ fn build_conflict(
     // Walk back from the newest event until the expected version: every
     // field changed on the way is reported; the newest events are carried.
     let mut changed = BTreeSet::new();
+    let mut by: Vec<String> = Vec::new();
     let mut carried = Vec::new();
     let key = entity.key();
     for seq in history_seqs_rev(history, &key)? {
@@ -229,7 +260,12 @@ fn build_conflict(
         if event.version <= since {
             break;
         }
-        changed.extend(event.changes.iter().map(|c| c.name.clone()));
+        if event.kind.changes_state() {
+            changed.extend(event.changes.iter().map(|c| c.name.clone()));
+            if !by.contains(&event.agent) {
+                by.push(event.agent.clone());
+            }
+        }
         if carried.len() < Conflict::MAX_EVENTS {
             carried.push(event);
         }
@@ -239,7 +275,8 @@ fn build_conflict(
         entity: entity.clone(),
         expected,
         current_version: Some(current.version),
-        changed_by: current.updated_by.clone(),
+        // Everyone who changed it since, most recent first.
+        changed_by: if by.is_empty() { current.updated_by.clone() } else { by.join(", ") },
         changed_at_ms: current.updated_at_ms,
         changed_fields: changed.into_iter().collect(),
         events_since: carried,
@@ -267,11 +304,147 @@ fn append_audit_in(txn: &WriteTransaction, draft: AuditDraft, at_ms: u64) -> Res
     Ok(entry)
 }
 
+/// The next event seq.
+fn next_seq(events: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(events.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1)
+}
+
+/// Appends an event, indexes it, and applies it to the projection.
+fn append_event(txn: &WriteTransaction, event: &Event) -> Result<(), StoreError> {
+    let key = event.entity.key();
+    txn.open_table(EVENTS).map_err(backend)?.insert(event.seq, encode(event)?.as_slice()).map_err(backend)?;
+    txn.open_table(HISTORY).map_err(backend)?.insert((key.as_str(), event.seq), ()).map_err(backend)?;
+    if event.kind.changes_state() {
+        let mut entities = txn.open_table(ENTITIES).map_err(backend)?;
+        let current = load_entity(&entities, &key)?;
+        if let Some(next) = Entity::apply(current, event) {
+            entities.insert(key.as_str(), encode(&next)?.as_slice()).map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_pins(
+    pins: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    key: &str,
+) -> Result<Vec<Pin>, StoreError> {
+    let mut out = Vec::new();
+    for item in pins.range((key, "")..).map_err(backend)? {
+        let (k, v) = item.map_err(backend)?;
+        if k.value().0 != key {
+            break;
+        }
+        out.push(decode(v.value(), || format!("pin on {key}"))?);
+    }
+    Ok(out)
+}
+
+fn load_lease(
+    leases: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Lease>, StoreError> {
+    match leases.get(key).map_err(backend)? {
+        Some(v) => decode(v.value(), || format!("lease on {key}")).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The lease check for a write (`fence` given) or an action (no fence).
+fn lease_denial(
+    lease: Option<&Lease>,
+    entity: &EntityRef,
+    agent: &str,
+    fence: Option<u64>,
+    now: u64,
+) -> Option<Denial> {
+    let live = lease.filter(|l| l.is_live(now));
+    match (fence, live) {
+        (Some(token), Some(l)) if l.token == token && l.holder == agent => None,
+        (Some(token), live) => {
+            Some(Denial::StaleFence { entity: entity.clone(), token, current: live.map(|l| l.token) })
+        }
+        (None, Some(l)) if l.holder != agent => {
+            Some(Denial::Leased { entity: entity.clone(), holder: l.holder.clone(), expires_at_ms: l.expires_at_ms })
+        }
+        (None, _) => None,
+    }
+}
+
+/// The entity's events at or after `since_ms`, oldest first (at most 1000).
+fn recent_in(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    history: &impl ReadableTable<(&'static str, u64), ()>,
+    key: &str,
+    since_ms: u64,
+) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::new();
+    for seq in history_seqs_rev(history, key)? {
+        let event = load_event(events, seq?)?;
+        if event.at_ms < since_ms || out.len() >= 1000 {
+            break;
+        }
+        out.push(event);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn fold_history(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    history: &impl ReadableTable<(&'static str, u64), ()>,
+    key: &str,
+    at: AtPoint,
+) -> Result<Option<Entity>, StoreError> {
+    let mut state = None;
+    for item in history.range((key, 0)..=(key, u64::MAX)).map_err(backend)? {
+        let seq = item.map_err(backend)?.0.value().1;
+        if matches!(at, AtPoint::Seq(n) if seq > n) {
+            break;
+        }
+        let event = load_event(events, seq)?;
+        if matches!(at, AtPoint::Time(t) if event.at_ms > t) {
+            break;
+        }
+        state = Entity::apply(state, &event);
+    }
+    Ok(state)
+}
+
+impl RedbStore {
+    /// Runs `f` in a write transaction, appends the audit entry it returns,
+    /// and commits: the operation and its audit entry are durable together.
+    fn audited<T>(
+        &self,
+        at_ms: u64,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, AuditDraft), StoreError>,
+    ) -> Result<(T, AuditEntry), StoreError> {
+        let txn = self.write()?;
+        let (value, draft) = f(&txn)?;
+        let entry = append_audit_in(&txn, draft, at_ms)?;
+        txn.commit().map_err(backend)?;
+        Ok((value, entry))
+    }
+
+    /// For operator commands: refuses unless the entity exists.
+    fn existing(&self, txn: &WriteTransaction, entity: &EntityRef) -> Result<Entity, StoreError> {
+        let entities = txn.open_table(ENTITIES).map_err(backend)?;
+        load_entity(&entities, &entity.key())?
+            .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
+    }
+}
+
 impl Store for RedbStore {
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(ENTITIES).map_err(backend)?;
         load_entity(&table, &entity.key())
+    }
+
+    fn get_at(&self, entity: &EntityRef, at: AtPoint) -> Result<Option<Entity>, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let history = txn.open_table(HISTORY).map_err(backend)?;
+        fold_history(&events, &history, &entity.key(), at)
     }
 
     fn history(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -292,105 +465,608 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let history = txn.open_table(HISTORY).map_err(backend)?;
-        let key = entity.key();
-        let mut out = Vec::new();
-        for seq in history_seqs_rev(&history, &key)? {
-            let event = load_event(&events, seq?)?;
-            if event.at_ms < since_ms || out.len() >= 1000 {
-                break;
-            }
-            out.push(event);
+        recent_in(&events, &history, &entity.key(), since_ms)
+    }
+
+    fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        match events.get(seq).map_err(backend)? {
+            Some(v) => decode(v.value(), || format!("event {seq}")).map(Some),
+            None => Ok(None),
         }
-        out.reverse();
+    }
+
+    fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in events.range(after_seq.saturating_add(1)..).map_err(backend)?.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            let seq = k.value();
+            out.push(decode(v.value(), || format!("event {seq}"))?);
+        }
         Ok(out)
     }
 
     fn commit(
         &self,
         request: &CommitRequest,
+        guard: Guard<'_>,
         audit: &dyn Fn(&CommitOutcome) -> AuditDraft,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError> {
-        let txn = self.write()?;
-        let outcome = {
-            let mut entities = txn.open_table(ENTITIES).map_err(backend)?;
-            let mut events = txn.open_table(EVENTS).map_err(backend)?;
-            let mut history = txn.open_table(HISTORY).map_err(backend)?;
+        let now = request.at_ms;
+        self.audited(now, |txn| {
+            let outcome = {
+                let entities = txn.open_table(ENTITIES).map_err(backend)?;
+                let events = txn.open_table(EVENTS).map_err(backend)?;
+                let history = txn.open_table(HISTORY).map_err(backend)?;
+                let pins = txn.open_table(PINS).map_err(backend)?;
+                let leases = txn.open_table(LEASES).map_err(backend)?;
 
-            // Check every expectation before applying anything: all or none.
-            let mut current = Vec::with_capacity(request.writes.len());
-            let mut conflict = None;
-            for w in &request.writes {
-                let cur = load_entity(&entities, &w.entity.key())?;
-                let holds = match (w.expect, &cur) {
-                    (Expect::Absent, None) => true,
-                    (Expect::Version(v), Some(e)) => e.version == v,
-                    _ => false,
-                };
-                if !holds {
-                    conflict = Some(build_conflict(&events, &history, &w.entity, w.expect, cur.as_ref())?);
-                    break;
-                }
-                current.push(cur);
-            }
-
-            match conflict {
-                Some(c) => CommitOutcome::Conflict(c),
-                None => {
-                    let mut seq = events.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
-                    let mut versions = Vec::with_capacity(request.writes.len());
-                    let mut new_events = Vec::with_capacity(request.writes.len());
-                    for (w, cur) in request.writes.iter().zip(current) {
-                        seq += 1;
-                        let (kind, version, mut fields) = match cur {
-                            None => (EventKind::Created, 1, Default::default()),
-                            Some(e) => (EventKind::Updated, e.version + 1, e.fields),
-                        };
-                        let mut changes = Vec::new();
-                        for (name, value) in &w.set {
-                            let before = fields.insert(name.clone(), value.clone());
-                            if before.as_ref() != Some(value) {
-                                changes.push(FieldChange { name: name.clone(), before, after: Some(value.clone()) });
-                            }
-                        }
-                        for name in &w.unset {
-                            if let Some(before) = fields.remove(name) {
-                                changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
-                            }
-                        }
-                        let key = w.entity.key();
-                        let event = Event {
-                            seq,
-                            at_ms: request.at_ms,
-                            agent: request.agent.clone(),
-                            entity: w.entity.clone(),
-                            version,
-                            kind,
-                            changes,
-                            reason: request.reason.clone(),
-                            invocation: request.invocation,
-                        };
-                        let entity = Entity {
-                            entity: w.entity.clone(),
-                            version,
-                            fields,
-                            updated_at_ms: request.at_ms,
-                            updated_by: request.agent.clone(),
-                        };
-                        events.insert(seq, encode(&event)?.as_slice()).map_err(backend)?;
-                        history.insert((key.as_str(), seq), ()).map_err(backend)?;
-                        entities.insert(key.as_str(), encode(&entity)?.as_slice()).map_err(backend)?;
-                        versions.push(version);
-                        new_events.push(event);
+                // Check everything before applying anything: all or none.
+                let mut current = Vec::with_capacity(request.writes.len());
+                let mut refused = None;
+                for w in &request.writes {
+                    let key = w.entity.key();
+                    let cur = load_entity(&entities, &key)?;
+                    let holds = match (w.expect, &cur) {
+                        (Expect::Absent, None) => true,
+                        (Expect::Version(v), Some(e)) => e.version == v,
+                        _ => false,
+                    };
+                    if !holds {
+                        let c = build_conflict(&events, &history, &w.entity, w.expect, cur.as_ref())?;
+                        refused = Some(CommitOutcome::Conflict(c));
+                        break;
                     }
-                    CommitOutcome::Committed { versions, events: new_events }
+                    let lease = load_lease(&leases, &key)?;
+                    if let Some(d) = lease_denial(lease.as_ref(), &w.entity, &request.actor.name, w.fence, now) {
+                        refused = Some(CommitOutcome::Denied(d));
+                        break;
+                    }
+                    let entity_pins = load_pins(&pins, &key)?;
+                    let fields: Vec<&str> =
+                        w.set.iter().map(|(n, _)| n.as_str()).chain(w.unset.iter().map(String::as_str)).collect();
+                    if !request.by_human
+                        && let Some(p) = entity_pins.iter().find(|p| fields.contains(&p.field.as_str()))
+                    {
+                        refused = Some(CommitOutcome::Denied(Denial::Pinned {
+                            entity: w.entity.clone(),
+                            field: p.field.clone(),
+                            by: p.by.clone(),
+                            reason: p.reason.clone(),
+                        }));
+                        break;
+                    }
+                    let recent = recent_in(&events, &history, &key, now.saturating_sub(GUARD_RECENT_WINDOW_MS))?;
+                    let input = GuardInput {
+                        entity: &w.entity,
+                        current: cur.as_ref(),
+                        fields,
+                        action: None,
+                        pins: &entity_pins,
+                        recent: &recent,
+                    };
+                    if let Some(d) = guard(&input) {
+                        refused = Some(CommitOutcome::Denied(d));
+                        break;
+                    }
+                    current.push(cur);
+                }
+                match refused {
+                    Some(r) => r,
+                    None => {
+                        let mut seq = next_seq(&events)? - 1;
+                        drop((entities, events, history, pins, leases));
+                        let mut versions = Vec::with_capacity(request.writes.len());
+                        let mut new_events = Vec::with_capacity(request.writes.len());
+                        for (w, cur) in request.writes.iter().zip(current) {
+                            seq += 1;
+                            let (kind, version, fields) = match cur {
+                                None => (EventKind::Created, 1, Default::default()),
+                                Some(e) => (request.kind, e.version + 1, e.fields),
+                            };
+                            let mut changes = Vec::new();
+                            for (name, value) in &w.set {
+                                let before = fields.get(name).cloned();
+                                if before.as_ref() != Some(value) {
+                                    changes.push(FieldChange {
+                                        name: name.clone(),
+                                        before,
+                                        after: Some(value.clone()),
+                                    });
+                                }
+                            }
+                            for name in &w.unset {
+                                if let Some(before) = fields.get(name).cloned() {
+                                    changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
+                                }
+                            }
+                            let event = Event {
+                                seq,
+                                at_ms: now,
+                                agent: request.actor.name.clone(),
+                                entity: w.entity.clone(),
+                                version,
+                                kind,
+                                changes,
+                                reason: request.reason.clone(),
+                                invocation: request.actor.invocation,
+                                detail: None,
+                            };
+                            append_event(txn, &event)?;
+                            versions.push(version);
+                            new_events.push(event);
+                        }
+                        CommitOutcome::Committed { versions, events: new_events }
+                    }
+                }
+            };
+            let draft = audit(&outcome);
+            Ok((outcome, draft))
+        })
+    }
+
+    fn act(
+        &self,
+        request: &ActRequest,
+        guard: Guard<'_>,
+        audit: &dyn Fn(&ActOutcome) -> AuditDraft,
+    ) -> Result<(ActOutcome, AuditEntry), StoreError> {
+        let now = request.at_ms;
+        self.audited(now, |txn| {
+            let key = request.entity.key();
+            let outcome = 'decide: {
+                let mut keys = txn.open_table(ACTION_KEYS).map_err(backend)?;
+                let mut actions = txn.open_table(ACTIONS).map_err(backend)?;
+                // A repeated idempotency key is the same action: answer with it.
+                if let Some(k) = &request.idempotency_key
+                    && let Some(id) = keys.get(k.as_str()).map_err(backend)?.map(|v| v.value())
+                {
+                    let bytes = actions.get(id).map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                        what: format!("action {id}"),
+                        reason: "keyed but missing".into(),
+                    })?;
+                    break 'decide ActOutcome::Recorded(decode(bytes.value(), || format!("action {id}"))?);
+                }
+                let entities = txn.open_table(ENTITIES).map_err(backend)?;
+                let events = txn.open_table(EVENTS).map_err(backend)?;
+                let history = txn.open_table(HISTORY).map_err(backend)?;
+                let cur = load_entity(&entities, &key)?;
+                if cur.as_ref().map(|e| e.version) != Some(request.based_on) {
+                    let expected = Expect::Version(request.based_on);
+                    break 'decide ActOutcome::Conflict(build_conflict(
+                        &events,
+                        &history,
+                        &request.entity,
+                        expected,
+                        cur.as_ref(),
+                    )?);
+                }
+                let lease = load_lease(&txn.open_table(LEASES).map_err(backend)?, &key)?;
+                if let Some(d) = lease_denial(lease.as_ref(), &request.entity, &request.actor.name, None, now) {
+                    break 'decide ActOutcome::Denied(d);
+                }
+                let entity_pins = load_pins(&txn.open_table(PINS).map_err(backend)?, &key)?;
+                let recent = recent_in(&events, &history, &key, now.saturating_sub(GUARD_RECENT_WINDOW_MS))?;
+                let input = GuardInput {
+                    entity: &request.entity,
+                    current: cur.as_ref(),
+                    fields: vec![],
+                    action: Some(&request.kind),
+                    pins: &entity_pins,
+                    recent: &recent,
+                };
+                if let Some(d) = guard(&input) {
+                    break 'decide ActOutcome::Denied(d);
+                }
+                let id = actions.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
+                let record = ActionRecord {
+                    id,
+                    kind: request.kind.clone(),
+                    payload: request.payload.clone(),
+                    entity: request.entity.clone(),
+                    based_on: request.based_on,
+                    agent: request.actor.name.clone(),
+                    invocation: request.actor.invocation,
+                    idempotency_key: request.idempotency_key.clone().unwrap_or_else(|| format!("action-{id}")),
+                    recorded_at_ms: now,
+                    delivered_at_ms: None,
+                };
+                actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
+                keys.insert(record.idempotency_key.as_str(), id).map_err(backend)?;
+                txn.open_table(OUTBOX).map_err(backend)?.insert(id, ()).map_err(backend)?;
+                let event = Event {
+                    seq: next_seq(&events)?,
+                    at_ms: now,
+                    agent: request.actor.name.clone(),
+                    entity: request.entity.clone(),
+                    version: request.based_on,
+                    kind: EventKind::ActionRecorded,
+                    changes: vec![],
+                    reason: format!("{} recorded (action {id})", record.kind),
+                    invocation: request.actor.invocation,
+                    detail: Some(serde_json::to_string(&record).map_err(backend)?),
+                };
+                drop((entities, events, history));
+                append_event(txn, &event)?;
+                ActOutcome::Recorded(record)
+            };
+            let draft = audit(&outcome);
+            Ok((outcome, draft))
+        })
+    }
+
+    fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+        let txn = self.read()?;
+        let outbox = txn.open_table(OUTBOX).map_err(backend)?;
+        let actions = txn.open_table(ACTIONS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in outbox.iter().map_err(backend)?.take(limit) {
+            let id = item.map_err(backend)?.0.value();
+            let bytes = actions.get(id).map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                what: format!("action {id}"),
+                reason: "in the outbox but missing".into(),
+            })?;
+            out.push(decode(bytes.value(), || format!("action {id}"))?);
+        }
+        Ok(out)
+    }
+
+    fn actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        let txn = self.read()?;
+        let actions = txn.open_table(ACTIONS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in actions.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let id = k.value();
+            out.push(decode(v.value(), || format!("action {id}"))?);
+        }
+        Ok(out)
+    }
+
+    fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut actions = txn.open_table(ACTIONS).map_err(backend)?;
+            let mut record: ActionRecord = match actions.get(id).map_err(backend)? {
+                Some(v) => decode(v.value(), || format!("action {id}"))?,
+                None => return Err(StoreError::Rejected(format!("no action {id}"))),
+            };
+            record.delivered_at_ms.get_or_insert(at_ms);
+            actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
+            txn.open_table(OUTBOX).map_err(backend)?.remove(id).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn lease(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        ttl_ms: u64,
+        now_ms: u64,
+        audit: &dyn Fn(&LeaseOutcome) -> AuditDraft,
+    ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
+        self.audited(now_ms, |txn| {
+            let key = entity.key();
+            let mut leases = txn.open_table(LEASES).map_err(backend)?;
+            let current = load_lease(&leases, &key)?;
+            let outcome = match current.filter(|l| l.is_live(now_ms) && l.holder != actor.name) {
+                Some(l) => LeaseOutcome::Denied(Denial::Leased {
+                    entity: entity.clone(),
+                    holder: l.holder,
+                    expires_at_ms: l.expires_at_ms,
+                }),
+                None => {
+                    // Tokens come from one persistent counter: strictly
+                    // increasing across leases, entities and restarts.
+                    let mut meta = txn.open_table(META).map_err(backend)?;
+                    let token = meta.get("next_fence").map_err(backend)?.map_or(1, |v| v.value());
+                    meta.insert("next_fence", token + 1).map_err(backend)?;
+                    let lease = Lease {
+                        entity: entity.clone(),
+                        holder: actor.name.clone(),
+                        token,
+                        expires_at_ms: now_ms.saturating_add(ttl_ms),
+                    };
+                    leases.insert(key.as_str(), encode(&lease)?.as_slice()).map_err(backend)?;
+                    LeaseOutcome::Granted(lease)
+                }
+            };
+            let draft = audit(&outcome);
+            Ok((outcome, draft))
+        })
+    }
+
+    fn release(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        token: u64,
+        audit: &dyn Fn(bool) -> AuditDraft,
+    ) -> Result<(bool, AuditEntry), StoreError> {
+        self.audited(super::model::now_ms(), |txn| {
+            let key = entity.key();
+            let mut leases = txn.open_table(LEASES).map_err(backend)?;
+            let current = load_lease(&leases, &key)?;
+            let released = current.is_some_and(|l| l.token == token && l.holder == actor.name);
+            if released {
+                leases.remove(key.as_str()).map_err(backend)?;
+            }
+            Ok((released, audit(released)))
+        })
+    }
+
+    fn request_change(
+        &self,
+        request: &ChangeRequest,
+        actor: &Actor,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(ChangeRequest, AuditEntry), StoreError> {
+        self.audited(at_ms, |txn| {
+            let current = {
+                let entities = txn.open_table(ENTITIES).map_err(backend)?;
+                load_entity(&entities, &request.entity.key())?
+            };
+            let seq = next_seq(&txn.open_table(EVENTS).map_err(backend)?)?;
+            let stored = ChangeRequest { id: seq, applied: None, resolution: None, ..request.clone() };
+            let changes = stored
+                .proposed
+                .iter()
+                .map(|(name, value)| FieldChange {
+                    name: name.clone(),
+                    before: current.as_ref().and_then(|e| e.fields.get(name).cloned()),
+                    after: Some(value.clone()),
+                })
+                .collect();
+            let event = Event {
+                seq,
+                at_ms,
+                agent: actor.name.clone(),
+                entity: request.entity.clone(),
+                version: current.as_ref().map_or(0, |e| e.version),
+                kind: EventKind::ChangeRequested,
+                changes,
+                reason: request.reason.clone(),
+                invocation: actor.invocation,
+                detail: Some(serde_json::json!({ "request": seq, "owner": request.owner }).to_string()),
+            };
+            append_event(txn, &event)?;
+            txn.open_table(REQUESTS).map_err(backend)?.insert(seq, encode(&stored)?.as_slice()).map_err(backend)?;
+            let draft = audit(&event);
+            Ok((stored, draft))
+        })
+    }
+
+    fn resolve_change(
+        &self,
+        id: u64,
+        actor: &Actor,
+        applied: bool,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Result<ChangeRequest, String>) -> AuditDraft,
+    ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError> {
+        self.audited(at_ms, |txn| {
+            let mut requests = txn.open_table(REQUESTS).map_err(backend)?;
+            let found: Option<ChangeRequest> = match requests.get(id).map_err(backend)? {
+                Some(v) => Some(decode(v.value(), || format!("change request {id}"))?),
+                None => None,
+            };
+            let result = match found {
+                None => Err(format!("there is no change request {id}")),
+                Some(r) if r.owner != actor.name => {
+                    Err(format!("change request {id} is addressed to {}, not {}", r.owner, actor.name))
+                }
+                Some(r) if r.applied.is_some() => Err(format!("change request {id} is already resolved")),
+                Some(mut r) => {
+                    r.applied = Some(applied);
+                    r.resolution = Some(reason.to_string());
+                    requests.insert(id, encode(&r)?.as_slice()).map_err(backend)?;
+                    let version = {
+                        let entities = txn.open_table(ENTITIES).map_err(backend)?;
+                        load_entity(&entities, &r.entity.key())?.map_or(0, |e| e.version)
+                    };
+                    let event = Event {
+                        seq: next_seq(&txn.open_table(EVENTS).map_err(backend)?)?,
+                        at_ms,
+                        agent: actor.name.clone(),
+                        entity: r.entity.clone(),
+                        version,
+                        kind: EventKind::ChangeResolved,
+                        changes: vec![],
+                        reason: reason.to_string(),
+                        invocation: actor.invocation,
+                        detail: Some(
+                            serde_json::json!({ "request": id, "applied": applied, "from": r.from }).to_string(),
+                        ),
+                    };
+                    drop(requests);
+                    append_event(txn, &event)?;
+                    Ok(r)
+                }
+            };
+            let draft = audit(&result);
+            Ok((result, draft))
+        })
+    }
+
+    fn pin(
+        &self,
+        entity: &EntityRef,
+        fields: &[(String, Value)],
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(Event, AuditEntry), StoreError> {
+        self.audited(at_ms, |txn| {
+            let current = self.existing(txn, entity)?;
+            let seq = next_seq(&txn.open_table(EVENTS).map_err(backend)?)?;
+            let changes = fields
+                .iter()
+                .map(|(name, value)| FieldChange {
+                    name: name.clone(),
+                    before: current.fields.get(name).cloned(),
+                    after: Some(value.clone()),
+                })
+                .collect();
+            let event = Event {
+                seq,
+                at_ms,
+                agent: format!("human:{by}"),
+                entity: entity.clone(),
+                version: current.version + 1,
+                kind: EventKind::Pinned,
+                changes,
+                reason: reason.to_string(),
+                invocation: 0,
+                detail: None,
+            };
+            append_event(txn, &event)?;
+            let key = entity.key();
+            let mut pins = txn.open_table(PINS).map_err(backend)?;
+            for (name, _) in fields {
+                let pin = Pin { field: name.clone(), by: by.to_string(), reason: reason.to_string(), at_ms, seq };
+                pins.insert((key.as_str(), name.as_str()), encode(&pin)?.as_slice()).map_err(backend)?;
+            }
+            let draft = audit(&event);
+            Ok((event, draft))
+        })
+    }
+
+    fn unpin(
+        &self,
+        entity: &EntityRef,
+        fields: &[String],
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(Event, AuditEntry), StoreError> {
+        self.audited(at_ms, |txn| {
+            let current = self.existing(txn, entity)?;
+            let key = entity.key();
+            {
+                let mut pins = txn.open_table(PINS).map_err(backend)?;
+                for name in fields {
+                    if pins.remove((key.as_str(), name.as_str())).map_err(backend)?.is_none() {
+                        return Err(StoreError::Rejected(format!(
+                            "{entity}.{name} is not pinned (see `concord history {entity}`)"
+                        )));
+                    }
                 }
             }
-        };
-        // The audit entry rides in the same transaction: a commit is never
-        // durable without its entry, nor the entry without the commit.
-        let entry = append_audit_in(&txn, audit(&outcome), request.at_ms)?;
-        txn.commit().map_err(backend)?;
-        Ok((outcome, entry))
+            let event = Event {
+                seq: next_seq(&txn.open_table(EVENTS).map_err(backend)?)?,
+                at_ms,
+                agent: format!("human:{by}"),
+                entity: entity.clone(),
+                version: current.version,
+                kind: EventKind::Unpinned,
+                changes: vec![],
+                reason: reason.to_string(),
+                invocation: 0,
+                detail: Some(serde_json::json!({ "fields": fields }).to_string()),
+            };
+            append_event(txn, &event)?;
+            let draft = audit(&event);
+            Ok((event, draft))
+        })
+    }
+
+    fn pins(&self, entity: &EntityRef) -> Result<Vec<Pin>, StoreError> {
+        let txn = self.read()?;
+        load_pins(&txn.open_table(PINS).map_err(backend)?, &entity.key())
+    }
+
+    fn changes_since_read(
+        &self,
+        agent: &str,
+        entity: &EntityRef,
+        audit: &dyn Fn(&[Event]) -> AuditDraft,
+    ) -> Result<(Vec<Event>, AuditEntry), StoreError> {
+        self.audited(super::model::now_ms(), |txn| {
+            let key = entity.key();
+            let mut cursors = txn.open_table(CURSORS).map_err(backend)?;
+            let since = cursors.get((agent, key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
+            let mut out = Vec::new();
+            {
+                let events = txn.open_table(EVENTS).map_err(backend)?;
+                let history = txn.open_table(HISTORY).map_err(backend)?;
+                for item in
+                    history.range((key.as_str(), since + 1)..=(key.as_str(), u64::MAX)).map_err(backend)?.take(1000)
+                {
+                    out.push(load_event(&events, item.map_err(backend)?.0.value().1)?);
+                }
+            }
+            if let Some(last) = out.last() {
+                cursors.insert((agent, key.as_str()), last.seq).map_err(backend)?;
+            }
+            let draft = audit(&out);
+            Ok((out, draft))
+        })
+    }
+
+    fn record_read(
+        &self,
+        agent: &str,
+        entity: &EntityRef,
+        seq: u64,
+        draft: AuditDraft,
+    ) -> Result<AuditEntry, StoreError> {
+        let (_, entry) = self.audited(super::model::now_ms(), |txn| {
+            let key = entity.key();
+            let mut cursors = txn.open_table(CURSORS).map_err(backend)?;
+            let old = cursors.get((agent, key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
+            if seq > old {
+                cursors.insert((agent, key.as_str()), seq).map_err(backend)?;
+            }
+            Ok(((), draft))
+        })?;
+        Ok(entry)
+    }
+
+    fn replay(&self) -> Result<ReplayReport, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let entities = txn.open_table(ENTITIES).map_err(backend)?;
+        let mut rebuilt: std::collections::BTreeMap<String, Entity> = Default::default();
+        let mut count = 0;
+        for item in events.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let seq = k.value();
+            let event: Event = decode(v.value(), || format!("event {seq}"))?;
+            let key = event.entity.key();
+            if let Some(next) = Entity::apply(rebuilt.remove(&key), &event) {
+                rebuilt.insert(key, next);
+            }
+            count += 1;
+        }
+        let mut differences = Vec::new();
+        let mut stored_count = 0;
+        for item in entities.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let key = k.value().to_string();
+            let stored: Entity = decode(v.value(), || format!("entity {key}"))?;
+            stored_count += 1;
+            match rebuilt.remove(&key) {
+                None => differences
+                    .push(format!("{key}: in the projection (version {}) but no event creates it", stored.version)),
+                Some(r) if r != stored => differences.push(format!(
+                    "{key}: the projection has version {} by {}, the events give version {} by {}",
+                    stored.version, stored.updated_by, r.version, r.updated_by
+                )),
+                Some(_) => {}
+            }
+        }
+        for (key, r) in rebuilt {
+            differences.push(format!("{key}: the events give version {}, but the projection lacks it", r.version));
+        }
+        Ok(ReplayReport { events: count, entities: stored_count, differences })
     }
 
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError> {

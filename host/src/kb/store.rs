@@ -1,7 +1,9 @@
 //! The storage boundary. Everything durable goes through [`Store`], so that
 //! another backend (PostgreSQL, for several hosts) fits behind the same trait.
 
-use super::model::{Conflict, Entity, EntityRef, Event, Write};
+use super::model::{
+    ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Lease, Pin, Value, Write,
+};
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, Verification};
 use std::path::PathBuf;
 
@@ -22,17 +24,51 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record {what} is corrupt: {reason}")]
     Corrupt { what: String, reason: String },
+    /// A request that cannot be carried out as asked (an operator command
+    /// naming a missing entity or event, say). Not a host fault.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Who is acting, for the records a store operation writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// An agent name, or `human:NAME` for operator commands.
+    pub name: String,
+    pub invocation: u64,
 }
 
 /// One atomic commit, already checked by policy.
 #[derive(Debug, Clone)]
 pub struct CommitRequest {
-    pub agent: String,
-    pub invocation: u64,
+    pub actor: Actor,
     pub reason: String,
     pub writes: Vec<Write>,
     pub at_ms: u64,
+    /// Operator commits (`concord revert`) are not held back by pins.
+    pub by_human: bool,
+    /// `Updated` normally; `Reverted` for compensating commits. Creations
+    /// are always `Created`.
+    pub kind: EventKind,
 }
+
+/// What a guard sees of one entity a commit or action touches, as of the
+/// write transaction (so the decision and the write see the same state).
+#[derive(Debug)]
+pub struct GuardInput<'a> {
+    pub entity: &'a EntityRef,
+    pub current: Option<&'a Entity>,
+    /// The fields being written (empty for an action).
+    pub fields: Vec<&'a str>,
+    /// The action kind, for an action.
+    pub action: Option<&'a str>,
+    pub pins: &'a [Pin],
+    /// The entity's events in the rules' recent window, oldest first.
+    pub recent: &'a [Event],
+}
+
+/// Decides whether a write or action may go ahead (the coordination rules).
+pub type Guard<'a> = &'a (dyn Fn(&GuardInput<'_>) -> Option<Denial> + Sync);
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,20 +77,74 @@ pub enum CommitOutcome {
     Committed { versions: Vec<u64>, events: Vec<Event> },
     /// The first write whose expectation failed; nothing was applied.
     Conflict(Conflict),
+    /// A guard refused it (rule, pin, lease); nothing was applied.
+    Denied(Denial),
 }
 
-/// Durable state: the event log, its projection, and the audit log.
+/// A guarded action to record in the outbox.
+#[derive(Debug, Clone)]
+pub struct ActRequest {
+    pub actor: Actor,
+    pub entity: EntityRef,
+    /// The version the decision rested on; it must still hold.
+    pub based_on: u64,
+    pub kind: String,
+    pub payload: String,
+    /// Given by the agent, or made up from the outbox id.
+    pub idempotency_key: Option<String>,
+    pub at_ms: u64,
+}
+
+/// What an action request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActOutcome {
+    /// Recorded (or, for a repeated idempotency key, found already recorded).
+    Recorded(ActionRecord),
+    Conflict(Conflict),
+    Denied(Denial),
+}
+
+/// What a lease request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseOutcome {
+    Granted(Lease),
+    Denied(Denial),
+}
+
+/// A point in an entity's past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtPoint {
+    /// After the event with this seq (and every earlier one).
+    Seq(u64),
+    /// At this wall-clock time, in ms since the epoch.
+    Time(u64),
+}
+
+/// What `replay` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub entities: u64,
+    /// Every entity where the stored projection differs from the replay.
+    pub differences: Vec<String>,
+}
+
+/// Durable state: the event log, its projection, the coordination records
+/// (pins, leases, outbox, change requests, read cursors) and the audit log.
 ///
 /// Invariants every implementation keeps:
 /// - events are append-only, numbered from 1 without gaps;
-/// - the projection and history index change in the same transaction as the
-///   events that caused them;
-/// - a commit's audit entry is written in the same transaction as the commit
-///   (or, for a refused commit, alone);
+/// - the projection changes in the same transaction as the events that
+///   caused it, by [`Entity::apply`];
+/// - every operation's audit entry is written in the operation's own
+///   transaction (a refused one is audited alone);
 /// - audit entries are numbered from 1 without gaps and hash-chained.
 pub trait Store: Send + Sync + 'static {
     /// The current state of an entity.
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
+
+    /// An entity as it was at a point in the past.
+    fn get_at(&self, entity: &EntityRef, at: AtPoint) -> Result<Option<Entity>, StoreError>;
 
     /// Events of one entity with `seq > after_seq`, oldest first.
     fn history(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
@@ -62,20 +152,131 @@ pub trait Store: Send + Sync + 'static {
     /// Events of one entity at or after `since_ms`, oldest first.
     fn recent(&self, entity: &EntityRef, since_ms: u64) -> Result<Vec<Event>, StoreError>;
 
-    /// Checks every write's expectation against the current state and applies
-    /// all of them, or none. `audit` builds the entry from the outcome; it is
-    /// committed in the same transaction.
+    /// One event by seq.
+    fn event(&self, seq: u64) -> Result<Option<Event>, StoreError>;
+
+    /// Checks every expectation, lease and pin, then the guard, against the
+    /// current state, and applies all writes or none.
     fn commit(
         &self,
         request: &CommitRequest,
+        guard: Guard<'_>,
         audit: &dyn Fn(&CommitOutcome) -> AuditDraft,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError>;
+
+    /// Records a guarded action if its version still holds and the guard
+    /// allows it.
+    fn act(
+        &self,
+        request: &ActRequest,
+        guard: Guard<'_>,
+        audit: &dyn Fn(&ActOutcome) -> AuditDraft,
+    ) -> Result<(ActOutcome, AuditEntry), StoreError>;
+
+    /// Actions recorded but not yet delivered, oldest first.
+    fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// Every recorded action, oldest first.
+    fn actions(&self) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// Marks an action delivered (it leaves the outbox).
+    fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError>;
+
+    /// Grants a lease unless another agent holds a live one.
+    fn lease(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        ttl_ms: u64,
+        now_ms: u64,
+        audit: &dyn Fn(&LeaseOutcome) -> AuditDraft,
+    ) -> Result<(LeaseOutcome, AuditEntry), StoreError>;
+
+    /// Releases a lease if `token` is its current token. Returns whether it did.
+    fn release(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        token: u64,
+        audit: &dyn Fn(bool) -> AuditDraft,
+    ) -> Result<(bool, AuditEntry), StoreError>;
+
+    /// Records a change request (a handoff) as an event on the entity.
+    fn request_change(
+        &self,
+        request: &ChangeRequest,
+        actor: &Actor,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(ChangeRequest, AuditEntry), StoreError>;
+
+    /// Records the owner's decision on an open change request. `Err(reason)`
+    /// if the request is unknown, not addressed to the actor, or closed.
+    fn resolve_change(
+        &self,
+        id: u64,
+        actor: &Actor,
+        applied: bool,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Result<ChangeRequest, String>) -> AuditDraft,
+    ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError>;
+
+    /// Sets fields and pins them (an operator command), as one event.
+    fn pin(
+        &self,
+        entity: &EntityRef,
+        fields: &[(String, Value)],
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(Event, AuditEntry), StoreError>;
+
+    /// Releases pins (an operator command), as one event.
+    fn unpin(
+        &self,
+        entity: &EntityRef,
+        fields: &[String],
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+        audit: &dyn Fn(&Event) -> AuditDraft,
+    ) -> Result<(Event, AuditEntry), StoreError>;
+
+    /// The pins on an entity.
+    fn pins(&self, entity: &EntityRef) -> Result<Vec<Pin>, StoreError>;
+
+    /// Events of an entity changed since `agent` last read it, and moves
+    /// the agent's cursor to now. Audited in the same transaction.
+    fn changes_since_read(
+        &self,
+        agent: &str,
+        entity: &EntityRef,
+        audit: &dyn Fn(&[Event]) -> AuditDraft,
+    ) -> Result<(Vec<Event>, AuditEntry), StoreError>;
+
+    /// Moves an agent's read cursor on an entity (a `get` saw `seq`) and
+    /// appends the read's audit entry, in one transaction.
+    fn record_read(
+        &self,
+        agent: &str,
+        entity: &EntityRef,
+        seq: u64,
+        draft: AuditDraft,
+    ) -> Result<AuditEntry, StoreError>;
+
+    /// Rebuilds the projection from the events and compares.
+    fn replay(&self) -> Result<ReplayReport, StoreError>;
 
     /// Appends one audit entry on its own.
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
 
     /// Audit entries matching a filter, oldest first.
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Every event, oldest first (for analysis such as `concord conflicts`).
+    fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
     /// Recomputes the audit hash chain.
     fn verify_audit(&self) -> Result<Verification, StoreError>;

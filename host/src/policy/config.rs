@@ -4,11 +4,13 @@
 //! config is refused at start (with the file, the line and what to do) and
 //! never half-applied.
 
+use super::rules::{Rule, Rules};
 use super::schema::{FieldDef, FieldType, KindDef, Schema, Writers};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -47,6 +49,9 @@ pub struct Limits {
     pub audit_arg_bytes: usize,
     /// How much stdout+stderr an invocation may write before it is dropped.
     pub output_bytes: usize,
+    /// How deep a chain of invocations caused by invocations may go
+    /// (subscriptions, handoffs). The invocation a trigger starts is depth 0.
+    pub max_cascade_depth: u32,
 }
 
 impl Default for Limits {
@@ -57,6 +62,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(10),
             audit_arg_bytes: 2048,
             output_bytes: 64 << 10,
+            max_cascade_depth: 4,
         }
     }
 }
@@ -72,6 +78,32 @@ pub struct Config {
     pub agents_dir: PathBuf,
     pub limits: Limits,
     pub schema: Schema,
+    /// Coordination rules, compiled.
+    pub rules: Arc<Rules>,
+    /// Which agents are invoked on which committed changes.
+    pub subscriptions: Vec<Subscription>,
+    /// Where recorded actions are delivered.
+    pub sink: SinkConfig,
+}
+
+/// An agent invoked when a committed change matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub agent: String,
+    /// The entity kind.
+    pub kind: String,
+    /// Changed fields that trigger it; empty: any change.
+    pub fields: Vec<String>,
+    pub line: usize,
+}
+
+/// Where the outbox dispatcher delivers actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// A JSON-lines file; each idempotency key is written at most once.
+    File(PathBuf),
+    /// Standard output, one JSON line per delivery.
+    Stdout,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +117,59 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     kinds: BTreeMap<Spanned<String>, Spanned<RawKind>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    subscriptions: Vec<Spanned<RawSubscription>>,
+    #[serde(default)]
+    actions: RawActions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    when: Spanned<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default)]
+    actions: Vec<String>,
+    effect: Spanned<String>,
+    reason: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    agent: String,
+    kind: Spanned<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActions {
+    #[serde(default = "default_sink")]
+    sink: String,
+}
+
+impl Default for RawActions {
+    fn default() -> Self {
+        Self { sink: default_sink() }
+    }
+}
+
+fn default_sink() -> String {
+    "data/actions.jsonl".into()
 }
 
 #[derive(Deserialize)]
@@ -129,6 +214,7 @@ struct RawLimits {
     timeout_ms: Option<Spanned<u64>>,
     audit_arg_bytes: Option<Spanned<u64>>,
     output_bytes: Option<Spanned<u64>>,
+    max_cascade_depth: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +291,14 @@ impl Config {
             limits.output_bytes = to_usize(b, raw.limits.output_bytes.as_ref().map(Spanned::span), "output_bytes")?;
         }
 
+        if let Some(d) = positive(&raw.limits.max_cascade_depth, "max_cascade_depth")? {
+            let span = raw.limits.max_cascade_depth.as_ref().map(Spanned::span);
+            limits.max_cascade_depth = u32::try_from(d)
+                .ok()
+                .filter(|d| *d <= 64)
+                .ok_or_else(|| err(span, "limits.max_cascade_depth is at most 64".into()))?;
+        }
+
         let mut kinds = BTreeMap::new();
         for (name, kind) in raw.kinds {
             let span = name.span();
@@ -274,12 +368,85 @@ impl Config {
             return Err(err(None, "no entity kinds are declared: add at least one `[kinds.NAME.fields]` table".into()));
         }
 
+        let schema = Schema { kinds };
+
+        let mut rules = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for r in raw.rules {
+            let span = r.span();
+            let r = r.into_inner();
+            if !names.insert(r.name.clone()) {
+                return Err(err(
+                    Some(span),
+                    format!("rule `{}` is declared twice; give each rule its own name", r.name),
+                ));
+            }
+            let defer = match r.effect.get_ref().as_str() {
+                "defer" => true,
+                "deny" => false,
+                other => {
+                    return Err(err(
+                        Some(r.effect.span()),
+                        format!("rule `{}`: effect `{other}` is not `defer` or `deny`", r.name),
+                    ));
+                }
+            };
+            let when_span = r.when.span();
+            let rule = Rule::new(
+                r.name.clone(),
+                r.when.into_inner(),
+                r.agents,
+                r.fields,
+                r.actions,
+                defer,
+                r.reason,
+                r.enabled,
+                line_of(text, span.start),
+            )
+            .map_err(|e| {
+                err(Some(when_span), format!("rule `{}`: the `when` condition is not valid CEL: {e}", r.name))
+            })?;
+            rules.push(rule);
+        }
+
+        let mut subscriptions = Vec::new();
+        for sub in raw.subscriptions {
+            let span = sub.span();
+            let sub = sub.into_inner();
+            let Some(kind) = schema.kinds.get(sub.kind.get_ref()) else {
+                return Err(err(
+                    Some(sub.kind.span()),
+                    format!("subscription of `{}`: unknown kind `{}`", sub.agent, sub.kind.get_ref()),
+                ));
+            };
+            if let Some(f) = sub.fields.iter().find(|f| !kind.fields.contains_key(*f)) {
+                return Err(err(
+                    Some(span),
+                    format!("subscription of `{}`: kind `{}` has no field `{f}`", sub.agent, sub.kind.get_ref()),
+                ));
+            }
+            subscriptions.push(Subscription {
+                agent: sub.agent,
+                kind: sub.kind.into_inner(),
+                fields: sub.fields,
+                line: line_of(text, span.start),
+            });
+        }
+
+        let sink = match raw.actions.sink.as_str() {
+            "stdout" => SinkConfig::Stdout,
+            path => SinkConfig::File(base.join(path)),
+        };
+
         Ok(Config {
             file: file.to_path_buf(),
             kb_path: base.join(&raw.kb.path),
             agents_dir: base.join(&raw.agents.dir),
             limits,
-            schema: Schema { kinds },
+            schema,
+            rules: Arc::new(Rules::new(rules)),
+            subscriptions,
+            sink,
         })
     }
 }
@@ -374,6 +541,28 @@ deal_stage = { type = "text", owner = "sales" }
         assert_eq!(e.line, Some(2));
         let e = parse("[kinds.\"a/b\".fields]\nx = { type = \"text\", owner = \"a\" }\n").unwrap_err();
         assert!(e.message.contains("kind `a/b`"), "{e}");
+    }
+
+    #[test]
+    fn rules_and_subscriptions_are_checked_at_load() {
+        let base = "[kinds.c.fields]\nx = { type = \"integer\", owner = \"a\" }\n";
+        let good =
+            format!("{base}[[rules]]\nname = \"r\"\nwhen = \"entity.x > 0\"\neffect = \"defer\"\nreason = \"wait\"\n");
+        assert_eq!(parse(&good).expect("valid").rules.iter().count(), 1);
+        let e = parse(&format!(
+            "{base}[[rules]]\nname = \"r\"\nwhen = \"entity.x >\"\neffect = \"defer\"\nreason = \"\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("not valid CEL"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = parse(&format!("{base}[[rules]]\nname = \"r\"\nwhen = \"true\"\neffect = \"block\"\nreason = \"\"\n"))
+            .unwrap_err();
+        assert!(e.message.contains("`block`"), "{e}");
+        let e = parse(&format!("{base}[[subscriptions]]\nagent = \"a\"\nkind = \"d\"\n")).unwrap_err();
+        assert!(e.message.contains("unknown kind `d`"), "{e}");
+        let e =
+            parse(&format!("{base}[[subscriptions]]\nagent = \"a\"\nkind = \"c\"\nfields = [\"y\"]\n")).unwrap_err();
+        assert!(e.message.contains("no field `y`"), "{e}");
     }
 
     #[test]

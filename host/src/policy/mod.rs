@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `concord.toml`, parsed and validated whole.
 //! - [`schema`]: kinds, typed fields, and the ownership map.
+//! - [`rules`]: coordination rules (CEL conditions, defer or deny).
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
 //! every agent passes through it (via [`crate::gate::Gate`]) before the store
@@ -9,6 +10,7 @@
 //! write transaction.
 
 pub mod config;
+pub mod rules;
 pub mod schema;
 
 use crate::kb::{EntityRef, Write};
@@ -156,6 +158,7 @@ mod tests {
             expect: Expect::Version(1),
             set: vec![(field.into(), value)],
             unset: vec![],
+            fence: None,
         }
     }
 

@@ -135,7 +135,7 @@ impl fmt::Display for Outcome {
 }
 
 /// The result of one invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Invocation {
     /// The invocation id: the seq of its `invocation.start` audit entry.
     pub id: u64,
@@ -143,6 +143,11 @@ pub struct Invocation {
     pub outcome: Outcome,
     /// Host calls the agent made.
     pub host_calls: u32,
+    /// The invocation that caused this one, and how deep in its cascade.
+    pub causation: Option<u64>,
+    pub depth: u32,
+    /// What it committed and requested, for the dispatcher.
+    pub followups: crate::gate::FollowUps,
 }
 
 /// Advances the engine's epoch until dropped.
@@ -299,6 +304,8 @@ impl Runtime {
         agent: &str,
         message: &Message,
         breakpoint: Option<Breakpoint>,
+        causation: Option<u64>,
+        depth: u32,
     ) -> Result<Option<Invocation>, StoreError> {
         let Some(loaded) = self.agents.get(agent) else {
             return Ok(None);
@@ -309,8 +316,8 @@ impl Runtime {
             "entity": message.entity.as_ref().map(EntityRef::key),
             "body": message.body,
         });
-        let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref()).await?;
-        let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, breakpoint));
+        let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref(), causation).await?;
+        let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, causation, breakpoint));
         let outcome = self.run(loaded, gate, caller.clone(), message, id).await;
         match &outcome {
             Outcome::Ok(s) => tracing::debug!(agent, invocation = id, "ok: {s}"),
@@ -320,7 +327,15 @@ impl Runtime {
         // A host fault inside the run has already surfaced as a trap; if the
         // audit cannot record even the end, that is the host's error.
         gate.end_invocation(&caller, outcome.decision(), outcome.text(), started).await?;
-        Ok(Some(Invocation { id, agent: agent.to_string(), host_calls: caller.calls(), outcome }))
+        Ok(Some(Invocation {
+            id,
+            agent: agent.to_string(),
+            host_calls: caller.calls(),
+            outcome,
+            causation,
+            depth,
+            followups: caller.take_followups(),
+        }))
     }
 
     async fn run(
@@ -331,6 +346,7 @@ impl Runtime {
         message: &Message,
         id: u64,
     ) -> Outcome {
+        let caller_causation = caller.causation;
         let limits = &self.limits;
         let name = &loaded.info.name;
         let stderr = output::AgentOutput::new(name, "stderr", limits.output_bytes);
@@ -366,6 +382,7 @@ impl Runtime {
             entity: message.entity.clone().map(Into::into),
             body: message.body.clone(),
             invocation: id,
+            causation: caller_causation,
         };
         match instance.concord_agent_handler().call_handle(&mut store, &msg).await {
             Ok(Ok(report)) => Outcome::Ok(report),

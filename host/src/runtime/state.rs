@@ -2,7 +2,7 @@
 //! functions. Each function converts WIT types and hands the call to the
 //! [`Gate`]; nothing here decides policy or touches storage.
 
-use super::bindings::concord::agent::{kb, log, types as wit};
+use super::bindings::concord::agent::{coord, kb, log, types as wit};
 use crate::gate::{Caller, Gate, WriteError};
 use crate::kb::{self as model, EntityRef};
 use crate::policy::Refusal;
@@ -116,6 +116,27 @@ impl From<model::Event> for wit::Event {
                 .collect(),
             reason: e.reason,
             invocation: e.invocation,
+            detail: e.detail,
+        }
+    }
+}
+
+impl From<model::Denial> for wit::WriteError {
+    fn from(d: model::Denial) -> Self {
+        match d {
+            model::Denial::Rule { entity, rule, defer, reason } => {
+                let d = wit::Deferral { entity: entity.into(), rule, reason };
+                if defer { wit::WriteError::Deferred(d) } else { wit::WriteError::Denied(d) }
+            }
+            model::Denial::Pinned { entity, field, by, reason } => {
+                wit::WriteError::Pinned(wit::Pinned { entity: entity.into(), field, by, reason })
+            }
+            model::Denial::Leased { entity, holder, expires_at_ms } => {
+                wit::WriteError::Leased(wit::Leased { entity: entity.into(), holder, expires_at_ms })
+            }
+            model::Denial::StaleFence { entity, token, current } => {
+                wit::WriteError::StaleFence(wit::StaleFence { entity: entity.into(), token, current })
+            }
         }
     }
 }
@@ -142,6 +163,7 @@ impl From<WriteError> for wit::WriteError {
                 })
             }
             WriteError::Refused(Refusal::Invalid(message)) => wit::WriteError::Invalid(message),
+            WriteError::Denied(d) => (*d).into(),
         }
     }
 }
@@ -168,6 +190,7 @@ impl kb::Host for InvocationState {
                 expect: w.expect.into(),
                 set: w.set.into_iter().map(|f| (f.name, f.value.into())).collect(),
                 unset: w.unset,
+                fence: w.fence,
             })
             .collect();
         Ok(gate.commit(&caller, writes, reason).await?.map_err(Into::into))
@@ -191,6 +214,69 @@ impl kb::Host for InvocationState {
     ) -> wasmtime::Result<Result<Vec<wit::Event>, String>> {
         let (gate, caller) = (self.gate.clone(), self.caller.clone());
         let events = gate.recent(&caller, entity.into(), within_ms).await?;
+        Ok(events.map(|v| v.into_iter().map(Into::into).collect()))
+    }
+}
+
+impl coord::Host for InvocationState {
+    async fn act(
+        &mut self,
+        kind: String,
+        payload: String,
+        entity: wit::EntityRef,
+        based_on: u64,
+        idempotency_key: Option<String>,
+    ) -> wasmtime::Result<Result<u64, wit::WriteError>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate.act(&caller, kind, payload, entity.into(), based_on, idempotency_key).await?.map_err(Into::into))
+    }
+
+    async fn request_change(
+        &mut self,
+        owner: String,
+        entity: wit::EntityRef,
+        proposed: Vec<wit::Field>,
+        reason: String,
+    ) -> wasmtime::Result<Result<u64, wit::WriteError>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        let proposed = proposed.into_iter().map(|f| (f.name, f.value.into())).collect();
+        Ok(gate.request_change(&caller, owner, entity.into(), proposed, reason).await?.map_err(Into::into))
+    }
+
+    async fn resolve_change(
+        &mut self,
+        request: u64,
+        applied: bool,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate.resolve_change(&caller, request, applied, reason).await?)
+    }
+
+    async fn lease(
+        &mut self,
+        entity: wit::EntityRef,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<wit::LeaseGrant, wit::WriteError>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate
+            .lease(&caller, entity.into(), ttl_ms)
+            .await?
+            .map(|l| wit::LeaseGrant { token: l.token, expires_at_ms: l.expires_at_ms })
+            .map_err(Into::into))
+    }
+
+    async fn release(&mut self, entity: wit::EntityRef, token: u64) -> wasmtime::Result<bool> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate.release(&caller, entity.into(), token).await?)
+    }
+
+    async fn changes_since_read(
+        &mut self,
+        entity: wit::EntityRef,
+    ) -> wasmtime::Result<Result<Vec<wit::Event>, String>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        let events = gate.changes_since_read(&caller, entity.into()).await?;
         Ok(events.map(|v| v.into_iter().map(Into::into).collect()))
     }
 }

@@ -13,10 +13,21 @@
 //! - `{"op": "log", "message": "..."}`
 //! - `{"op": "increment", "entity": "k/i", "field": "f", "tries": N}`: read,
 //!   add one, commit on that version; on conflict re-read and retry.
+//! - `{"op": "act", "entity": "k/i", "kind": "...", "payload": {...},
+//!   "based_on": N | "read", "key": "..."}`
+//! - `{"op": "lease", "entity": "k/i", "ttl_ms": N}`; a later commit write
+//!   with `"fence": "lease"` carries the last token, or `"fence": N`
+//! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
+//! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
+//! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
 //!
 //! The report is a JSON array with one result per op.
+//!
+//! An `event` message (a subscription) flips the entity's `status` between
+//! `ping` and `pong`: two probes subscribed to each other loop, which the
+//! host's cascade limit must stop.
 
-use concord_agent::{EntityRef, Expect, Field, Handler, Message, Value, Write, WriteError, describe, kb};
+use concord_agent::{EntityRef, Expect, Field, Handler, Message, Value, Write, WriteError, coord, describe, kb};
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 
@@ -48,14 +59,35 @@ fn error_json(e: &WriteError) -> Json {
             json!({ "error": "forbidden", "text": describe(e), "field": f.field, "writers": f.writers })
         }
         WriteError::Invalid(m) => json!({ "error": "invalid", "text": m }),
+        WriteError::Deferred(d) => json!({ "error": "deferred", "text": describe(e), "rule": d.rule }),
+        WriteError::Denied(d) => json!({ "error": "denied", "text": describe(e), "rule": d.rule }),
+        WriteError::Pinned(p) => json!({ "error": "pinned", "text": describe(e), "field": p.field, "by": p.by }),
+        WriteError::Leased(l) => json!({ "error": "leased", "text": describe(e), "holder": l.holder }),
+        WriteError::StaleFence(f) => json!({ "error": "stale_fence", "text": describe(e), "current": f.current }),
+    }
+}
+
+/// A subscription event: flip `status` between ping and pong.
+fn flip(message: &Message) -> Result<String, String> {
+    let e = message.entity.clone().ok_or("event without an entity")?;
+    let current = kb::get(&e)?.ok_or("entity missing")?;
+    let next = if current.text("status") == Some("ping") { "pong" } else { "ping" };
+    let w = Write::update(&current).set("status", Value::Text(next.into()));
+    match kb::commit(&[w], "flip") {
+        Ok(v) => Ok(format!("status -> {next} (version {})", v[0])),
+        Err(err) => Err(describe(&err)),
     }
 }
 
 impl Handler for Probe {
     fn handle(message: Message) -> Result<String, String> {
+        if message.kind == "event" {
+            return flip(&message);
+        }
         let body = message.body_json();
         let ops = body["ops"].as_array().cloned().unwrap_or_default();
         let mut read_versions: HashMap<String, u64> = HashMap::new();
+        let mut last_lease: Option<u64> = None;
         let mut out = Vec::new();
         for op in &ops {
             let result = match op["op"].as_str().unwrap_or("") {
@@ -91,7 +123,11 @@ impl Handler for Probe {
                             .as_array()
                             .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
                             .unwrap_or_default();
-                        writes.push(Write { entity: e, expect, set, unset });
+                        let fence = match &w["fence"] {
+                            Json::String(s) if s == "lease" => Some(last_lease.ok_or("fence=lease without a lease")?),
+                            n => n.as_u64(),
+                        };
+                        writes.push(Write { entity: e, expect, set, unset, fence });
                     }
                     match kb::commit(&writes, op["reason"].as_str().unwrap_or("probe")) {
                         Ok(versions) => json!({ "versions": versions }),
@@ -146,6 +182,67 @@ impl Handler for Probe {
                         }
                     }
                     result
+                }
+                "act" => {
+                    let e = entity(op)?;
+                    let based_on = match &op["based_on"] {
+                        Json::String(s) if s == "read" => {
+                            *read_versions.get(&e.to_string()).ok_or("based_on=read without a get")?
+                        }
+                        n => n.as_u64().ok_or("based_on must be read or a version")?,
+                    };
+                    let payload = op.get("payload").cloned().unwrap_or(json!({})).to_string();
+                    let kind = op["kind"].as_str().unwrap_or("test.action");
+                    match coord::act(kind, &payload, &e, based_on, op["key"].as_str()) {
+                        Ok(id) => json!({ "action": id }),
+                        Err(err) => error_json(&err),
+                    }
+                }
+                "lease" => {
+                    let e = entity(op)?;
+                    match coord::lease(&e, op["ttl_ms"].as_u64().unwrap_or(60_000)) {
+                        Ok(l) => {
+                            last_lease = Some(l.token);
+                            json!({ "token": l.token, "expires_at_ms": l.expires_at_ms })
+                        }
+                        Err(err) => error_json(&err),
+                    }
+                }
+                "release" => {
+                    let e = entity(op)?;
+                    let token = match &op["token"] {
+                        Json::String(s) if s == "lease" => last_lease.ok_or("token=lease without a lease")?,
+                        n => n.as_u64().ok_or("token must be lease or a number")?,
+                    };
+                    json!({ "released": coord::release(&e, token) })
+                }
+                "changes" => {
+                    let e = entity(op)?;
+                    match coord::changes_since_read(&e) {
+                        Ok(events) => json!(
+                            events
+                                .iter()
+                                .map(|ev| json!({"seq": ev.seq, "agent": ev.agent, "kind": ev.kind}))
+                                .collect::<Vec<_>>()
+                        ),
+                        Err(m) => json!({ "error": "read", "text": m }),
+                    }
+                }
+                "request_change" => {
+                    let e = entity(op)?;
+                    let proposed: Vec<Field> = op["proposed"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| Field { name: k.clone(), value: value(v) }).collect())
+                        .unwrap_or_default();
+                    match coord::request_change(
+                        op["owner"].as_str().unwrap_or(""),
+                        &e,
+                        &proposed,
+                        op["reason"].as_str().unwrap_or("probe"),
+                    ) {
+                        Ok(id) => json!({ "request": id }),
+                        Err(err) => error_json(&err),
+                    }
                 }
                 other => return Err(format!("unknown op `{other}`")),
             };
