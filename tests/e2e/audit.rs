@@ -87,7 +87,8 @@ async fn audit_filters_select_what_they_say() {
     let env = Env::new(&[("sales", "sales"), ("product", "probe")]);
     crate::common::onboard(&env, "acme").await;
     crate::common::onboard(&env, "globex").await;
-    let forbidden_write = json!([{"op": "commit", "writes": [{"entity": "customer/acme", "expect": 1, "set": {"deal_stage": "x"}}]}]);
+    let forbidden_write =
+        json!([{"op": "commit", "writes": [{"entity": "customer/acme", "expect": 1, "set": {"deal_stage": "x"}}]}]);
     env.probe("product", forbidden_write).await;
     let all = env.all_audit();
 

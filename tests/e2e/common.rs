@@ -76,14 +76,31 @@ impl Env {
     }
 
     pub fn with_limits(agents: &[(&str, &str)], limits: &str) -> Env {
+        Self::with_config(agents, &config_text(limits))
+    }
+
+    /// With this config text (see [`config_text`]).
+    pub fn with_config(agents: &[(&str, &str)], config: &str) -> Env {
+        let dir = Self::layout(agents, config);
+        let host = Arc::new(Host::start(Self::config_of(dir.path())).expect("host starts"));
+        Env { dir, host }
+    }
+
+    /// With this config text, delivering actions to `sink`.
+    pub fn with_sink(agents: &[(&str, &str)], config: &str, sink: Box<dyn concord::coord::outbox::Sink>) -> Env {
+        let dir = Self::layout(agents, config);
+        let host = Arc::new(Host::start_with_sink(Self::config_of(dir.path()), sink).expect("host starts"));
+        Env { dir, host }
+    }
+
+    fn layout(agents: &[(&str, &str)], config: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("agents")).expect("agents dir");
         for (name, guest) in agents {
             std::fs::copy(wasm(guest), dir.path().join("agents").join(format!("{name}.wasm"))).expect("copy agent");
         }
-        std::fs::write(dir.path().join("concord.toml"), config_text(limits)).expect("write config");
-        let host = Arc::new(Host::start(Self::config_of(dir.path())).expect("host starts"));
-        Env { dir, host }
+        std::fs::write(dir.path().join("concord.toml"), config).expect("write config");
+        dir
     }
 
     pub fn config_of(dir: &Path) -> Config {
@@ -96,6 +113,28 @@ impl Env {
         drop(Arc::into_inner(host).expect("no other host handles"));
         let host = Arc::new(Host::start(Self::config_of(dir.path())).expect("host restarts"));
         Env { dir, host }
+    }
+
+    /// Stops the host (as a crash would, between two operations) and starts
+    /// a new one on the same folder, delivering to `sink`.
+    pub fn restart_with_sink(self, sink: Box<dyn concord::coord::outbox::Sink>) -> Env {
+        let Env { dir, host } = self;
+        drop(Arc::into_inner(host).expect("no other host handles"));
+        let host = Arc::new(Host::start_with_sink(Self::config_of(dir.path()), sink).expect("host restarts"));
+        Env { dir, host }
+    }
+
+    /// Runs a trigger and everything it causes; returns every invocation.
+    pub async fn dispatch(&self, agent: &str, kind: &str, entity: &str, body: serde_json::Value) -> Vec<Invocation> {
+        self.host.dispatch(agent, message(kind, entity, body)).await.expect("dispatch")
+    }
+
+    /// The lines of the action sink file.
+    pub fn delivered(&self) -> Vec<serde_json::Value> {
+        match std::fs::read_to_string(self.dir.path().join("data/actions.jsonl")) {
+            Ok(text) => text.lines().map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect(),
+            Err(_) => vec![],
+        }
     }
 
     pub async fn send(&self, agent: &str, kind: &str, entity: &str, body: serde_json::Value) -> Invocation {

@@ -216,8 +216,11 @@ async fn acme_scenario_never_upsells_an_at_risk_customer() {
     assert_eq!(upsells.len(), 1, "{actions:#?}");
     let events = store.history(&"customer/acme".parse().expect("ref"), 0, 1000).expect("history");
     for a in &upsells {
-        let at = events.iter().filter(|e| e.kind.changes_state() && e.version == a.based_on).map(|e| e.seq).last();
-        let state = store.get_at(&a.entity, concord::kb::AtPoint::Seq(at.expect("version exists"))).expect("read").expect("exists");
+        let at = events.iter().filter(|e| e.kind.changes_state() && e.version == a.based_on).map(|e| e.seq).next_back();
+        let state = store
+            .get_at(&a.entity, concord::kb::AtPoint::Seq(at.expect("version exists")))
+            .expect("read")
+            .expect("exists");
         assert_eq!(state.fields.get("status"), Some(&concord::Value::Text("active".into())), "action {}", a.id);
         assert_eq!(state.fields.get("open_tickets"), Some(&concord::Value::Integer(0)), "action {}", a.id);
         assert!(a.delivered_at_ms.is_some(), "delivered");

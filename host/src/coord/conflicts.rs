@@ -117,9 +117,12 @@ fn deepest_chain(audit: &[AuditEntry]) -> Vec<u64> {
     best
 }
 
+/// One change of one field: the event, the value before and after.
+type Change<'a> = (&'a Event, Option<&'a Value>, Option<&'a Value>);
+
 fn ping_pongs(events: &[Event], window_ms: u64) -> Vec<PingPong> {
     // Per (entity, field): the changes in order.
-    let mut changes: BTreeMap<(String, String), Vec<(&Event, Option<&Value>, Option<&Value>)>> = BTreeMap::new();
+    let mut changes: BTreeMap<(String, String), Vec<Change<'_>>> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind.changes_state()) {
         for c in &e.changes {
             changes.entry((e.entity.key(), c.name.clone())).or_default().push((e, c.before.as_ref(), c.after.as_ref()));

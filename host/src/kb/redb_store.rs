@@ -557,12 +557,11 @@ impl Store for RedbStore {
                 match refused {
                     Some(r) => r,
                     None => {
-                        let mut seq = next_seq(&events)? - 1;
+                        let first = next_seq(&events)?;
                         drop((entities, events, history, pins, leases));
                         let mut versions = Vec::with_capacity(request.writes.len());
                         let mut new_events = Vec::with_capacity(request.writes.len());
-                        for (w, cur) in request.writes.iter().zip(current) {
-                            seq += 1;
+                        for (seq, (w, cur)) in (first..).zip(request.writes.iter().zip(current)) {
                             let (kind, version, fields) = match cur {
                                 None => (EventKind::Created, 1, Default::default()),
                                 Some(e) => (request.kind, e.version + 1, e.fields),
