@@ -24,16 +24,26 @@ build-agents: setup
 build:
     cargo build -p concord-host
 
-# Play the Acme scenario on a fresh knowledge base, then print the audit trail
+# Play the Acme scenario on a fresh knowledge base, then show what happened
 run: build-agents build
-    rm -f data/concord.redb
+    rm -f data/concord.redb data/actions.jsonl
     ./target/debug/concord run --script scenarios/acme.jsonl
-    @echo
-    @echo "== the audit trail (concord audit) =="
+    @echo; echo "== a human override (concord pin), and what the agents can do then =="
+    ./target/debug/concord pin customer/acme status=active --by alice --reason "CEO call: keep Acme active this week"
+    ./target/debug/concord run --script scenarios/override.jsonl
+    ./target/debug/concord unpin customer/acme status --by alice --reason "the week is over"
+    @echo; echo "== the audit trail (concord audit) =="
     ./target/debug/concord audit
-    @echo
-    @echo "== the current state (concord get customer/acme) =="
+    @echo; echo "== Acme's history (concord history customer/acme) =="
+    ./target/debug/concord history customer/acme
+    @echo; echo "== the current state (concord get customer/acme) =="
     ./target/debug/concord get customer/acme
+    @echo; echo "== actions delivered to data/actions.jsonl (concord actions) =="
+    ./target/debug/concord actions
+    @echo; echo "== replay: the projection rebuilt from the events (concord replay) =="
+    ./target/debug/concord replay
+    @echo; echo "== who got in whose way (concord conflicts) =="
+    ./target/debug/concord conflicts
 
 # Run any concord command, e.g. `just concord history customer/acme`
 concord *args: build

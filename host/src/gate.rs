@@ -38,9 +38,11 @@ pub enum WriteError {
 fn denial_audit(d: &Denial) -> (Decision, String, Option<String>) {
     // (fields are set by the caller, which knows what was written)
     match d {
-        Denial::Rule { rule, defer, .. } => {
-            (if *defer { Decision::Deferred } else { Decision::Denied }, format!("rule: {rule}"), None)
-        }
+        Denial::Rule { rule, defer, .. } => (
+            if *defer { Decision::Deferred } else { Decision::Denied },
+            format!("rule: {rule}"),
+            Some(format!("rule:{rule}")),
+        ),
         Denial::Pinned { field, by, .. } => {
             (Decision::Pinned, format!("pin: {field} by {by}"), Some(format!("human:{by}")))
         }

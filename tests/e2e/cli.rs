@@ -132,3 +132,66 @@ async fn reads_work_while_a_host_runs_and_a_second_host_is_refused() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("already open in another process"), "{}", stderr(&o));
 }
+
+/// The coordination verbs, as an operator uses them after the demo.
+#[test]
+fn operator_verbs_pin_revert_replay_trace_conflicts() {
+    let dir = demo_dir();
+    std::fs::copy(root().join("scenarios/override.jsonl"), dir.path().join("override.jsonl")).expect("script");
+    let ok = |args: &[&str]| {
+        let o = concord(dir.path(), args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}\n{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    };
+    ok(&["run", "--script", "acme.jsonl"]);
+    let pinned = ok(&["pin", "customer/acme", "status=active", "--by", "alice", "--reason", "CEO call"]);
+    assert!(pinned.contains("pinned status=\"active\""), "{pinned}");
+    let out = ok(&["run", "--script", "override.jsonl"]);
+    assert!(out.contains("pinned by alice: CEO call"), "{out}");
+    assert!(out.contains("deferred by rule `human-override`"), "{out}");
+    ok(&["unpin", "customer/acme", "status", "--by", "alice", "--reason", "done"]);
+
+    // Bad operator input: a value of the wrong type, an unknown field.
+    let o = concord(dir.path(), &["pin", "customer/acme", "open_tickets=many", "--by", "a", "--reason", "r"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`many` is not an integer"), "{}", stderr(&o));
+    let o = concord(dir.path(), &["unpin", "customer/acme", "status", "--by", "a", "--reason", "r"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("is not pinned"), "{}", stderr(&o));
+
+    // The past, replay, revert.
+    let then = ok(&["get", "customer/acme", "--at", "3"]);
+    assert!(then.contains("version 3") && then.contains("\"at_risk\""), "{then}");
+    assert!(ok(&["replay"]).contains("the projection equals the replay"));
+    let history = ok(&["history", "customer/acme", "--json"]);
+    let applied: Vec<serde_json::Value> = history.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let handoff = applied
+        .iter()
+        .find(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("applied change request")))
+        .expect("the applied handoff");
+    let seq = handoff["seq"].to_string();
+    let reverted = ok(&["revert", &seq, "--by", "alice", "--reason", "not yet"]);
+    assert!(reverted.contains("reverted event"), "{reverted}");
+    assert!(ok(&["get", "customer/acme"]).contains("\"upsell_offered\""));
+    let o = concord(dir.path(), &["revert", "1", "--by", "alice", "--reason", "x"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("later events depend on event 1"), "{}", stderr(&o));
+
+    // Trace, conflicts, actions.
+    let starts = ok(&["audit", "--call", "invocation.start", "--json"]);
+    let caused: serde_json::Value = starts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|e| !e["causation"].is_null())
+        .expect("a caused invocation");
+    let trace = ok(&["audit", "--trace", &caused["invocation"].to_string()]);
+    let parent = caused["causation"].to_string();
+    assert!(
+        trace.lines().any(|l| l.contains("invocation.start") && l.split_whitespace().nth(3) == Some(&parent)),
+        "{trace}"
+    );
+    let report = ok(&["conflicts"]);
+    assert!(report.contains("agents acting on stale versions") && report.contains("sales"), "{report}");
+    let actions = ok(&["actions"]);
+    assert!(actions.contains("email.upsell"), "{actions}");
+}

@@ -75,6 +75,11 @@ impl Handler for Support {
             match kb::commit(&[w], &why) {
                 Ok(v) => return Ok(format!("{why} ({target} version {})", v[0])),
                 Err(e @ WriteError::Conflict(_)) => warn(&format!("attempt {attempt}: {}; re-reading", describe(&e))),
+                // A human override or a rule holds this change back: report
+                // it (a person will pick it up), do not fight it.
+                Err(e @ (WriteError::Pinned(_) | WriteError::Deferred(_) | WriteError::Denied(_))) => {
+                    return Ok(format!("not recorded: {} ({why})", describe(&e)));
+                }
                 Err(e) => return Err(describe(&e)),
             }
         }

@@ -184,7 +184,10 @@ pub fn print_events(events: &[Event], as_json: bool) {
 
 pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
     if !as_json {
-        println!("{:>5}  {:<24} {:<8} {:>5}  {:<16} {:<9}  outcome", "seq", "time", "agent", "inv", "call", "decision");
+        println!(
+            "{:>5}  {:<24} {:<11} {:>5}  {:<20} {:<9}  outcome",
+            "seq", "time", "agent", "inv", "call", "decision"
+        );
     }
     for e in entries {
         if as_json {
@@ -206,7 +209,7 @@ pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
             outcome = outcome.chars().take(139).collect::<String>() + "…";
         }
         println!(
-            "{:>5}  {:<24} {:<8} {:>5}  {:<16} {:<9}  {}",
+            "{:>5}  {:<24} {:<11} {:>5}  {:<20} {:<9}  {}",
             e.seq,
             fmt_time(e.at_ms),
             e.agent,

@@ -251,11 +251,7 @@ impl fmt::Display for Conflict {
         match self.current_version {
             None => write!(f, "{} does not exist (expected {})", self.entity, self.expected),
             Some(v) => {
-                write!(
-                    f,
-                    "{} is at version {v}, not {}: changed by {} at {} ms",
-                    self.entity, self.expected, self.changed_by, self.changed_at_ms
-                )?;
+                write!(f, "{} is at version {v}, not {}: changed by {}", self.entity, self.expected, self.changed_by)?;
                 if !self.changed_fields.is_empty() {
                     write!(f, " (fields: {})", self.changed_fields.join(", "))?;
                 }
