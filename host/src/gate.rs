@@ -15,6 +15,7 @@ use crate::kb::{
     ActOutcome, ActRequest, Actor, ChangeRequest, CommitOutcome, CommitRequest, Conflict, Denial, Entity, EntityRef,
     Event, EventKind, Lease, LeaseOutcome, Store, StoreError, Value, Write, now_ms,
 };
+use crate::policy::config::Limits;
 use crate::policy::rules::Rules;
 use crate::policy::{Policy, Refusal};
 use serde_json::json;
@@ -22,6 +23,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
+
+/// A host call that must stop the invocation (a trap) rather than be
+/// answered: a broken host invariant, or a per-invocation limit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostFault {
+    /// The store failed (a failed audit write, say). Not the agent's doing.
+    #[error("host fault: {0}")]
+    Store(#[from] StoreError),
+    /// The agent went past a per-invocation limit.
+    #[error("limit: {0}")]
+    Limit(String),
+}
 
 /// Why a commit, action or lease was refused. Mirrors the WIT `write-error`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -165,15 +179,15 @@ pub struct Gate {
     store: Arc<dyn Store>,
     policy: Arc<Policy>,
     rules: Arc<Rules>,
-    audit_arg_bytes: usize,
+    limits: Limits,
 }
 
 /// Largest `limit` a `history` call may ask for.
 pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
-    pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, rules: Arc<Rules>, audit_arg_bytes: usize) -> Self {
-        Self { store, policy, rules, audit_arg_bytes }
+    pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, rules: Arc<Rules>, limits: Limits) -> Self {
+        Self { store, policy, rules, limits }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -188,21 +202,24 @@ impl Gate {
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, HostFault> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?;
+        Ok(result?)
     }
 
     fn draft(&self, caller: &Caller, call: &str, entities: Vec<String>, args: serde_json::Value) -> AuditDraft {
+        let args = args.to_string();
         AuditDraft {
             agent: caller.agent.clone(),
             digest: caller.digest.clone(),
             invocation: Some(caller.invocation),
             call: call.to_string(),
             entities,
-            args: audit::bounded(args.to_string(), self.audit_arg_bytes),
+            arg_bytes: args.len(),
+            args: audit::bounded(args, self.limits.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
             peer: None,
@@ -213,16 +230,47 @@ impl Gate {
         }
     }
 
-    async fn enter(&self, caller: &Caller, call: &str) -> Instant {
-        caller.calls.fetch_add(1, Ordering::Relaxed);
+    /// Counts the call against `limits.max_host_calls` (past it, the call
+    /// is audited and the invocation trapped) and stops at a breakpoint.
+    async fn enter(&self, caller: &Caller, call: &str) -> Result<Instant, HostFault> {
+        let n = caller.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.max_host_calls {
+            let max = self.limits.max_host_calls;
+            let mut draft = self.draft(caller, call, vec![], json!({}));
+            draft.decision = Decision::Invalid;
+            draft.rule = Some("limits.max_host_calls".into());
+            draft.outcome =
+                format!("host call {n} refused: the limit is {max} per invocation; the invocation is stopped");
+            self.blocking(move |s| s.append_audit(draft)).await?;
+            return Err(HostFault::Limit(format!(
+                "more than {max} host calls in one invocation (limits.max_host_calls)"
+            )));
+        }
         if let Some(bp) = &caller.breakpoint {
             bp.check(call).await;
         }
-        Instant::now()
+        Ok(Instant::now())
     }
 
-    async fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), StoreError> {
+    /// Refuses a call whose arguments are larger than
+    /// `limits.max_call_bytes`, marking the draft. Returns the refusal.
+    fn oversize(&self, draft: &mut AuditDraft) -> Option<String> {
+        let max = self.limits.max_call_bytes;
+        (draft.arg_bytes > max).then(|| {
+            let why = format!(
+                "the arguments of {} are {} bytes; the limit is {max} (limits.max_call_bytes)",
+                draft.call, draft.arg_bytes
+            );
+            draft.decision = Decision::Invalid;
+            draft.rule = Some("limits.max_call_bytes".into());
+            draft.outcome.clone_from(&why);
+            why
+        })
+    }
+
+    async fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
+        draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
         self.blocking(move |s| s.append_audit(draft)).await.map(|_| ())
     }
 
@@ -234,14 +282,15 @@ impl Gate {
         message: serde_json::Value,
         entity: Option<&EntityRef>,
         causation: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, HostFault> {
         let draft = AuditDraft {
             agent: agent.to_string(),
             digest: digest.to_string(),
             invocation: None,
             call: calls::INVOCATION_START.into(),
             entities: entity.map(EntityRef::key).into_iter().collect(),
-            args: audit::bounded(message.to_string(), self.audit_arg_bytes),
+            arg_bytes: 0,
+            args: audit::bounded(message.to_string(), self.limits.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
             peer: None,
@@ -263,10 +312,10 @@ impl Gate {
         decision: Decision,
         outcome: &str,
         started: Instant,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), HostFault> {
         let mut draft = self.draft(caller, calls::INVOCATION_END, vec![], json!({ "host_calls": caller.calls() }));
         draft.decision = decision;
-        draft.outcome = audit::bounded(outcome.to_string(), self.audit_arg_bytes);
+        draft.outcome = audit::bounded(outcome.to_string(), self.limits.audit_arg_bytes);
         self.record(draft, started).await
     }
 
@@ -279,7 +328,7 @@ impl Gate {
         causation: u64,
         entity: Option<&EntityRef>,
         outcome: String,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, HostFault> {
         let draft = AuditDraft {
             agent: agent.to_string(),
             digest: digest.to_string(),
@@ -287,19 +336,20 @@ impl Gate {
             call: calls::CASCADE_STOPPED.into(),
             entities: entity.map(EntityRef::key).into_iter().collect(),
             args: "{}".into(),
+            arg_bytes: 2,
             decision: Decision::Stopped,
             rule: Some("limits.max_cascade_depth".into()),
             peer: None,
             fields: vec![],
             causation: Some(causation),
-            outcome: audit::bounded(outcome, self.audit_arg_bytes),
+            outcome: audit::bounded(outcome, self.limits.audit_arg_bytes),
             duration_us: 0,
         };
         Ok(self.blocking(move |s| s.append_audit(draft)).await?.seq)
     }
 
-    pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, StoreError> {
-        let started = self.enter(caller, calls::GET).await;
+    pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, HostFault> {
+        let started = self.enter(caller, calls::GET).await?;
         let mut draft = self.draft(caller, calls::GET, vec![entity.key()], json!({ "entity": entity.key() }));
         if let Err(refusal) = self.policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
@@ -328,8 +378,8 @@ impl Gate {
         entity: EntityRef,
         after_seq: u64,
         limit: u32,
-    ) -> Result<Result<Vec<Event>, String>, StoreError> {
-        let started = self.enter(caller, calls::HISTORY).await;
+    ) -> Result<Result<Vec<Event>, String>, HostFault> {
+        let started = self.enter(caller, calls::HISTORY).await?;
         let limit = limit.min(MAX_HISTORY);
         let args = json!({ "entity": entity.key(), "after_seq": after_seq, "limit": limit });
         let draft = self.draft(caller, calls::HISTORY, vec![entity.key()], args);
@@ -341,8 +391,8 @@ impl Gate {
         caller: &Caller,
         entity: EntityRef,
         within_ms: u64,
-    ) -> Result<Result<Vec<Event>, String>, StoreError> {
-        let started = self.enter(caller, calls::RECENT).await;
+    ) -> Result<Result<Vec<Event>, String>, HostFault> {
+        let started = self.enter(caller, calls::RECENT).await?;
         let since = now_ms().saturating_sub(within_ms);
         let args = json!({ "entity": entity.key(), "within_ms": within_ms });
         let draft = self.draft(caller, calls::RECENT, vec![entity.key()], args);
@@ -355,7 +405,7 @@ impl Gate {
         started: Instant,
         entity: EntityRef,
         read: impl FnOnce(&dyn Store, &EntityRef) -> Result<Vec<Event>, StoreError> + Send + 'static,
-    ) -> Result<Result<Vec<Event>, String>, StoreError> {
+    ) -> Result<Result<Vec<Event>, String>, HostFault> {
         let result = match self.policy.check_read(&entity) {
             Err(refusal) => {
                 draft.decision = Decision::Invalid;
@@ -372,9 +422,15 @@ impl Gate {
         Ok(result)
     }
 
-    pub async fn log(&self, caller: &Caller, level: &str, message: &str) -> Result<(), StoreError> {
-        let started = self.enter(caller, calls::LOG).await;
+    pub async fn log(&self, caller: &Caller, level: &str, message: &str) -> Result<(), HostFault> {
+        let started = self.enter(caller, calls::LOG).await?;
         let mut draft = self.draft(caller, calls::LOG, vec![], json!({ "level": level, "message": message }));
+        if let Some(why) = self.oversize(&mut draft) {
+            // `log` has no error to return: an oversized line stops the
+            // invocation, after its audit entry.
+            self.record(draft, started).await?;
+            return Err(HostFault::Limit(why));
+        }
         draft.outcome = "logged".into();
         self.record(draft, started).await
     }
@@ -384,8 +440,9 @@ impl Gate {
         caller: &Caller,
         writes: Vec<Write>,
         reason: String,
-    ) -> Result<Result<Vec<u64>, WriteError>, StoreError> {
-        let started = self.enter(caller, calls::COMMIT).await;
+    ) -> Result<Result<Vec<u64>, WriteError>, HostFault> {
+        let started = self.enter(caller, calls::COMMIT).await?;
+        let max_outcome = self.limits.audit_arg_bytes;
         let entities: Vec<String> = writes.iter().map(|w| w.entity.key()).collect();
         let args = json!({
             "reason": reason,
@@ -398,6 +455,10 @@ impl Gate {
             })).collect::<Vec<_>>(),
         });
         let mut draft = self.draft(caller, calls::COMMIT, entities, args);
+        if let Some(why) = self.oversize(&mut draft) {
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
+        }
         let mut written: Vec<String> =
             writes.iter().flat_map(|w| w.set.iter().map(|(n, _)| n.clone()).chain(w.unset.iter().cloned())).collect();
         written.sort();
@@ -460,6 +521,7 @@ impl Gate {
                             d.outcome = denial.to_string();
                         }
                     }
+                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
                 })
             })
@@ -484,10 +546,15 @@ impl Gate {
         entity: EntityRef,
         based_on: u64,
         key: Option<String>,
-    ) -> Result<Result<u64, WriteError>, StoreError> {
-        let started = self.enter(caller, calls::ACT).await;
+    ) -> Result<Result<u64, WriteError>, HostFault> {
+        let started = self.enter(caller, calls::ACT).await?;
+        let max_outcome = self.limits.audit_arg_bytes;
         let args = json!({ "kind": kind, "entity": entity.key(), "based_on": based_on, "idempotency_key": key, "payload": payload });
         let mut draft = self.draft(caller, calls::ACT, vec![entity.key()], args);
+        if let Some(why) = self.oversize(&mut draft) {
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
+        }
         let problem = if kind.trim().is_empty() {
             Some("an action needs a kind, such as `email.send`".to_string())
         } else if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload) {
@@ -535,6 +602,7 @@ impl Gate {
                             d.outcome = denial.to_string();
                         }
                     }
+                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
                 })
             })
@@ -554,13 +622,17 @@ impl Gate {
         entity: EntityRef,
         proposed: Vec<(String, Value)>,
         reason: String,
-    ) -> Result<Result<u64, WriteError>, StoreError> {
-        let started = self.enter(caller, calls::REQUEST_CHANGE).await;
+    ) -> Result<Result<u64, WriteError>, HostFault> {
+        let started = self.enter(caller, calls::REQUEST_CHANGE).await?;
         let args = json!({
             "owner": owner, "entity": entity.key(), "reason": reason,
             "proposed": proposed.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
         });
         let mut draft = self.draft(caller, calls::REQUEST_CHANGE, vec![entity.key()], args);
+        if let Some(why) = self.oversize(&mut draft) {
+            self.record(draft, started).await?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
+        }
         draft.peer = Some(owner.clone());
         // The owner must be able to apply what is proposed: the same checks
         // as the owner's own commit would get.
@@ -612,8 +684,9 @@ impl Gate {
         request: u64,
         applied: bool,
         reason: String,
-    ) -> Result<Result<(), String>, StoreError> {
-        let started = self.enter(caller, calls::RESOLVE_CHANGE).await;
+    ) -> Result<Result<(), String>, HostFault> {
+        let started = self.enter(caller, calls::RESOLVE_CHANGE).await?;
+        let max_outcome = self.limits.audit_arg_bytes;
         let args = json!({ "request": request, "applied": applied, "reason": reason });
         let draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
         let actor = caller.actor();
@@ -637,6 +710,7 @@ impl Gate {
                             d.outcome.clone_from(e);
                         }
                     }
+                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
                 })
             })
@@ -649,8 +723,9 @@ impl Gate {
         caller: &Caller,
         entity: EntityRef,
         ttl_ms: u64,
-    ) -> Result<Result<Lease, WriteError>, StoreError> {
-        let started = self.enter(caller, calls::LEASE).await;
+    ) -> Result<Result<Lease, WriteError>, HostFault> {
+        let started = self.enter(caller, calls::LEASE).await?;
+        let max_outcome = self.limits.audit_arg_bytes;
         let mut draft =
             self.draft(caller, calls::LEASE, vec![entity.key()], json!({ "entity": entity.key(), "ttl_ms": ttl_ms }));
         if let Err(refusal) = self.policy.check_read(&entity) {
@@ -675,6 +750,7 @@ impl Gate {
                             d.outcome = denial.to_string();
                         }
                     }
+                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
                 })
             })
@@ -685,8 +761,8 @@ impl Gate {
         })
     }
 
-    pub async fn release(&self, caller: &Caller, entity: EntityRef, token: u64) -> Result<bool, StoreError> {
-        let started = self.enter(caller, calls::RELEASE).await;
+    pub async fn release(&self, caller: &Caller, entity: EntityRef, token: u64) -> Result<bool, HostFault> {
+        let started = self.enter(caller, calls::RELEASE).await?;
         let draft =
             self.draft(caller, calls::RELEASE, vec![entity.key()], json!({ "entity": entity.key(), "token": token }));
         let actor = caller.actor();
@@ -711,8 +787,8 @@ impl Gate {
         &self,
         caller: &Caller,
         entity: EntityRef,
-    ) -> Result<Result<Vec<Event>, String>, StoreError> {
-        let started = self.enter(caller, calls::CHANGES).await;
+    ) -> Result<Result<Vec<Event>, String>, HostFault> {
+        let started = self.enter(caller, calls::CHANGES).await?;
         let mut draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
         if let Err(refusal) = self.policy.check_read(&entity) {
             draft.decision = Decision::Invalid;

@@ -34,6 +34,8 @@ pub enum InvokeError {
     BadMessage(String),
     #[error("host fault: {0}")]
     Host(#[from] StoreError),
+    #[error("{0}")]
+    Fault(#[from] crate::gate::HostFault),
 }
 
 /// A running Concord host.
@@ -67,7 +69,8 @@ impl Host {
             tracing::warn!("{w}");
         }
         let policy = Arc::new(Policy::new(config.schema.clone()));
-        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.audit_arg_bytes));
+        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.clone()));
+        record_start(store_of(&gate), &config, &runtime)?;
         let host = Host { config, gate, runtime, warnings, sink };
         let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
         if !leftover.delivered.is_empty() {
@@ -189,6 +192,60 @@ impl Host {
                 known: self.runtime.agents().map(|a| a.name.clone()).collect(),
             }
         })
+    }
+}
+
+fn store_of(gate: &Gate) -> &dyn Store {
+    gate.store().as_ref()
+}
+
+/// Audits the start: the config digest, the agents and their digests, and,
+/// when they apply, that the config changed or the last run ended without
+/// a stop entry (a crash or a kill).
+fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result<(), StoreError> {
+    use crate::audit::{AuditDraft, AuditFilter, HOST, calls};
+    let last = store.audit(&AuditFilter { agent: Some(HOST.into()), limit: Some(1), ..Default::default() })?.pop();
+    let last_start = store
+        .audit(&AuditFilter {
+            agent: Some(HOST.into()),
+            call: Some(calls::HOST_START.into()),
+            limit: Some(1),
+            ..Default::default()
+        })?
+        .pop();
+    if let Some(prev) = last_start.filter(|p| p.digest != config.digest) {
+        store.append_audit(AuditDraft::host(
+            calls::CONFIG_CHANGED,
+            &config.digest,
+            serde_json::json!({ "from": prev.digest, "to": config.digest, "file": config.file }),
+            format!("config {} changed since the start at audit entry {}", config.file.display(), prev.seq),
+        ))?;
+    }
+    let unclean = last.as_ref().is_some_and(|e| e.call == calls::HOST_START);
+    let agents: serde_json::Map<_, _> = runtime.agents().map(|a| (a.name.clone(), a.digest.clone().into())).collect();
+    let args = serde_json::json!({ "config": config.file, "agents": agents, "pid": std::process::id() });
+    let outcome = if unclean {
+        "started; the previous run ended without a stop entry (killed or crashed)".to_string()
+    } else {
+        "started".to_string()
+    };
+    store.append_audit(AuditDraft::host(calls::HOST_START, &config.digest, args, outcome))?;
+    Ok(())
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        use crate::audit::{AuditDraft, calls};
+        let pending = self.store().pending_actions(usize::MAX).map(|p| p.len()).unwrap_or(0);
+        let draft = AuditDraft::host(
+            calls::HOST_STOP,
+            &self.config.digest,
+            serde_json::json!({ "pending_actions": pending }),
+            "stopped".into(),
+        );
+        if let Err(e) = self.store().append_audit(draft) {
+            tracing::error!("could not audit the host's stop: {e}");
+        }
     }
 }
 

@@ -68,9 +68,11 @@ async fn a_scripted_run_is_audited_completely() {
     assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>(), "gap-free from 1");
 
     let digests: BTreeMap<String, String> = env.host.agents().map(|a| (a.name.clone(), a.digest.clone())).collect();
-    for e in &entries {
+    for e in entries.iter().filter(|e| e.agent != concord::audit::HOST) {
         assert_eq!(digests.get(&e.agent), Some(&e.digest), "entry {} names a loaded agent and its digest", e.seq);
     }
+    assert_eq!(entries[0].call, calls::HOST_START, "the host's start is the first entry");
+    assert_eq!(entries[0].digest, env.host.config().digest, "with the config's digest");
     for r in &runs {
         let of = env.audit(AuditFilter { invocation: Some(r.id), ..Default::default() });
         assert_eq!(of.first().map(|e| e.call.as_str()), Some(calls::INVOCATION_START));

@@ -130,7 +130,8 @@ async fn reads_work_while_a_host_runs_and_a_second_host_is_refused() {
     .expect("write");
     let o = concord(env.dir.path(), &["run", "--script", "s.jsonl"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("already open in another process"), "{}", stderr(&o));
+    let expected = format!("already in use by pid {}", std::process::id());
+    assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
 }
 
 /// The coordination verbs, as an operator uses them after the demo.

@@ -14,7 +14,10 @@ async fn a_restart_keeps_the_kb_and_the_audit_and_continues_both() {
 
     let env = env.restart();
     assert_eq!(env.get("customer/acme"), Some(entity.clone()), "the projection survives");
-    assert_eq!(env.all_audit(), audit, "the audit survives, entry for entry");
+    let after = env.all_audit();
+    assert_eq!(after[..audit.len()], audit[..], "the audit survives, entry for entry");
+    let lifecycle: Vec<&str> = after[audit.len()..].iter().map(|e| e.call.as_str()).collect();
+    assert_eq!(lifecycle, [concord::audit::calls::HOST_STOP, concord::audit::calls::HOST_START]);
     let history = env.host.store().history(&"customer/acme".parse().expect("ref"), 0, 100).expect("history");
     assert_eq!(history.len(), 2);
 
@@ -28,5 +31,6 @@ async fn a_restart_keeps_the_kb_and_the_audit_and_continues_both() {
     let new = env.audit(AuditFilter::default());
     assert_eq!(new[..audit.len()], audit[..]);
     assert_eq!(new[audit.len()].seq, audit.len() as u64 + 1);
+    assert!(!new.iter().any(|e| e.outcome.contains("without a stop entry")), "both stops were clean");
     assert!(matches!(env.host.store().verify_audit().expect("verify"), Verification::Intact { .. }));
 }

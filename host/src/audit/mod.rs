@@ -114,6 +114,12 @@ pub mod calls {
     pub const CHANGES: &str = "coord.changes-since-read";
     /// A cascade step that was not run (depth limit).
     pub const CASCADE_STOPPED: &str = "cascade.stopped";
+    /// Host lifecycle (agent `host`; the digest is the config's sha256).
+    pub const HOST_START: &str = "host.start";
+    pub const HOST_STOP: &str = "host.stop";
+    pub const CONFIG_CHANGED: &str = "config.changed";
+    /// A new audit signing key (`concord audit keygen`).
+    pub const KEY_ROTATED: &str = "audit.key";
     /// Operator commands.
     pub const PIN: &str = "human.pin";
     pub const UNPIN: &str = "human.unpin";
@@ -122,6 +128,9 @@ pub mod calls {
     pub const AGENT_CALLS: [&str; 11] =
         [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RELEASE, CHANGES];
 }
+
+/// The agent name of host lifecycle entries.
+pub const HOST: &str = "host";
 
 /// An entry before the store gives it a place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +146,8 @@ pub struct AuditDraft {
     pub entities: Vec<String>,
     /// The call's arguments as JSON, bounded by `limits.audit_arg_bytes`.
     pub args: String,
+    /// The size of the arguments before bounding (not stored).
+    pub arg_bytes: usize,
     pub decision: Decision,
     /// The rule that decided, where one did (`ownership: …`, `version`, …).
     pub rule: Option<String>,
@@ -179,6 +190,29 @@ pub struct AuditEntry {
 
 /// `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditDraft {
+    /// A host lifecycle entry (start, stop, config change, key rotation).
+    pub fn host(call: &str, config_digest: &str, args: serde_json::Value, outcome: String) -> AuditDraft {
+        let args = args.to_string();
+        AuditDraft {
+            agent: HOST.into(),
+            digest: config_digest.into(),
+            invocation: None,
+            call: call.into(),
+            entities: vec![],
+            arg_bytes: args.len(),
+            args,
+            decision: Decision::Allowed,
+            rule: None,
+            peer: None,
+            fields: vec![],
+            causation: None,
+            outcome,
+            duration_us: 0,
+        }
+    }
+}
 
 impl AuditEntry {
     /// Places a draft in the chain after `prev_hash`.
@@ -382,6 +416,7 @@ mod tests {
             call: call.into(),
             entities: vec!["customer/acme".into()],
             args: "{}".into(),
+            arg_bytes: 2,
             decision: Decision::Allowed,
             rule: None,
             peer: None,

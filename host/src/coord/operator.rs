@@ -16,6 +16,7 @@ fn human_draft(by: &str, call: &str, entity: &EntityRef, args: serde_json::Value
         call: call.into(),
         entities: vec![entity.key()],
         args: args.to_string(),
+        arg_bytes: 0,
         decision: Decision::Allowed,
         rule: None,
         peer: None,

@@ -69,6 +69,14 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if matches!(self.db, Db::ReadWrite(_)) {
+            let _ = std::fs::remove_file(pid_path(&self.path));
+        }
+    }
+}
+
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore").field("path", &self.path).finish_non_exhaustive()
@@ -79,9 +87,25 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The file beside the store that names the process holding it.
+fn pid_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pid");
+    PathBuf::from(p)
+}
+
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {
     match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
+        DatabaseError::DatabaseAlreadyOpen => {
+            let pid = std::fs::read_to_string(pid_path(path)).ok().and_then(|s| s.trim().parse().ok());
+            StoreError::InUse { path: path.to_path_buf(), pid }
+        }
+        DatabaseError::Storage(e) => StoreError::Open {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{e}; the file is damaged or is not a Concord knowledge base. Restore it from a backup, or move it away to start empty (nothing was changed)"
+            ),
+        },
         other => StoreError::Open { path: path.to_path_buf(), reason: other.to_string() },
     }
 }
@@ -108,6 +132,9 @@ impl RedbStore {
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .create(path)
             .map_err(|e| open_error(path, e))?;
+        // Name this process as the holder, for the "already in use" error
+        // another process gets (redb's lock itself does not say who).
+        let _ = std::fs::write(pid_path(path), std::process::id().to_string());
         let store = Self { db: Db::ReadWrite(db), path: path.to_path_buf() };
         store.init()?;
         Ok(store)

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("the knowledge base {path} is already open in another process; stop that `concord run` first")]
-    InUse { path: PathBuf },
+    #[error("the knowledge base {path} is already in use{}; stop that `concord run` first", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
+    InUse { path: PathBuf, pid: Option<u32> },
     #[error("the knowledge base {path} does not exist yet; run `concord run` to create it")]
     Missing { path: PathBuf },
     #[error("cannot open the knowledge base {path}: {reason}")]

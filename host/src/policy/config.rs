@@ -52,6 +52,11 @@ pub struct Limits {
     /// How deep a chain of invocations caused by invocations may go
     /// (subscriptions, handoffs). The invocation a trigger starts is depth 0.
     pub max_cascade_depth: u32,
+    /// Host calls one invocation may make; past it the invocation is
+    /// trapped (a flooding agent stops itself, not the host).
+    pub max_host_calls: u32,
+    /// The largest arguments one host call may carry, in bytes (as JSON).
+    pub max_call_bytes: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +68,8 @@ impl Default for Limits {
             audit_arg_bytes: 2048,
             output_bytes: 64 << 10,
             max_cascade_depth: 4,
+            max_host_calls: 10_000,
+            max_call_bytes: 1 << 20,
         }
     }
 }
@@ -72,6 +79,9 @@ impl Default for Limits {
 pub struct Config {
     /// The file it was read from (or a label for inline text).
     pub file: PathBuf,
+    /// sha256 of the config text, hex: host start entries in the audit carry
+    /// it, so a config change between runs is visible.
+    pub digest: String,
     /// The redb file of the knowledge base.
     pub kb_path: PathBuf,
     /// Where the agents' `*.wasm` components are.
@@ -215,6 +225,8 @@ struct RawLimits {
     audit_arg_bytes: Option<Spanned<u64>>,
     output_bytes: Option<Spanned<u64>>,
     max_cascade_depth: Option<Spanned<u64>>,
+    max_host_calls: Option<Spanned<u64>>,
+    max_call_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +309,16 @@ impl Config {
                 .ok()
                 .filter(|d| *d <= 64)
                 .ok_or_else(|| err(span, "limits.max_cascade_depth is at most 64".into()))?;
+        }
+
+        if let Some(n) = positive(&raw.limits.max_host_calls, "max_host_calls")? {
+            let span = raw.limits.max_host_calls.as_ref().map(Spanned::span);
+            limits.max_host_calls =
+                u32::try_from(n).map_err(|_| err(span, "limits.max_host_calls is at most 4294967295".into()))?;
+        }
+        if let Some(b) = positive(&raw.limits.max_call_bytes, "max_call_bytes")? {
+            limits.max_call_bytes =
+                to_usize(b, raw.limits.max_call_bytes.as_ref().map(Spanned::span), "max_call_bytes")?;
         }
 
         let mut kinds = BTreeMap::new();
@@ -440,6 +462,10 @@ impl Config {
 
         Ok(Config {
             file: file.to_path_buf(),
+            digest: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            },
             kb_path: base.join(&raw.kb.path),
             agents_dir: base.join(&raw.agents.dir),
             limits,

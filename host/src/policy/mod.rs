@@ -107,7 +107,8 @@ impl Policy {
                 let def = kind.fields.get(name).ok_or_else(|| {
                     let known: Vec<&str> = kind.fields.keys().map(String::as_str).collect();
                     Refusal::Invalid(format!(
-                        "write {i}: unknown field `{name}` of kind `{}` (declared fields: {})",
+                        "write {i}: unknown field `{}` of kind `{}` (declared fields: {})",
+                        schema::shorten(name),
                         w.entity.kind,
                         known.join(", ")
                     ))

@@ -128,6 +128,12 @@ pub struct Schema {
     pub kinds: BTreeMap<String, KindDef>,
 }
 
+/// A name for an error message: cut at 64 characters, so that a hostile
+/// 10 MB "kind" does not become a 10 MB message.
+pub fn shorten(s: &str) -> String {
+    if s.chars().count() <= 64 { s.to_string() } else { format!("{}…", s.chars().take(64).collect::<String>()) }
+}
+
 /// The longest entity id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -136,7 +142,7 @@ impl Schema {
     pub fn check_ref(&self, entity: &EntityRef) -> Result<&KindDef, String> {
         let kind = self.kinds.get(&entity.kind).ok_or_else(|| {
             let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
-            format!("unknown entity kind `{}` (declared kinds: {})", entity.kind, known.join(", "))
+            format!("unknown entity kind `{}` (declared kinds: {})", shorten(&entity.kind), known.join(", "))
         })?;
         if entity.id.is_empty() {
             return Err(format!("entity `{}/` has an empty id", entity.kind));
@@ -149,7 +155,11 @@ impl Schema {
             ));
         }
         if entity.id.chars().any(char::is_control) {
-            return Err(format!("entity id {:?} of kind `{}` contains control characters", entity.id, entity.kind));
+            return Err(format!(
+                "entity id {:?} of kind `{}` contains control characters",
+                shorten(&entity.id),
+                entity.kind
+            ));
         }
         Ok(kind)
     }

@@ -22,7 +22,7 @@ mod state;
 
 use crate::audit::Decision;
 use crate::gate::{Breakpoint, Caller, Gate};
-use crate::kb::{EntityRef, StoreError};
+use crate::kb::EntityRef;
 use crate::policy::config::Limits;
 use bindings::{AgentPre, types as wit};
 use sha2::{Digest, Sha256};
@@ -306,7 +306,7 @@ impl Runtime {
         breakpoint: Option<Breakpoint>,
         causation: Option<u64>,
         depth: u32,
-    ) -> Result<Option<Invocation>, StoreError> {
+    ) -> Result<Option<Invocation>, crate::gate::HostFault> {
         let Some(loaded) = self.agents.get(agent) else {
             return Ok(None);
         };
@@ -402,8 +402,8 @@ impl Runtime {
 /// The wasm backtrace is left out: it is long, and the trap kind plus the
 /// agent's last stderr lines say more to an operator.
 fn describe_trap(e: &wasmtime::Error, limits: &Limits, what: &str) -> String {
-    if let Some(store) = e.downcast_ref::<StoreError>() {
-        return format!("host fault: {store}");
+    if let Some(fault) = e.downcast_ref::<crate::gate::HostFault>() {
+        return fault.to_string();
     }
     let root = e.root_cause().to_string();
     match e.downcast_ref::<Trap>() {
