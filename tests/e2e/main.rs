@@ -13,3 +13,4 @@ mod coord;
 mod coordination;
 mod durability;
 mod sandbox;
+mod trust;

@@ -10,6 +10,8 @@
 //! order of [`AuditEntry`]'s fields). `prev_hash` of the first entry is 64
 //! zeros. Any edit, deletion or reordering breaks the chain at that entry.
 
+pub mod checkpoint;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;

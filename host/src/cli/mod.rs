@@ -7,6 +7,7 @@
 
 mod format;
 
+use crate::audit::checkpoint;
 use crate::audit::{AuditFilter, Decision, Verification};
 use crate::coord::script::{self, Script, StepReport};
 use crate::coord::{conflicts, operator};
@@ -200,7 +201,43 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
     /// Recompute the hash chain; report the first bad entry and exit 1 if broken.
-    Verify,
+    /// With --checkpoint, also prove that the log still extends a signed
+    /// checkpoint (so a rebuilt or truncated chain is caught too).
+    Verify {
+        /// A checkpoint file written by `concord audit checkpoint`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The public key the checkpoint must be signed by (hex).
+        #[arg(long, conflicts_with = "key")]
+        public_key: Option<String>,
+        /// Or the key file, whose public half is trusted.
+        #[arg(long, env = "CONCORD_AUDIT_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Create an Ed25519 signing key for checkpoints. Keep it apart from the
+    /// knowledge base. The rotation is recorded in the audit.
+    Keygen {
+        #[arg(long, env = "CONCORD_AUDIT_KEY")]
+        key: PathBuf,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign the current head of the chain and write a checkpoint (JSON).
+    Checkpoint {
+        #[arg(long, env = "CONCORD_AUDIT_KEY")]
+        key: PathBuf,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the whole log as JSON lines (verifiable independently: see the
+    /// README's hash format, or scripts/verify_audit_export.py).
+    Export {
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -218,6 +255,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || error.downcast_ref::<StoreError>().is_some()
             || error.downcast_ref::<script::ScriptError>().is_some()
             || error.downcast_ref::<crate::coord::outbox::SinkError>().is_some()
+            || error.downcast_ref::<checkpoint::CheckpointError>().is_some()
         {
             3
         } else {
@@ -356,17 +394,78 @@ fn open_store(config: &std::path::Path) -> Result<RedbStore, Failure> {
 
 fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
     let store = open_store(config)?;
-    if let Some(AuditAction::Verify) = args.action {
-        return match store.verify_audit()? {
-            Verification::Intact { entries, head } => {
-                println!("audit chain intact: {entries} entries, head {head}");
-                Ok(0)
+    match args.action {
+        None => {}
+        Some(AuditAction::Verify { checkpoint: None, .. }) => {
+            return Ok(report_verification(store.verify_audit()?));
+        }
+        Some(AuditAction::Verify { checkpoint: Some(path), public_key, key }) => {
+            let cp = checkpoint::read(&path)?;
+            let trusted = match (public_key, key) {
+                (Some(k), _) => Some(k),
+                (None, Some(key)) => Some(checkpoint::public_key(&checkpoint::load_key(&key)?)),
+                (None, None) => {
+                    eprintln!("warning: no --public-key or --key given: the checkpoint's own key is trusted");
+                    None
+                }
+            };
+            let v = checkpoint::verify(&store, &cp, trusted.as_deref())?;
+            if matches!(v, Verification::Intact { .. }) {
+                println!(
+                    "the log extends checkpoint {} (entry {}, signed by {})",
+                    path.display(),
+                    cp.seq,
+                    cp.public_key
+                );
             }
-            Verification::Broken { seq, problem } => {
-                println!("audit chain BROKEN at entry {seq}: {problem}");
-                Ok(1)
+            return Ok(report_verification(v));
+        }
+        Some(AuditAction::Keygen { key, force }) => {
+            drop(store);
+            let config = Config::load(config)?;
+            let public = checkpoint::generate_key(&key, force)?;
+            let rw = RedbStore::open(&config.kb_path)?;
+            rw.append_audit(crate::audit::AuditDraft::host(
+                crate::audit::calls::KEY_ROTATED,
+                &config.digest,
+                serde_json::json!({ "public_key": public }),
+                format!("new audit signing key {public}"),
+            ))?;
+            println!(
+                "wrote a new signing key to {} (public key {public}); keep it apart from {}",
+                key.display(),
+                config.kb_path.display()
+            );
+            return Ok(0);
+        }
+        Some(AuditAction::Checkpoint { key, out }) => {
+            let cp = checkpoint::create(&store, &checkpoint::load_key(&key)?)?;
+            let text = serde_json::to_string_pretty(&cp)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    println!("checkpoint of entry {} written to {}", cp.seq, path.display());
+                }
+                None => print!("{text}"),
             }
-        };
+            return Ok(0);
+        }
+        Some(AuditAction::Export { out }) => {
+            let entries = store.audit(&AuditFilter::default())?;
+            let mut text = String::new();
+            for e in &entries {
+                text.push_str(&serde_json::to_string(e)?);
+                text.push('\n');
+            }
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    println!("{} entries written to {}", entries.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            return Ok(0);
+        }
     }
     let trace = match args.trace {
         Some(id) => Some(trace_of(&store, id)?),
@@ -386,6 +485,19 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
     let entries = store.audit(&filter)?;
     format::print_audit(&entries, args.json);
     Ok(0)
+}
+
+fn report_verification(v: Verification) -> u8 {
+    match v {
+        Verification::Intact { entries, head } => {
+            println!("audit chain intact: {entries} entries, head {head}");
+            0
+        }
+        Verification::Broken { seq, problem } => {
+            println!("audit chain BROKEN at entry {seq}: {problem}");
+            1
+        }
+    }
 }
 
 /// The invocations in `id`'s causation chain: its ancestors and every

@@ -128,8 +128,14 @@ impl RedbStore {
                 reason: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
+        let shown = path.display().to_string();
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            // Recovery after an unclean stop (a crash, a kill) is normal and
+            // checksummed; it is never silent.
+            .set_repair_callback(move |session| {
+                tracing::warn!("{shown} was not closed cleanly; recovering ({:.0}%)", session.progress() * 100.0);
+            })
             .create(path)
             .map_err(|e| open_error(path, e))?;
         // Name this process as the holder, for the "already in use" error
@@ -137,6 +143,7 @@ impl RedbStore {
         let _ = std::fs::write(pid_path(path), std::process::id().to_string());
         let store = Self { db: Db::ReadWrite(db), path: path.to_path_buf() };
         store.init()?;
+        store.scan()?;
         Ok(store)
     }
 
@@ -152,6 +159,7 @@ impl RedbStore {
             .map_err(|e| open_error(path, e))?;
         let store = Self { db: Db::ReadOnly(db), path: path.to_path_buf() };
         store.check_schema_version()?;
+        store.scan()?;
         Ok(store)
     }
 
@@ -190,13 +198,66 @@ impl RedbStore {
         txn.commit().map_err(backend)
     }
 
-    fn check_schema_version(&self) -> Result<(), StoreError> {
-        let txn = self.read()?;
-        let meta = txn.open_table(META).map_err(|e| StoreError::Open {
+    /// Reads every record once, so that a damaged or truncated file is
+    /// refused at open with a clear error instead of failing some later
+    /// read. (It costs one pass over the file; see BENCHMARKS.md.)
+    fn scan(&self) -> Result<(), StoreError> {
+        let damaged = |e: &dyn std::fmt::Display| StoreError::Open {
             path: self.path.clone(),
-            reason: format!("not a Concord knowledge base ({e})"),
-        })?;
-        match meta.get("schema_version").map_err(backend)?.map(|v| v.value()) {
+            reason: format!(
+                "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
+            ),
+        };
+        let txn = self.read().map_err(|e| damaged(&e))?;
+        fn walk<K: redb::Key + 'static, V: redb::Value + 'static>(
+            txn: &ReadTransaction,
+            def: TableDefinition<K, V>,
+        ) -> Result<u64, redb::Error> {
+            let table = txn.open_table(def)?;
+            let mut n = 0;
+            for item in table.iter()? {
+                let (k, v) = item?;
+                std::hint::black_box((k.value(), v.value()));
+                n += 1;
+            }
+            Ok(n)
+        }
+        let result = walk(&txn, EVENTS)
+            .and_then(|_| walk(&txn, ENTITIES))
+            .and_then(|_| walk(&txn, HISTORY))
+            .and_then(|_| walk(&txn, AUDIT))
+            .and_then(|_| walk(&txn, AUDIT_BY_AGENT))
+            .and_then(|_| walk(&txn, AUDIT_BY_ENTITY))
+            .and_then(|_| walk(&txn, META))
+            .and_then(|_| walk(&txn, PINS))
+            .and_then(|_| walk(&txn, LEASES))
+            .and_then(|_| walk(&txn, ACTIONS))
+            .and_then(|_| walk(&txn, OUTBOX))
+            .and_then(|_| walk(&txn, ACTION_KEYS))
+            .and_then(|_| walk(&txn, REQUESTS))
+            .and_then(|_| walk(&txn, CURSORS));
+        result.map(|_| ()).map_err(|e| damaged(&e))
+    }
+
+    fn check_schema_version(&self) -> Result<(), StoreError> {
+        let damaged = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: self.path.clone(),
+            reason: format!(
+                "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
+            ),
+        };
+        let txn = self.read().map_err(|e| damaged(&e))?;
+        let meta = match txn.open_table(META) {
+            Ok(m) => m,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(StoreError::Open {
+                    path: self.path.clone(),
+                    reason: "not a Concord knowledge base".into(),
+                });
+            }
+            Err(e) => return Err(damaged(&e)),
+        };
+        match meta.get("schema_version").map_err(|e| damaged(&e))?.map(|v| v.value()) {
             Some(SCHEMA_VERSION) => Ok(()),
             Some(v) => Err(self.version_mismatch(v)),
             None => Err(StoreError::Open { path: self.path.clone(), reason: "not a Concord knowledge base".into() }),
@@ -1100,6 +1161,15 @@ impl Store for RedbStore {
         let entry = append_audit_in(&txn, draft, super::model::now_ms())?;
         txn.commit().map_err(backend)?;
         Ok(entry)
+    }
+
+    fn audit_entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError> {
+        let txn = self.read()?;
+        let audit = txn.open_table(AUDIT).map_err(backend)?;
+        match audit.get(seq).map_err(backend)? {
+            Some(v) => decode(v.value(), || format!("audit entry {seq}")).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {

@@ -272,6 +272,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends one audit entry on its own.
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
 
+    /// One audit entry by seq.
+    fn audit_entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError>;
+
     /// Audit entries matching a filter, oldest first.
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 
