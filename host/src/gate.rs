@@ -557,7 +557,7 @@ impl Gate {
         }
         let problem = if kind.trim().is_empty() {
             Some("an action needs a kind, such as `email.send`".to_string())
-        } else if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload) {
+        } else if let Err(e) = serde_json::from_str::<serde_json::Value>(&payload) {
             Some(format!("the action payload is not JSON: {e}"))
         } else {
             self.policy.check_read(&entity).err().map(|r| r.to_string())

@@ -183,7 +183,7 @@ impl Host {
         if let Some(entity) = &message.entity {
             self.gate.policy().check_read(entity).map_err(|e| InvokeError::BadMessage(e.to_string()))?;
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&message.body) {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&message.body) {
             return Err(InvokeError::BadMessage(format!("the body is not JSON: {e}")));
         }
         self.runtime.invoke(&self.gate, agent, &message, breakpoint, causation, depth).await?.ok_or_else(|| {

@@ -108,3 +108,82 @@ async fn a_trap_mid_invocation_keeps_only_completed_commits() {
         ]
     );
 }
+
+/// Limits that make the hostile cases quick: 16 MiB of memory, 500 host
+/// calls, 64 KiB of arguments per call.
+const HOSTILE_LIMITS: &str =
+    "memory_mib = 16\nfuel = 300_000_000\ntimeout_ms = 5_000\nmax_host_calls = 500\nmax_call_bytes = 65536\n";
+
+/// Runs one hostile case (the guest loaded as `product`, which owns a json
+/// field) and checks the common promises: the expected, audited outcome;
+/// no change to the KB; a well-behaved agent works right after.
+async fn hostile_case(
+    kind: &str,
+    body: serde_json::Value,
+    expect: &[Decision],
+    needle: &str,
+) -> Vec<concord::audit::AuditEntry> {
+    let env = Env::with_limits(&[("product", "hostile"), ("sales", "sales")], HOSTILE_LIMITS);
+    onboard(&env, "acme").await;
+    let before = env.get("customer/acme").expect("acme");
+    let inv = env.send("product", kind, "customer/acme", body).await;
+    let text = inv.outcome.text().to_string();
+    assert!(expect.contains(&inv.outcome.decision()), "{kind}: {}", inv.outcome);
+    assert!(text.contains(needle), "{kind}: `{text}` should mention `{needle}`");
+    assert_eq!(env.get("customer/acme").expect("acme"), before, "{kind}: the KB is unchanged");
+    let entries = env.audit(AuditFilter { invocation: Some(inv.id), ..Default::default() });
+    let end = entries.last().expect("entries");
+    assert_eq!(end.call, calls::INVOCATION_END, "{kind}: the end is audited");
+    assert!(end.outcome.contains(needle) || end.outcome.len() >= 2000, "{kind}: audited as `{}`", end.outcome);
+    let ok = env.send("sales", "upsell", "customer/acme", json!({})).await;
+    assert!(ok.outcome.is_ok(), "after {kind}, sales still works: {}", ok.outcome);
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_a_100_mib_string_hits_the_memory_limit() {
+    hostile_case("huge_string", json!({"mib": 100}), &[Decision::Trapped], "memory limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_a_million_field_commit_is_stopped() {
+    // The guest cannot even build it within 16 MiB; with more memory the
+    // host would refuse it by size (see the next case).
+    hostile_case("many_fields", json!({"count": 1_000_000}), &[Decision::Trapped], "memory limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_oversized_arguments_are_refused_and_audited() {
+    let entries =
+        hostile_case("big_commit", json!({"bytes": 100_000}), &[Decision::Failed], "limits.max_call_bytes").await;
+    let commit = entries.iter().find(|e| e.call == calls::COMMIT).expect("the commit is audited");
+    assert_eq!(commit.decision, Decision::Invalid);
+    assert!(commit.args.len() < 3000, "the audit keeps a bounded copy of the arguments ({} bytes)", commit.args.len());
+    hostile_case("many_fields", json!({"count": 20_000}), &[Decision::Failed], "limits.max_call_bytes").await;
+    let entries =
+        hostile_case("big_log", json!({"bytes": 100_000}), &[Decision::Trapped], "limits.max_call_bytes").await;
+    assert!(entries.iter().any(|e| e.call == calls::LOG && e.decision == Decision::Invalid));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_deeply_nested_json_is_invalid() {
+    hostile_case("deep_json", json!({"depth": 20_000}), &[Decision::Failed], "recursion limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_invalid_utf8_traps_at_the_boundary() {
+    hostile_case("invalid_utf8", json!({}), &[Decision::Trapped], "utf-8").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_sockets_are_denied() {
+    hostile_case("socket", json!({}), &[Decision::Failed], "could not connect").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_flooding_hits_the_host_call_limit() {
+    let entries =
+        hostile_case("flood", json!({"calls": 1_000_000}), &[Decision::Trapped], "limits.max_host_calls").await;
+    let logged = entries.iter().filter(|e| e.call == calls::LOG).count();
+    assert_eq!(logged, 501, "500 calls served, the 501st refused and audited, then the stop");
+}

@@ -45,7 +45,7 @@ pub fn parse_assignment(schema: &Schema, entity: &EntityRef, text: &str) -> Resu
         (FieldType::Float, _) => Value::Float(raw.parse().map_err(|_| bad("a float"))?),
         (FieldType::Boolean, _) => Value::Boolean(raw.parse().map_err(|_| bad("a boolean (true/false)"))?),
         (FieldType::Json, _) => {
-            serde_json::from_str::<serde::de::IgnoredAny>(raw).map_err(|_| bad("JSON"))?;
+            serde_json::from_str::<serde_json::Value>(raw).map_err(|_| bad("JSON"))?;
             Value::Json(raw.to_string())
         }
     };

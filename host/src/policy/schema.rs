@@ -54,7 +54,10 @@ impl FieldType {
                 true
             }
             (Self::Json, Value::Json(text)) => {
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                // Parsed whole (not skimmed) so that serde_json's nesting
+                // limit (128) applies: a JSON bomb is refused here, before
+                // anything recursive ever walks it.
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
                     return Err(format!("the json value does not parse: {e}"));
                 }
                 true
