@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod coord;
 mod coordination;
+mod crash;
 mod durability;
 mod sandbox;
 mod trust;

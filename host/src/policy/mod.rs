@@ -220,3 +220,146 @@ mod tests {
         assert!(matches!(p.check_commit("sales", &[w.clone(), w]), Err(Refusal::Invalid(m)) if m.contains("twice")));
     }
 }
+
+/// Property tests: commit validation never panics, and its verdict agrees
+/// with a plain oracle. `PROPTEST_CASES` sets how many (`just fuzz` runs
+/// many more).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::kb::{Expect, Value};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const CONFIG: &str = "[kinds.customer.fields]\n\
+        status = { type = \"text\", writers = [\"sales\", \"support\"] }\n\
+        deal_stage = { type = \"text\", owner = \"sales\" }\n\
+        open_tickets = { type = \"integer\", owner = \"support\" }\n\
+        score = { type = \"float\", owner = \"support\" }\n\
+        vip = { type = \"boolean\", owner = \"sales\" }\n\
+        usage = { type = \"json\", owner = \"product\" }\n\
+        [kinds.ticket.fields]\n\
+        title = { type = \"text\", owner = \"support\" }\n";
+
+    fn policy() -> Policy {
+        Policy::new(config::Config::parse(CONFIG, Path::new("t.toml"), Path::new(".")).expect("valid").schema)
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Boolean),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>().prop_map(Value::Float),
+            ".{0,12}".prop_map(Value::Text),
+            prop_oneof![Just("{}".to_string()), Just("[1,2]".to_string()), ".{0,8}"].prop_map(Value::Json),
+        ]
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("status"),
+            Just("deal_stage"),
+            Just("open_tickets"),
+            Just("score"),
+            Just("vip"),
+            Just("usage"),
+            Just("title"),
+            Just("nope"),
+            Just("")
+        ]
+        .prop_map(String::from)
+    }
+
+    fn write() -> impl Strategy<Value = Write> {
+        (
+            prop_oneof![Just("customer"), Just("ticket"), Just("vendor"), Just("")],
+            prop_oneof![Just("acme".to_string()), Just("globex".to_string()), ".{0,3}"],
+            proptest::collection::vec((field(), value()), 0..4),
+            proptest::collection::vec(field(), 0..2),
+        )
+            .prop_map(|(kind, id, set, unset)| Write {
+                entity: EntityRef::new(kind, id),
+                expect: Expect::Version(1),
+                set,
+                unset,
+                fence: None,
+            })
+    }
+
+    /// What the verdict must be, computed the plain way.
+    fn oracle(policy: &Policy, agent: &str, writes: &[Write]) -> &'static str {
+        if writes.is_empty() {
+            return "invalid";
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for w in writes {
+            let Ok(kind) = policy.schema().check_ref(&w.entity) else { return "invalid" };
+            if !seen.insert(w.entity.clone()) {
+                return "invalid";
+            }
+            let mut names = std::collections::BTreeSet::new();
+            let all = w.set.iter().map(|(n, v)| (n, Some(v))).chain(w.unset.iter().map(|n| (n, None)));
+            for (name, value) in all {
+                if !names.insert(name.clone()) {
+                    return "invalid";
+                }
+                let Some(def) = kind.fields.get(name) else { return "invalid" };
+                if !def.writers.allows(agent) {
+                    return "forbidden";
+                }
+                if let Some(v) = value
+                    && def.ty.check(v).is_err()
+                {
+                    return "invalid";
+                }
+            }
+        }
+        "ok"
+    }
+
+    proptest! {
+        #[test]
+        fn commit_validation_agrees_with_the_oracle(
+            agent in prop_oneof![Just("sales"), Just("support"), Just("product"), Just("nobody")],
+            writes in proptest::collection::vec(write(), 0..4),
+        ) {
+            let policy = policy();
+            let verdict = match policy.check_commit(agent, &writes) {
+                Ok(()) => "ok",
+                Err(Refusal::Forbidden(f)) => {
+                    prop_assert!(!f.writers.iter().any(|w| w == agent), "forbidden names a writer that is the agent");
+                    "forbidden"
+                }
+                Err(Refusal::Invalid(m)) => {
+                    prop_assert!(!m.is_empty());
+                    "invalid"
+                }
+            };
+            prop_assert_eq!(verdict, oracle(&policy, agent, &writes));
+        }
+
+        #[test]
+        fn the_config_parser_never_panics_and_points_inside_the_file(text in ".{0,400}") {
+            if let Err(e) = config::Config::parse(&text, Path::new("f.toml"), Path::new(".")) {
+                prop_assert!(e.line.is_none_or(|l| l >= 1 && l <= text.lines().count() + 1), "line {:?}", e.line);
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn mutated_configs_never_panic(cut in 0usize..1000, insert in ".{0,6}", at in 0usize..1000) {
+            let base = include_str!("../../../concord.toml");
+            let mut text: String = base.chars().collect();
+            let cut = cut.min(text.len());
+            let at = at.min(text.len());
+            if text.is_char_boundary(cut) && text.is_char_boundary(at) {
+                let (a, b) = if cut < at { (cut, at) } else { (at, cut) };
+                text.replace_range(a..(a + (b - a).min(8)), &insert);
+                if let Err(e) = config::Config::parse(&text, Path::new("f.toml"), Path::new(".")) {
+                    prop_assert!(e.line.is_none_or(|l| l >= 1 && l <= text.lines().count() + 1));
+                }
+            }
+        }
+    }
+}
