@@ -56,3 +56,12 @@ test: setup
     cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
     cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
     cargo test -p concord-host
+
+# The crash test, longer: kill-and-restart rounds under load (default 30)
+crash-test rounds="30": setup
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
+    CONCORD_CRASH_ROUNDS={{ rounds }} cargo test -p concord-host --test e2e crash:: -- --nocapture
+
+# The property tests (config parser, commit validation), longer (default 20000 cases each)
+fuzz cases="20000":
+    PROPTEST_CASES={{ cases }} cargo test -p concord-host --lib props

@@ -80,3 +80,38 @@ async fn bad_messages_are_refused_before_any_invocation() {
     let calls: Vec<String> = env.all_audit().into_iter().map(|e| e.call).collect();
     assert_eq!(calls, [concord::audit::calls::HOST_START], "no invocation ran");
 }
+
+/// Property test: arbitrary bytes (raw, or behind a wasm header) in the
+/// agents folder are refused with a reason, never a panic, and nothing is
+/// written.
+#[test]
+fn random_wasm_files_are_refused_cleanly() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
+        ..Default::default()
+    });
+    let bytes = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..256),
+        proptest::collection::vec(any::<u8>(), 0..256).prop_map(|b| [b"\0asm\x0d\0\x01\0".to_vec(), b].concat()),
+        proptest::collection::vec(any::<u8>(), 0..256).prop_map(|b| [b"\0asm\x01\0\0\0".to_vec(), b].concat()),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    runner
+        .run(&bytes, |b| {
+            let agents = dir.path().join("agents");
+            let _ = std::fs::remove_dir_all(&agents);
+            std::fs::create_dir_all(&agents).expect("dir");
+            std::fs::write(agents.join("fuzz.wasm"), &b).expect("write");
+            match concord::runtime::Runtime::load(&agents, concord::policy::config::Limits::default()) {
+                Err(LoadError::BadFiles(bad)) => {
+                    prop_assert_eq!(bad.len(), 1);
+                    prop_assert!(!bad[0].reason.is_empty());
+                }
+                Err(other) => prop_assert!(false, "unexpected error {other}"),
+                Ok(_) => prop_assert!(false, "random bytes loaded as an agent"),
+            }
+            Ok(())
+        })
+        .expect("every random file is refused cleanly");
+}

@@ -290,3 +290,27 @@ mod tests {
         }
     }
 }
+
+/// Property test: the script parser never panics, and errors point at a
+/// line of the input.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_script_parser_never_panics(lines in proptest::collection::vec(prop_oneof![
+            ".{0,40}",
+            Just("{\"agent\":\"sales\",\"kind\":\"k\"}".to_string()),
+            Just("{\"resume\":\"x\"}".to_string()),
+            Just("{\"agent\":\"a\",\"kind\":\"k\",\"id\":\"x\",\"pause_before\":\"kb.commit\"}".to_string()),
+            Just("{\"agent\":\"a\",\"kind\":\"k\",\"entity\":\"c/\"}".to_string()),
+        ], 0..8)) {
+            let text = lines.join("\n");
+            if let Err(e) = Script::parse(&text, Path::new("s.jsonl")) {
+                prop_assert!(e.line >= 1 && e.line <= lines.len(), "line {} of {}", e.line, lines.len());
+            }
+        }
+    }
+}
