@@ -48,21 +48,32 @@ pub enum WriteError {
     Denied(Box<Denial>),
 }
 
-/// How a guard's denial is audited: the decision, the rule, the peer.
-fn denial_audit(d: &Denial) -> (Decision, String, Option<String>) {
-    // (fields are set by the caller, which knows what was written)
-    match d {
+/// Audits a conflict: who changed the entity, and which fields.
+fn mark_conflict(d: &mut AuditDraft, c: &Conflict) {
+    d.decision = Decision::Conflict;
+    d.rule = Some("version".into());
+    d.peer = Some(c.changed_by.clone()).filter(|p| !p.is_empty());
+    d.fields.clone_from(&c.changed_fields);
+    d.outcome = c.to_string();
+}
+
+/// Audits a guard's denial: the decision, the rule, the other party.
+fn mark_denial(d: &mut AuditDraft, denial: &Denial) {
+    let (decision, rule, peer) = match denial {
         Denial::Rule { rule, defer, .. } => (
             if *defer { Decision::Deferred } else { Decision::Denied },
             format!("rule: {rule}"),
             Some(format!("rule:{rule}")),
         ),
         Denial::Pinned { field, by, .. } => {
+            d.fields = vec![field.clone()];
             (Decision::Pinned, format!("pin: {field} by {by}"), Some(format!("human:{by}")))
         }
         Denial::Leased { holder, .. } => (Decision::Leased, "lease".into(), Some(holder.clone())),
         Denial::StaleFence { .. } => (Decision::Leased, "fencing token".into(), None),
-    }
+    };
+    (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
+    d.outcome = denial.to_string();
 }
 
 /// Work an invocation leaves for the dispatcher: its committed changes (for
@@ -505,21 +516,8 @@ impl Gate {
                                 .join(", ");
                             d.outcome.insert_str(0, "committed ");
                         }
-                        CommitOutcome::Conflict(c) => {
-                            d.decision = Decision::Conflict;
-                            d.rule = Some("version".into());
-                            d.peer = Some(c.changed_by.clone()).filter(|p| !p.is_empty());
-                            d.fields.clone_from(&c.changed_fields);
-                            d.outcome = c.to_string();
-                        }
-                        CommitOutcome::Denied(denial) => {
-                            if let Denial::Pinned { field, .. } = denial {
-                                d.fields = vec![field.clone()];
-                            }
-                            let (decision, rule, peer) = denial_audit(denial);
-                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
-                            d.outcome = denial.to_string();
-                        }
+                        CommitOutcome::Conflict(c) => mark_conflict(&mut d, c),
+                        CommitOutcome::Denied(denial) => mark_denial(&mut d, denial),
                     }
                     d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
@@ -589,18 +587,8 @@ impl Gate {
                         ActOutcome::Recorded(a) => {
                             d.outcome = format!("recorded action {} ({}, key {})", a.id, a.kind, a.idempotency_key);
                         }
-                        ActOutcome::Conflict(c) => {
-                            d.decision = Decision::Conflict;
-                            d.rule = Some("version".into());
-                            d.peer = Some(c.changed_by.clone()).filter(|p| !p.is_empty());
-                            d.fields.clone_from(&c.changed_fields);
-                            d.outcome = c.to_string();
-                        }
-                        ActOutcome::Denied(denial) => {
-                            let (decision, rule, peer) = denial_audit(denial);
-                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
-                            d.outcome = denial.to_string();
-                        }
+                        ActOutcome::Conflict(c) => mark_conflict(&mut d, c),
+                        ActOutcome::Denied(denial) => mark_denial(&mut d, denial),
                     }
                     d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
@@ -744,11 +732,7 @@ impl Gate {
                         LeaseOutcome::Granted(l) => {
                             d.outcome = format!("granted token {} until {} ms", l.token, l.expires_at_ms);
                         }
-                        LeaseOutcome::Denied(denial) => {
-                            let (decision, rule, peer) = denial_audit(denial);
-                            (d.decision, d.rule, d.peer) = (decision, Some(rule), peer);
-                            d.outcome = denial.to_string();
-                        }
+                        LeaseOutcome::Denied(denial) => mark_denial(&mut d, denial),
                     }
                     d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
                     d
