@@ -252,7 +252,7 @@ impl Gate {
             draft.rule = Some("limits.max_host_calls".into());
             draft.outcome =
                 format!("host call {n} refused: the limit is {max} per invocation; the invocation is stopped");
-            self.blocking(move |s| s.append_audit(draft)).await?;
+            self.blocking(move |s| s.append_read_audit(draft)).await?;
             return Err(HostFault::Limit(format!(
                 "more than {max} host calls in one invocation (limits.max_host_calls)"
             )));
@@ -282,7 +282,7 @@ impl Gate {
     async fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
         draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
-        self.blocking(move |s| s.append_audit(draft)).await.map(|_| ())
+        self.blocking(move |s| s.append_read_audit(draft)).await.map(|_| ())
     }
 
     /// Records the start of an invocation; its audit seq is the invocation id.
@@ -313,7 +313,7 @@ impl Gate {
             },
             duration_us: 0,
         };
-        Ok(self.blocking(move |s| s.append_audit(draft)).await?.seq)
+        Ok(self.blocking(move |s| s.append_read_audit(draft)).await?.seq)
     }
 
     /// Records how an invocation ended.
@@ -356,7 +356,7 @@ impl Gate {
             outcome: audit::bounded(outcome, self.limits.audit_arg_bytes),
             duration_us: 0,
         };
-        Ok(self.blocking(move |s| s.append_audit(draft)).await?.seq)
+        Ok(self.blocking(move |s| s.append_read_audit(draft)).await?.seq)
     }
 
     pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, HostFault> {
@@ -379,7 +379,7 @@ impl Gate {
         // The read moves the agent's cursor (for `changes-since-read`) in the
         // same transaction as its audit entry.
         let (agent, seq) = (caller.agent.clone(), found.as_ref().map_or(0, |e| e.seq));
-        self.blocking(move |s| s.record_read(&agent, &entity, seq, draft)).await?;
+        self.blocking(move |s| s.record_read(agent, entity, seq, draft)).await?;
         Ok(Ok(found))
     }
 
@@ -502,26 +502,30 @@ impl Gate {
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
         let (outcome, _entry) = self
             .blocking(move |s| {
-                let guard = move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input);
-                s.commit(&request, &guard, &|outcome| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    match outcome {
-                        CommitOutcome::Committed { versions, events } => {
-                            d.outcome = events
-                                .iter()
-                                .zip(versions)
-                                .map(|(e, v)| format!("{}@{v} (event {})", e.entity, e.seq))
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            d.outcome.insert_str(0, "committed ");
+                let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
+                s.commit(
+                    request,
+                    guard,
+                    Box::new(move |outcome: &CommitOutcome| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        match outcome {
+                            CommitOutcome::Committed { versions, events } => {
+                                d.outcome = events
+                                    .iter()
+                                    .zip(versions)
+                                    .map(|(e, v)| format!("{}@{v} (event {})", e.entity, e.seq))
+                                    .collect::<Vec<_>>()
+                                    .join(", ");
+                                d.outcome.insert_str(0, "committed ");
+                            }
+                            CommitOutcome::Conflict(c) => mark_conflict(&mut d, c),
+                            CommitOutcome::Denied(denial) => mark_denial(&mut d, denial),
                         }
-                        CommitOutcome::Conflict(c) => mark_conflict(&mut d, c),
-                        CommitOutcome::Denied(denial) => mark_denial(&mut d, denial),
-                    }
-                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                    d
-                })
+                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(match outcome {
@@ -579,20 +583,24 @@ impl Gate {
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
         let (outcome, _) = self
             .blocking(move |s| {
-                let guard = move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input);
-                s.act(&request, &guard, &|outcome| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    match outcome {
-                        ActOutcome::Recorded(a) => {
-                            d.outcome = format!("recorded action {} ({}, key {})", a.id, a.kind, a.idempotency_key);
+                let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
+                s.act(
+                    request,
+                    guard,
+                    Box::new(move |outcome: &ActOutcome| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        match outcome {
+                            ActOutcome::Recorded(a) => {
+                                d.outcome = format!("recorded action {} ({}, key {})", a.id, a.kind, a.idempotency_key);
+                            }
+                            ActOutcome::Conflict(c) => mark_conflict(&mut d, c),
+                            ActOutcome::Denied(denial) => mark_denial(&mut d, denial),
                         }
-                        ActOutcome::Conflict(c) => mark_conflict(&mut d, c),
-                        ActOutcome::Denied(denial) => mark_denial(&mut d, denial),
-                    }
-                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                    d
-                })
+                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(match outcome {
@@ -652,12 +660,18 @@ impl Gate {
         let actor = caller.actor();
         let (stored, _) = self
             .blocking(move |s| {
-                s.request_change(&request, &actor, now_ms(), &|event| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    d.outcome = format!("change request {} to {} (event {})", event.seq, request.owner, event.seq);
-                    d
-                })
+                let owner = request.owner.clone();
+                s.request_change(
+                    request,
+                    actor,
+                    now_ms(),
+                    Box::new(move |event: &Event| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        d.outcome = format!("change request {} to {owner} (event {})", event.seq, event.seq);
+                        d
+                    }),
+                )
             })
             .await?;
         let id = stored.id;
@@ -680,27 +694,34 @@ impl Gate {
         let actor = caller.actor();
         let (result, _) = self
             .blocking(move |s| {
-                s.resolve_change(request, &actor, applied, &reason, now_ms(), &|r| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    match r {
-                        Ok(req) => {
-                            d.entities = vec![req.entity.key()];
-                            d.peer = Some(req.from.clone());
-                            d.outcome = format!(
-                                "change request {request} from {} {}",
-                                req.from,
-                                if applied { "applied" } else { "declined" }
-                            );
+                s.resolve_change(
+                    request,
+                    actor,
+                    applied,
+                    reason,
+                    now_ms(),
+                    Box::new(move |r: &Result<ChangeRequest, String>| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        match r {
+                            Ok(req) => {
+                                d.entities = vec![req.entity.key()];
+                                d.peer = Some(req.from.clone());
+                                d.outcome = format!(
+                                    "change request {request} from {} {}",
+                                    req.from,
+                                    if applied { "applied" } else { "declined" }
+                                );
+                            }
+                            Err(e) => {
+                                d.decision = Decision::Invalid;
+                                d.outcome.clone_from(e);
+                            }
                         }
-                        Err(e) => {
-                            d.decision = Decision::Invalid;
-                            d.outcome.clone_from(e);
-                        }
-                    }
-                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                    d
-                })
+                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(result.map(|_| ()))
@@ -725,18 +746,24 @@ impl Gate {
         let actor = caller.actor();
         let (outcome, _) = self
             .blocking(move |s| {
-                s.lease(&actor, &entity, ttl_ms, now_ms(), &|o| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    match o {
-                        LeaseOutcome::Granted(l) => {
-                            d.outcome = format!("granted token {} until {} ms", l.token, l.expires_at_ms);
+                s.lease(
+                    actor,
+                    entity,
+                    ttl_ms,
+                    now_ms(),
+                    Box::new(move |o: &LeaseOutcome| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        match o {
+                            LeaseOutcome::Granted(l) => {
+                                d.outcome = format!("granted token {} until {} ms", l.token, l.expires_at_ms);
+                            }
+                            LeaseOutcome::Denied(denial) => mark_denial(&mut d, denial),
                         }
-                        LeaseOutcome::Denied(denial) => mark_denial(&mut d, denial),
-                    }
-                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                    d
-                })
+                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(match outcome {
@@ -752,16 +779,21 @@ impl Gate {
         let actor = caller.actor();
         let (released, _) = self
             .blocking(move |s| {
-                s.release(&actor, &entity, token, &|released| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    d.outcome = if released {
-                        "released".into()
-                    } else {
-                        "not the live lease's token; nothing released".into()
-                    };
-                    d
-                })
+                s.release(
+                    actor,
+                    entity,
+                    token,
+                    Box::new(move |released: &bool| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        d.outcome = if *released {
+                            "released".into()
+                        } else {
+                            "not the live lease's token; nothing released".into()
+                        };
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(released)
@@ -783,12 +815,16 @@ impl Gate {
         let agent = caller.agent.clone();
         let (events, _) = self
             .blocking(move |s| {
-                s.changes_since_read(&agent, &entity, &|events| {
-                    let mut d = draft.clone();
-                    d.duration_us = elapsed_us(started);
-                    d.outcome = format!("{} events since the last read", events.len());
-                    d
-                })
+                s.changes_since_read(
+                    agent,
+                    entity,
+                    Box::new(move |events: &Vec<Event>| {
+                        let mut d = draft.clone();
+                        d.duration_us = elapsed_us(started);
+                        d.outcome = format!("{} events since the last read", events.len());
+                        d
+                    }),
+                )
             })
             .await?;
         Ok(Ok(events))

@@ -13,5 +13,6 @@ mod coord;
 mod coordination;
 mod crash;
 mod durability;
+mod group_commit;
 mod sandbox;
 mod trust;

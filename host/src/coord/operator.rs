@@ -63,11 +63,12 @@ pub fn pin(
     let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
     let args = json!({ "set": fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(), "reason": reason });
     let draft = human_draft(by, calls::PIN, entity, args, names);
-    let (event, _) = store.pin(entity, fields, by, reason, now_ms(), &|e| {
+    let audit = Box::new(move |e: &Event| {
         let mut d = draft.clone();
         d.outcome = format!("pinned {} at version {} (event {})", d.fields.join(", "), e.version, e.seq);
         d
-    })?;
+    });
+    let (event, _) = store.pin(entity.clone(), fields.to_vec(), by.into(), reason.into(), now_ms(), audit)?;
     Ok(event)
 }
 
@@ -79,11 +80,12 @@ pub fn unpin(
     reason: &str,
 ) -> Result<Event, StoreError> {
     let draft = human_draft(by, calls::UNPIN, entity, json!({ "fields": fields, "reason": reason }), fields.to_vec());
-    let (event, _) = store.unpin(entity, fields, by, reason, now_ms(), &|e| {
+    let audit = Box::new(move |e: &Event| {
         let mut d = draft.clone();
         d.outcome = format!("unpinned {} (event {})", d.fields.join(", "), e.seq);
         d
-    })?;
+    });
+    let (event, _) = store.unpin(entity.clone(), fields.to_vec(), by.into(), reason.into(), now_ms(), audit)?;
     Ok(event)
 }
 
@@ -149,7 +151,7 @@ pub fn revert(store: &dyn Store, seq: u64, by: &str, reason: &str, force: bool) 
         json!({ "event": seq, "reason": reason, "force": force }),
         fields,
     );
-    let (outcome, _) = store.commit(&request, &|_| None, &|o| {
+    let audit = Box::new(move |o: &CommitOutcome| {
         let mut d = draft.clone();
         match o {
             CommitOutcome::Committed { events, .. } => {
@@ -165,7 +167,8 @@ pub fn revert(store: &dyn Store, seq: u64, by: &str, reason: &str, force: bool) 
             }
         }
         d
-    })?;
+    });
+    let (outcome, _) = store.commit(request, Box::new(|_| None), audit)?;
     match outcome {
         CommitOutcome::Committed { mut events, .. } => {
             events.pop().ok_or_else(|| StoreError::Backend("a committed revert produced no event".into()))

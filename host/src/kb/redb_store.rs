@@ -10,18 +10,20 @@ use super::model::{
     Pin, Value,
 };
 use super::store::{
-    ActOutcome, ActRequest, Actor, AtPoint, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
-    ReplayReport, Store, StoreError,
+    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
+    READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
 };
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, GENESIS_HASH, Verification};
 use redb::{
-    ConcurrencyMode, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition, WriteTransaction,
+    ConcurrencyMode, Database, DatabaseError, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::any::Any;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 /// seq -> event (JSON). The truth; append-only.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -59,7 +61,7 @@ pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 const SCHEMA_VERSION: u64 = 1;
 
 enum Db {
-    ReadWrite(Database),
+    ReadWrite(Arc<Database>),
     ReadOnly(ReadOnlyDatabase),
 }
 
@@ -67,10 +69,203 @@ enum Db {
 pub struct RedbStore {
     db: Db,
     path: PathBuf,
+    /// The group-commit writer; `None` when read-only.
+    writer: Option<Writer>,
+}
+
+/// What a write job returns to its caller.
+type Reply = Box<dyn Any + Send>;
+/// A write job's body.
+type Work = Box<dyn FnOnce(&WriteTransaction) -> Result<Reply, StoreError> + Send>;
+/// Where a job's answer goes.
+type Answer = mpsc::SyncSender<Result<Reply, StoreError>>;
+
+/// One operation for the writer: it runs inside a shared write transaction.
+///
+/// Invariant: a job that returns [`StoreError::Rejected`] has written
+/// nothing (it checks before it writes), so the rest of its batch can
+/// commit. Any other error, or a panic, rolls the whole batch back.
+struct Job {
+    work: Work,
+    /// Whether the job's effects must be durable before it is answered.
+    durable: bool,
+    reply: Answer,
+}
+
+/// Group commit: one thread owns writing. It takes every job waiting, runs
+/// them in order in one write transaction (so a later job sees an earlier
+/// one's writes, exactly as if they ran one by one), commits once, and
+/// answers each caller. A batch with any durable job is committed durably
+/// (fsync) before anyone is answered; a batch of read-call audit entries is
+/// committed without fsync, and made durable within [`READ_AUDIT_FLUSH`].
+struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<WriterShared>,
+}
+
+/// What the writer shares with the store handle: counters, and the hold
+/// that lets a test queue up jobs deterministically.
+#[derive(Default)]
+struct WriterShared {
+    hold: std::sync::Mutex<()>,
+    queued: std::sync::atomic::AtomicUsize,
+    batches: std::sync::atomic::AtomicU64,
+    jobs: std::sync::atomic::AtomicU64,
+}
+
+/// Counters of the group-commit writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Write transactions committed (or rolled back).
+    pub batches: u64,
+    /// Jobs run in them.
+    pub jobs: u64,
+}
+
+/// While alive, the writer takes no new batch; jobs queue up. For tests
+/// that need a batch of known content (see [`RedbStore::hold_writes`]).
+#[must_use]
+pub struct WriteHold<'a>(
+    #[expect(dead_code, reason = "held for its Drop, which releases the writer")] std::sync::MutexGuard<'a, ()>,
+);
+
+impl std::fmt::Debug for WriteHold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteHold")
+    }
+}
+
+/// The most jobs one transaction takes.
+const MAX_BATCH: usize = 512;
+
+fn writer_loop(db: Arc<Database>, jobs: mpsc::Receiver<Job>, shared: Arc<WriterShared>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // A non-durable commit not yet followed by a durable one.
+    let mut unsynced = false;
+    loop {
+        let first = if unsynced {
+            match jobs.recv_timeout(READ_AUDIT_FLUSH) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    unsynced = !flush(&db);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
+        let hold = shared.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        drop(hold);
+        shared.queued.fetch_sub(batch.len(), SeqCst);
+        shared.batches.fetch_add(1, SeqCst);
+        shared.jobs.fetch_add(batch.len() as u64, SeqCst);
+        let durable = batch.iter().any(|j| j.durable);
+        if run_batch(&db, batch, durable) {
+            unsynced = !durable;
+        }
+    }
+    if unsynced {
+        flush(&db);
+    }
+}
+
+/// An empty durable commit: makes earlier non-durable commits durable.
+fn flush(db: &Database) -> bool {
+    match db.begin_write().map(|txn| txn.commit()) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!("could not make audit entries durable: {e}");
+            false
+        }
+        Err(e) => {
+            tracing::error!("could not make audit entries durable: {e}");
+            false
+        }
+    }
+}
+
+/// Runs one batch in one transaction. Returns whether it committed.
+fn run_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
+    let fail_all = |batch: Vec<(Answer, Option<Result<Reply, StoreError>>)>, why: &str| {
+        for (reply, own) in batch {
+            let answer = match own {
+                Some(Err(e)) => Err(e),
+                _ => Err(StoreError::Backend(format!("the write batch was rolled back: {why}"))),
+            };
+            let _ = reply.send(answer);
+        }
+    };
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => {
+            fail_all(batch.into_iter().map(|j| (j.reply, None)).collect(), &e.to_string());
+            return false;
+        }
+    };
+    if !durable && let Err(e) = txn.set_durability(Durability::None) {
+        tracing::warn!("committing read audits durably: {e}");
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    let mut failed: Option<String> = None;
+    for job in batch {
+        if failed.is_some() {
+            results.push((job.reply, None));
+            continue;
+        }
+        let work = job.work;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&txn)));
+        match outcome {
+            Ok(Ok(v)) => results.push((job.reply, Some(Ok(v)))),
+            Ok(Err(StoreError::Rejected(m))) => results.push((job.reply, Some(Err(StoreError::Rejected(m))))),
+            Ok(Err(e)) => {
+                failed = Some(e.to_string());
+                results.push((job.reply, Some(Err(e))));
+            }
+            Err(_) => {
+                failed = Some("a store operation panicked".into());
+                results.push((job.reply, Some(Err(StoreError::Backend("a store operation panicked".into())))));
+            }
+        }
+    }
+    if let Some(why) = failed {
+        drop(txn);
+        fail_all(results, &why);
+        return false;
+    }
+    if let Err(e) = txn.commit() {
+        fail_all(results, &e.to_string());
+        return false;
+    }
+    for (reply, answer) in results {
+        if let Some(answer) = answer {
+            let _ = reply.send(answer);
+        }
+    }
+    true
 }
 
 impl Drop for RedbStore {
     fn drop(&mut self) {
+        // Closing the queue ends the writer after it has drained it and made
+        // everything durable.
+        if let Some(mut w) = self.writer.take() {
+            drop(w.jobs.take());
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
         if matches!(self.db, Db::ReadWrite(_)) {
             let _ = std::fs::remove_file(pid_path(&self.path));
         }
@@ -141,9 +336,21 @@ impl RedbStore {
         // Name this process as the holder, for the "already in use" error
         // another process gets (redb's lock itself does not say who).
         let _ = std::fs::write(pid_path(path), std::process::id().to_string());
-        let store = Self { db: Db::ReadWrite(db), path: path.to_path_buf() };
+        let db = Arc::new(db);
+        let mut store = Self { db: Db::ReadWrite(db.clone()), path: path.to_path_buf(), writer: None };
         store.init()?;
         store.scan()?;
+        let (jobs, queue) = mpsc::channel();
+        let shared = Arc::new(WriterShared::default());
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("concord-writer".into())
+            .spawn(move || writer_loop(db, queue, for_thread))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot start the writer: {e}"),
+            })?;
+        store.writer = Some(Writer { jobs: Some(jobs), thread: Some(thread), shared });
         Ok(store)
     }
 
@@ -157,7 +364,7 @@ impl RedbStore {
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .open_read_only(path)
             .map_err(|e| open_error(path, e))?;
-        let store = Self { db: Db::ReadOnly(db), path: path.to_path_buf() };
+        let store = Self { db: Db::ReadOnly(db), path: path.to_path_buf(), writer: None };
         store.check_schema_version()?;
         store.scan()?;
         Ok(store)
@@ -165,6 +372,27 @@ impl RedbStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Holds the writer: jobs queue up until the hold is dropped, then run
+    /// as one batch. A test hook, to make a group commit's content exact.
+    pub fn hold_writes(&self) -> Option<WriteHold<'_>> {
+        let w = self.writer.as_ref()?;
+        Some(WriteHold(w.shared.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+
+    /// Jobs sent to the writer and not yet taken into a batch.
+    pub fn queued_writes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.shared.queued.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// The writer's counters.
+    pub fn writer_stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writer.as_ref().map_or_else(WriterStats::default, |w| WriterStats {
+            batches: w.shared.batches.load(SeqCst),
+            jobs: w.shared.jobs.load(SeqCst),
+        })
     }
 
     /// Creates every table, so readers never meet a missing one, and records
@@ -499,26 +727,46 @@ fn fold_history(
 }
 
 impl RedbStore {
-    /// Runs `f` in a write transaction, appends the audit entry it returns,
-    /// and commits: the operation and its audit entry are durable together.
-    fn audited<T>(
+    /// Runs `work` on the writer, in a (shared) write transaction, and waits
+    /// for its answer: after the batch's durable commit when `durable`.
+    fn run<T: Send + 'static>(
         &self,
-        at_ms: u64,
-        f: impl FnOnce(&WriteTransaction) -> Result<(T, AuditDraft), StoreError>,
-    ) -> Result<(T, AuditEntry), StoreError> {
-        let txn = self.write()?;
-        let (value, draft) = f(&txn)?;
-        let entry = append_audit_in(&txn, draft, at_ms)?;
-        txn.commit().map_err(backend)?;
-        Ok((value, entry))
+        durable: bool,
+        work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+        let jobs = writer.jobs.as_ref().ok_or(StoreError::ReadOnly)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        let work = Box::new(move |txn: &WriteTransaction| work(txn).map(|v| Box::new(v) as Reply));
+        writer.shared.queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        jobs.send(Job { work, durable, reply }).map_err(|_| StoreError::Backend("the writer has stopped".into()))?;
+        let value = answer.recv().map_err(|_| StoreError::Backend("the writer has stopped".into()))??;
+        value
+            .downcast::<T>()
+            .map(|v| *v)
+            .map_err(|_| StoreError::Backend("the writer answered with the wrong type".into()))
     }
 
-    /// For operator commands: refuses unless the entity exists.
-    fn existing(&self, txn: &WriteTransaction, entity: &EntityRef) -> Result<Entity, StoreError> {
-        let entities = txn.open_table(ENTITIES).map_err(backend)?;
-        load_entity(&entities, &entity.key())?
-            .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
+    /// Runs `f` on the writer, appends the audit entry it returns, and
+    /// commits: the operation and its audit entry are durable together.
+    fn audited<T: Send + 'static>(
+        &self,
+        at_ms: u64,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, AuditDraft), StoreError> + Send + 'static,
+    ) -> Result<(T, AuditEntry), StoreError> {
+        self.run(true, move |txn| {
+            let (value, draft) = f(txn)?;
+            let entry = append_audit_in(txn, draft, at_ms)?;
+            Ok((value, entry))
+        })
     }
+}
+
+/// For operator commands: refuses (writing nothing) unless the entity exists.
+fn existing(txn: &WriteTransaction, entity: &EntityRef) -> Result<Entity, StoreError> {
+    let entities = txn.open_table(ENTITIES).map_err(backend)?;
+    load_entity(&entities, &entity.key())?
+        .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
 }
 
 impl Store for RedbStore {
@@ -579,12 +827,12 @@ impl Store for RedbStore {
 
     fn commit(
         &self,
-        request: &CommitRequest,
-        guard: Guard<'_>,
-        audit: &dyn Fn(&CommitOutcome) -> AuditDraft,
+        request: CommitRequest,
+        guard: Guard,
+        audit: Auditor<CommitOutcome>,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError> {
         let now = request.at_ms;
-        self.audited(now, |txn| {
+        self.audited(now, move |txn| {
             let outcome = {
                 let entities = txn.open_table(ENTITIES).map_err(backend)?;
                 let events = txn.open_table(EVENTS).map_err(backend)?;
@@ -697,12 +945,12 @@ impl Store for RedbStore {
 
     fn act(
         &self,
-        request: &ActRequest,
-        guard: Guard<'_>,
-        audit: &dyn Fn(&ActOutcome) -> AuditDraft,
+        request: ActRequest,
+        guard: Guard,
+        audit: Auditor<ActOutcome>,
     ) -> Result<(ActOutcome, AuditEntry), StoreError> {
         let now = request.at_ms;
-        self.audited(now, |txn| {
+        self.audited(now, move |txn| {
             let key = request.entity.key();
             let outcome = 'decide: {
                 let mut keys = txn.open_table(ACTION_KEYS).map_err(backend)?;
@@ -814,8 +1062,7 @@ impl Store for RedbStore {
     }
 
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
+        self.run(true, move |txn| {
             let mut actions = txn.open_table(ACTIONS).map_err(backend)?;
             let mut record: ActionRecord = match actions.get(id).map_err(backend)? {
                 Some(v) => decode(v.value(), || format!("action {id}"))?,
@@ -824,19 +1071,19 @@ impl Store for RedbStore {
             record.delivered_at_ms.get_or_insert(at_ms);
             actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
             txn.open_table(OUTBOX).map_err(backend)?.remove(id).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)
+            Ok(())
+        })
     }
 
     fn lease(
         &self,
-        actor: &Actor,
-        entity: &EntityRef,
+        actor: Actor,
+        entity: EntityRef,
         ttl_ms: u64,
         now_ms: u64,
-        audit: &dyn Fn(&LeaseOutcome) -> AuditDraft,
+        audit: Auditor<LeaseOutcome>,
     ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
-        self.audited(now_ms, |txn| {
+        self.audited(now_ms, move |txn| {
             let key = entity.key();
             let mut leases = txn.open_table(LEASES).map_err(backend)?;
             let current = load_lease(&leases, &key)?;
@@ -869,12 +1116,12 @@ impl Store for RedbStore {
 
     fn release(
         &self,
-        actor: &Actor,
-        entity: &EntityRef,
+        actor: Actor,
+        entity: EntityRef,
         token: u64,
-        audit: &dyn Fn(bool) -> AuditDraft,
+        audit: Auditor<bool>,
     ) -> Result<(bool, AuditEntry), StoreError> {
-        self.audited(super::model::now_ms(), |txn| {
+        self.audited(super::model::now_ms(), move |txn| {
             let key = entity.key();
             let mut leases = txn.open_table(LEASES).map_err(backend)?;
             let current = load_lease(&leases, &key)?;
@@ -882,18 +1129,18 @@ impl Store for RedbStore {
             if released {
                 leases.remove(key.as_str()).map_err(backend)?;
             }
-            Ok((released, audit(released)))
+            Ok((released, audit(&released)))
         })
     }
 
     fn request_change(
         &self,
-        request: &ChangeRequest,
-        actor: &Actor,
+        request: ChangeRequest,
+        actor: Actor,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(ChangeRequest, AuditEntry), StoreError> {
-        self.audited(at_ms, |txn| {
+        self.audited(at_ms, move |txn| {
             let current = {
                 let entities = txn.open_table(ENTITIES).map_err(backend)?;
                 load_entity(&entities, &request.entity.key())?
@@ -931,13 +1178,13 @@ impl Store for RedbStore {
     fn resolve_change(
         &self,
         id: u64,
-        actor: &Actor,
+        actor: Actor,
         applied: bool,
-        reason: &str,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Result<ChangeRequest, String>) -> AuditDraft,
+        audit: Auditor<Result<ChangeRequest, String>>,
     ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError> {
-        self.audited(at_ms, |txn| {
+        self.audited(at_ms, move |txn| {
             let mut requests = txn.open_table(REQUESTS).map_err(backend)?;
             let found: Option<ChangeRequest> = match requests.get(id).map_err(backend)? {
                 Some(v) => Some(decode(v.value(), || format!("change request {id}"))?),
@@ -983,15 +1230,15 @@ impl Store for RedbStore {
 
     fn pin(
         &self,
-        entity: &EntityRef,
-        fields: &[(String, Value)],
-        by: &str,
-        reason: &str,
+        entity: EntityRef,
+        fields: Vec<(String, Value)>,
+        by: String,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError> {
-        self.audited(at_ms, |txn| {
-            let current = self.existing(txn, entity)?;
+        self.audited(at_ms, move |txn| {
+            let current = existing(txn, &entity)?;
             let seq = next_seq(&txn.open_table(EVENTS).map_err(backend)?)?;
             let changes = fields
                 .iter()
@@ -1027,24 +1274,28 @@ impl Store for RedbStore {
 
     fn unpin(
         &self,
-        entity: &EntityRef,
-        fields: &[String],
-        by: &str,
-        reason: &str,
+        entity: EntityRef,
+        fields: Vec<String>,
+        by: String,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError> {
-        self.audited(at_ms, |txn| {
-            let current = self.existing(txn, entity)?;
+        self.audited(at_ms, move |txn| {
+            let current = existing(txn, &entity)?;
             let key = entity.key();
             {
                 let mut pins = txn.open_table(PINS).map_err(backend)?;
-                for name in fields {
-                    if pins.remove((key.as_str(), name.as_str())).map_err(backend)?.is_none() {
+                // Check every field first: a rejected job writes nothing.
+                for name in &fields {
+                    if pins.get((key.as_str(), name.as_str())).map_err(backend)?.is_none() {
                         return Err(StoreError::Rejected(format!(
                             "{entity}.{name} is not pinned (see `concord history {entity}`)"
                         )));
                     }
+                }
+                for name in &fields {
+                    pins.remove((key.as_str(), name.as_str())).map_err(backend)?;
                 }
             }
             let event = Event {
@@ -1072,14 +1323,14 @@ impl Store for RedbStore {
 
     fn changes_since_read(
         &self,
-        agent: &str,
-        entity: &EntityRef,
-        audit: &dyn Fn(&[Event]) -> AuditDraft,
+        agent: String,
+        entity: EntityRef,
+        audit: Auditor<Vec<Event>>,
     ) -> Result<(Vec<Event>, AuditEntry), StoreError> {
-        self.audited(super::model::now_ms(), |txn| {
+        self.audited(super::model::now_ms(), move |txn| {
             let key = entity.key();
             let mut cursors = txn.open_table(CURSORS).map_err(backend)?;
-            let since = cursors.get((agent, key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
+            let since = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
             let mut out = Vec::new();
             {
                 let events = txn.open_table(EVENTS).map_err(backend)?;
@@ -1091,7 +1342,7 @@ impl Store for RedbStore {
                 }
             }
             if let Some(last) = out.last() {
-                cursors.insert((agent, key.as_str()), last.seq).map_err(backend)?;
+                cursors.insert((agent.as_str(), key.as_str()), last.seq).map_err(backend)?;
             }
             let draft = audit(&out);
             Ok((out, draft))
@@ -1100,21 +1351,23 @@ impl Store for RedbStore {
 
     fn record_read(
         &self,
-        agent: &str,
-        entity: &EntityRef,
+        agent: String,
+        entity: EntityRef,
         seq: u64,
         draft: AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
-        let (_, entry) = self.audited(super::model::now_ms(), |txn| {
+        // A read has no effect to protect: its entry (and the cursor move)
+        // rides in the next batch, durable within READ_AUDIT_FLUSH.
+        self.run(false, move |txn| {
             let key = entity.key();
             let mut cursors = txn.open_table(CURSORS).map_err(backend)?;
-            let old = cursors.get((agent, key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
+            let old = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
             if seq > old {
-                cursors.insert((agent, key.as_str()), seq).map_err(backend)?;
+                cursors.insert((agent.as_str(), key.as_str()), seq).map_err(backend)?;
             }
-            Ok(((), draft))
-        })?;
-        Ok(entry)
+            drop(cursors);
+            append_audit_in(txn, draft, super::model::now_ms())
+        })
     }
 
     fn replay(&self) -> Result<ReplayReport, StoreError> {
@@ -1157,10 +1410,11 @@ impl Store for RedbStore {
     }
 
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
-        let txn = self.write()?;
-        let entry = append_audit_in(&txn, draft, super::model::now_ms())?;
-        txn.commit().map_err(backend)?;
-        Ok(entry)
+        self.run(true, move |txn| append_audit_in(txn, draft, super::model::now_ms()))
+    }
+
+    fn append_read_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
+        self.run(false, move |txn| append_audit_in(txn, draft, super::model::now_ms()))
     }
 
     fn audit_entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError> {

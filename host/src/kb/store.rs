@@ -30,6 +30,9 @@ pub enum StoreError {
     Rejected(String),
 }
 
+/// The longest a read-call audit entry waits before it is made durable.
+pub const READ_AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Who is acting, for the records a store operation writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -68,7 +71,12 @@ pub struct GuardInput<'a> {
 }
 
 /// Decides whether a write or action may go ahead (the coordination rules).
-pub type Guard<'a> = &'a (dyn Fn(&GuardInput<'_>) -> Option<Denial> + Sync);
+/// Owned, because the store may run it on its writer thread.
+pub type Guard = Box<dyn Fn(&GuardInput<'_>) -> Option<Denial> + Send>;
+
+/// Builds an operation's audit entry from its outcome, inside the
+/// operation's transaction.
+pub type Auditor<T> = Box<dyn Fn(&T) -> AuditDraft + Send>;
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,18 +167,18 @@ pub trait Store: Send + Sync + 'static {
     /// current state, and applies all writes or none.
     fn commit(
         &self,
-        request: &CommitRequest,
-        guard: Guard<'_>,
-        audit: &dyn Fn(&CommitOutcome) -> AuditDraft,
+        request: CommitRequest,
+        guard: Guard,
+        audit: Auditor<CommitOutcome>,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError>;
 
     /// Records a guarded action if its version still holds and the guard
     /// allows it.
     fn act(
         &self,
-        request: &ActRequest,
-        guard: Guard<'_>,
-        audit: &dyn Fn(&ActOutcome) -> AuditDraft,
+        request: ActRequest,
+        guard: Guard,
+        audit: Auditor<ActOutcome>,
     ) -> Result<(ActOutcome, AuditEntry), StoreError>;
 
     /// Actions recorded but not yet delivered, oldest first.
@@ -185,29 +193,29 @@ pub trait Store: Send + Sync + 'static {
     /// Grants a lease unless another agent holds a live one.
     fn lease(
         &self,
-        actor: &Actor,
-        entity: &EntityRef,
+        actor: Actor,
+        entity: EntityRef,
         ttl_ms: u64,
         now_ms: u64,
-        audit: &dyn Fn(&LeaseOutcome) -> AuditDraft,
+        audit: Auditor<LeaseOutcome>,
     ) -> Result<(LeaseOutcome, AuditEntry), StoreError>;
 
     /// Releases a lease if `token` is its current token. Returns whether it did.
     fn release(
         &self,
-        actor: &Actor,
-        entity: &EntityRef,
+        actor: Actor,
+        entity: EntityRef,
         token: u64,
-        audit: &dyn Fn(bool) -> AuditDraft,
+        audit: Auditor<bool>,
     ) -> Result<(bool, AuditEntry), StoreError>;
 
     /// Records a change request (a handoff) as an event on the entity.
     fn request_change(
         &self,
-        request: &ChangeRequest,
-        actor: &Actor,
+        request: ChangeRequest,
+        actor: Actor,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(ChangeRequest, AuditEntry), StoreError>;
 
     /// Records the owner's decision on an open change request. `Err(reason)`
@@ -215,33 +223,33 @@ pub trait Store: Send + Sync + 'static {
     fn resolve_change(
         &self,
         id: u64,
-        actor: &Actor,
+        actor: Actor,
         applied: bool,
-        reason: &str,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Result<ChangeRequest, String>) -> AuditDraft,
+        audit: Auditor<Result<ChangeRequest, String>>,
     ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError>;
 
     /// Sets fields and pins them (an operator command), as one event.
     fn pin(
         &self,
-        entity: &EntityRef,
-        fields: &[(String, Value)],
-        by: &str,
-        reason: &str,
+        entity: EntityRef,
+        fields: Vec<(String, Value)>,
+        by: String,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError>;
 
     /// Releases pins (an operator command), as one event.
     fn unpin(
         &self,
-        entity: &EntityRef,
-        fields: &[String],
-        by: &str,
-        reason: &str,
+        entity: EntityRef,
+        fields: Vec<String>,
+        by: String,
+        reason: String,
         at_ms: u64,
-        audit: &dyn Fn(&Event) -> AuditDraft,
+        audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError>;
 
     /// The pins on an entity.
@@ -251,17 +259,17 @@ pub trait Store: Send + Sync + 'static {
     /// the agent's cursor to now. Audited in the same transaction.
     fn changes_since_read(
         &self,
-        agent: &str,
-        entity: &EntityRef,
-        audit: &dyn Fn(&[Event]) -> AuditDraft,
+        agent: String,
+        entity: EntityRef,
+        audit: Auditor<Vec<Event>>,
     ) -> Result<(Vec<Event>, AuditEntry), StoreError>;
 
     /// Moves an agent's read cursor on an entity (a `get` saw `seq`) and
     /// appends the read's audit entry, in one transaction.
     fn record_read(
         &self,
-        agent: &str,
-        entity: &EntityRef,
+        agent: String,
+        entity: EntityRef,
         seq: u64,
         draft: AuditDraft,
     ) -> Result<AuditEntry, StoreError>;
@@ -269,8 +277,15 @@ pub trait Store: Send + Sync + 'static {
     /// Rebuilds the projection from the events and compares.
     fn replay(&self) -> Result<ReplayReport, StoreError>;
 
-    /// Appends one audit entry on its own.
+    /// Appends one audit entry on its own, durably (host lifecycle, key
+    /// rotations).
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
+
+    /// Appends the audit entry of a call without effects (a read, a log line,
+    /// a refusal, an invocation's start or end). It is in the chain at once,
+    /// and durable within [`READ_AUDIT_FLUSH`] or with the next durable
+    /// commit, whichever comes first.
+    fn append_read_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
 
     /// One audit entry by seq.
     fn audit_entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError>;
