@@ -269,10 +269,10 @@ fn config_warnings(config: &Config, runtime: &Runtime) -> Vec<String> {
             for name in f.writers.names() {
                 if runtime.agent(&name).is_none() {
                     out.push(format!(
-                        "{}:{}: field {kind}.{field} names `{name}` as a writer, but no agent `{name}` is loaded from {}",
+                        "{}:{}: field {kind}.{field} names `{name}` as a writer, which is not loaded (no {})",
                         config.file.display(),
                         f.line,
-                        config.agents_dir.display()
+                        config.agents_dir.join(format!("{name}.wasm")).display()
                     ));
                 }
             }

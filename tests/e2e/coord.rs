@@ -468,3 +468,24 @@ async fn conflicts_report_finds_a_provoked_ping_pong() {
     assert_eq!(stale.seqs, [conflict[0].seq]);
     assert!(report.by_pair.contains_key("sales vs sales, support: conflict"), "{:?}", report.by_pair.keys());
 }
+
+/// `get --at TIME`: the state at a wall-clock time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_past_is_readable_by_time() {
+    let env = Env::new(SALES_SUPPORT);
+    onboard(&env, "acme").await;
+    let acme: concord::EntityRef = "customer/acme".parse().expect("ref");
+    let created = env.get("customer/acme").expect("acme");
+    env.dispatch("support", "escalation", "customer/acme", json!({"ticket": "T", "summary": "s"})).await;
+    let store = env.host.store();
+    let escalated =
+        store.history(&acme, 0, 100).expect("history").into_iter().find(|e| e.agent == "support").expect("event");
+    assert!(escalated.at_ms >= created.updated_at_ms);
+    let then = store.get_at(&acme, AtPoint::Time(created.updated_at_ms)).expect("read").expect("existed");
+    if escalated.at_ms > created.updated_at_ms {
+        assert_eq!(text(&then, "status").as_deref(), Some("active"));
+    }
+    assert_eq!(store.get_at(&acme, AtPoint::Time(created.updated_at_ms - 1)).expect("read"), None);
+    let now = store.get_at(&acme, AtPoint::Time(u64::MAX)).expect("read");
+    assert_eq!(now, store.get(&acme).expect("read"));
+}

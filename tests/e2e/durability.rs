@@ -34,3 +34,35 @@ async fn a_restart_keeps_the_kb_and_the_audit_and_continues_both() {
     assert!(!new.iter().any(|e| e.outcome.contains("without a stop entry")), "both stops were clean");
     assert!(matches!(env.host.store().verify_audit().expect("verify"), Verification::Intact { .. }));
 }
+
+/// A config change between runs is an audit entry, and so is a restart
+/// after the previous run ended without a stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_change_between_runs_is_audited() {
+    let env = Env::new(&[("sales", "sales")]);
+    let path = env.dir.path().join("concord.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replace("timeout_ms = 5_000", "timeout_ms = 6_000")).expect("edit");
+    let env = env.restart();
+    let changed =
+        env.audit(AuditFilter { call: Some(concord::audit::calls::CONFIG_CHANGED.into()), ..Default::default() });
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert_eq!(changed[0].agent, concord::audit::HOST);
+    assert_eq!(changed[0].digest, env.host.config().digest);
+    let env = env.restart();
+    let changed =
+        env.audit(AuditFilter { call: Some(concord::audit::calls::CONFIG_CHANGED.into()), ..Default::default() });
+    assert_eq!(changed.len(), 1, "an unchanged config is not reported again");
+}
+
+/// An owner or writer in the config that matches no loaded agent is a
+/// warning at start, naming the file, the line and the agent.
+#[test]
+fn an_owner_without_an_agent_is_a_warning() {
+    let env = Env::new(&[("sales", "sales"), ("support", "support")]);
+    let warnings = env.host.warnings();
+    let product: Vec<&String> = warnings.iter().filter(|w| w.contains("`product`")).collect();
+    assert!(!product.is_empty(), "{warnings:#?}");
+    assert!(product.iter().all(|w| w.contains("concord.toml:") && w.contains("not loaded")), "{warnings:#?}");
+    assert!(!warnings.iter().any(|w| w.contains("`sales`")), "loaded agents are not warned about: {warnings:#?}");
+}
