@@ -37,6 +37,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_AGENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_agent");
 /// (`kind/id`, seq) -> (). Audit index by entity.
 const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_entity");
+/// (invocation, seq) -> (). Audit index by invocation (and so by trace).
+const AUDIT_BY_INVOCATION: TableDefinition<(u64, u64), ()> = TableDefinition::new("audit_by_invocation");
 /// Format metadata and counters (`schema_version`, `next_fence`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (`kind/id`, field) -> pin (JSON).
@@ -406,6 +408,7 @@ impl RedbStore {
             txn.open_table(AUDIT).map_err(backend)?;
             txn.open_table(AUDIT_BY_AGENT).map_err(backend)?;
             txn.open_table(AUDIT_BY_ENTITY).map_err(backend)?;
+            txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
             txn.open_table(PINS).map_err(backend)?;
             txn.open_table(LEASES).map_err(backend)?;
             txn.open_table(ACTIONS).map_err(backend)?;
@@ -456,6 +459,7 @@ impl RedbStore {
             .and_then(|_| walk(&txn, AUDIT))
             .and_then(|_| walk(&txn, AUDIT_BY_AGENT))
             .and_then(|_| walk(&txn, AUDIT_BY_ENTITY))
+            .and_then(|_| walk(&txn, AUDIT_BY_INVOCATION))
             .and_then(|_| walk(&txn, META))
             .and_then(|_| walk(&txn, PINS))
             .and_then(|_| walk(&txn, LEASES))
@@ -617,6 +621,7 @@ fn append_audit_in(txn: &WriteTransaction, draft: AuditDraft, at_ms: u64) -> Res
     for e in &entry.entities {
         by_entity.insert((e.as_str(), seq), ()).map_err(backend)?;
     }
+    txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?.insert((entry.invocation, seq), ()).map_err(backend)?;
     Ok(entry)
 }
 
@@ -1444,6 +1449,29 @@ impl Store for RedbStore {
             }
             Ok(out.len() < limit)
         };
+        // An invocation (or a trace: a set of them) has its own index.
+        let invocations: Option<Vec<u64>> = match (&filter.invocation, &filter.trace) {
+            (Some(i), _) => Some(vec![*i]),
+            (None, Some(t)) => Some(t.iter().copied().collect()),
+            (None, None) => None,
+        };
+        if let Some(invocations) = invocations {
+            let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
+            let mut seqs = Vec::new();
+            for inv in invocations {
+                for item in index.range((inv, 0)..=(inv, u64::MAX)).map_err(backend)? {
+                    seqs.push(item.map_err(backend)?.0.value().1);
+                }
+            }
+            seqs.sort_unstable();
+            for seq in seqs.into_iter().rev() {
+                if !take(seq, &mut out)? {
+                    break;
+                }
+            }
+            out.reverse();
+            return Ok(out);
+        }
         // Newest first through the narrowest index, then put back in order.
         let index = match (&filter.agent, &filter.entity) {
             (Some(agent), _) => Some((AUDIT_BY_AGENT, agent.as_str())),
