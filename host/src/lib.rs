@@ -5,12 +5,14 @@
 //! - [`host`]: [`Host`], the assembled runtime. Start here.
 //! - [`gate`]: the one place every host call passes through (policy, then
 //!   store, then audit).
-//! - [`policy`]: `concord.toml`, the schema and field ownership.
-//! - [`kb`]: entities, events, versions, and the [`Store`](kb::Store) trait
-//!   with its redb backend.
-//! - [`audit`]: audit entries, the hash chain, queries.
+//! - [`policy`]: `concord.toml`, the schema, field ownership, and the
+//!   coordination rules (CEL).
+//! - [`kb`]: entities, events, versions, pins, leases, the outbox, and the
+//!   [`Store`](kb::Store) trait with its redb backend (group commit).
+//! - [`audit`]: audit entries, the hash chain, signed checkpoints, queries.
 //! - [`runtime`]: the wasm engine, agent loading, sandboxed invocations.
-//! - [`coord`]: triggers: scripts of messages to agents.
+//! - [`coord`]: scripts of triggers, cascades (subscriptions, handoffs), the
+//!   outbox dispatcher and its sinks, operator commands, the conflicts report.
 //! - [`cli`]: the `concord` command line.
 //!
 //! # Example
