@@ -62,7 +62,7 @@ impl Host {
     /// Like [`Host::start`], delivering actions to `sink` instead of the
     /// configured one.
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
-        let runtime = Runtime::load(&config.agents_dir, config.limits.clone())?;
+        let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.kb_path)?);
         let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
@@ -152,6 +152,11 @@ impl Host {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         self.gate.store()
+    }
+
+    /// The runtime: loaded agents, limits, the compiled-component cache.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Invokes an agent with a message in a fresh instance.

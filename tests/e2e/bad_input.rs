@@ -57,7 +57,7 @@ fn bad_agent_files_are_all_named_and_the_host_does_not_start() {
     assert!(bad[2].reason.contains("not a valid wasm component"), "{}", bad[2].reason);
     let text = e.to_string();
     assert!(text.contains("3 agent file(s) cannot be loaded"), "{text}");
-    assert!(!env.path().join("data").exists(), "no knowledge base was created");
+    assert!(!env.path().join("data/concord.redb").exists(), "no knowledge base was created");
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn random_wasm_files_are_refused_cleanly() {
             let _ = std::fs::remove_dir_all(&agents);
             std::fs::create_dir_all(&agents).expect("dir");
             std::fs::write(agents.join("fuzz.wasm"), &b).expect("write");
-            match concord::runtime::Runtime::load(&agents, concord::policy::config::Limits::default()) {
+            match concord::runtime::Runtime::load(&agents, concord::policy::config::Limits::default(), None) {
                 Err(LoadError::BadFiles(bad)) => {
                     prop_assert_eq!(bad.len(), 1);
                     prop_assert!(!bad[0].reason.is_empty());

@@ -66,3 +66,15 @@ fn an_owner_without_an_agent_is_a_warning() {
     assert!(product.iter().all(|w| w.contains("concord.toml:") && w.contains("not loaded")), "{warnings:#?}");
     assert!(!warnings.iter().any(|w| w.contains("`sales`")), "loaded agents are not warned about: {warnings:#?}");
 }
+
+/// Compiled components are cached on disk: a restart loads unchanged
+/// agents without compiling them again.
+#[test]
+fn a_restart_does_not_recompile_unchanged_agents() {
+    let env = Env::new(&[("sales", "sales"), ("support", "support")]);
+    let (hits, misses) = env.host.runtime().cache_stats();
+    assert_eq!((hits, misses), (0, 2), "first start compiles both");
+    let env = env.restart();
+    let (hits, misses) = env.host.runtime().cache_stats();
+    assert_eq!((hits, misses), (2, 0), "the restart compiles nothing");
+}

@@ -321,7 +321,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Audit(args) => audit(&cli.config, args),
         Command::Agents { json } => {
             let config = Config::load(&cli.config)?;
-            let runtime = Runtime::load(&config.agents_dir, config.limits.clone())?;
+            let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
             format::print_agents(&runtime, &config, json);
             Ok(0)
         }

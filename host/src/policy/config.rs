@@ -245,6 +245,12 @@ struct RawField {
 }
 
 impl Config {
+    /// Where compiled components are cached: `cache/` beside the knowledge
+    /// base.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.kb_path.parent().unwrap_or(Path::new(".")).join("cache")
+    }
+
     /// Reads and validates a config file. Relative paths inside it are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

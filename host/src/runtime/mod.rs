@@ -187,6 +187,10 @@ pub struct Runtime {
     engine: Engine,
     agents: BTreeMap<String, LoadedAgent>,
     limits: Limits,
+    cache: Option<wasmtime::Cache>,
+    /// One permit per pool slot: a full pool fails at once, so invocations
+    /// past it wait here instead.
+    slots: tokio::sync::Semaphore,
     _ticker: EpochTicker,
 }
 
@@ -196,14 +200,45 @@ impl fmt::Debug for Runtime {
     }
 }
 
-fn engine() -> Result<Engine, LoadError> {
+/// How many invocations may be live at once: the size of the instance
+/// pool. Past it, invocations wait for a slot (see [`Runtime::invoke`]).
+pub const MAX_LIVE_INVOCATIONS: u32 = 128;
+
+fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<(Engine, Option<wasmtime::Cache>), LoadError> {
+    let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     // Both CPU bounds: fuel is deterministic, the epoch deadline bounds
     // wall-clock time (which fuel alone does not, e.g. in host calls).
     config.consume_fuel(true);
     config.epoch_interruption(true);
-    Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))
+    // Instances come from a pre-reserved pool instead of fresh mmaps. A Rust
+    // agent today has 3 core instances, 2 tables and 1 memory; the totals
+    // leave headroom. The pool's memory size equals the limit, so growth past
+    // it is refused by the limiter first, with its clear message.
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(MAX_LIVE_INVOCATIONS)
+        .total_core_instances(MAX_LIVE_INVOCATIONS * 4)
+        .total_memories(MAX_LIVE_INVOCATIONS)
+        .total_tables(MAX_LIVE_INVOCATIONS * 3)
+        .total_stacks(MAX_LIVE_INVOCATIONS)
+        .max_memory_size(limits.memory_bytes);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    // Compiled components are cached on disk, keyed by their bytes and the
+    // engine's settings, so a restart does not recompile unchanged agents.
+    let cache = match cache_dir {
+        Some(dir) => {
+            let dir = std::path::absolute(dir)
+                .map_err(|e| LoadError::Engine(format!("cache folder {}: {e}", dir.display())))?;
+            let mut cc = wasmtime::CacheConfig::new();
+            cc.with_directory(dir);
+            let cache = wasmtime::Cache::new(cc).map_err(engine_err)?;
+            config.cache(Some(cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
+    Ok((Engine::new(&config).map_err(engine_err)?, cache))
 }
 
 /// The `*.wasm` files of an agents folder, sorted. Errors if there are none.
@@ -234,10 +269,12 @@ fn valid_agent_name(name: &str) -> bool {
 impl Runtime {
     /// Loads every `*.wasm` in `dir`. Every bad file is reported, and none
     /// is skipped: the runtime loads whole or not at all.
-    pub fn load(dir: &Path, limits: Limits) -> Result<Runtime, LoadError> {
+    ///
+    /// `cache_dir`, if given, holds compiled components between runs.
+    pub fn load(dir: &Path, limits: Limits, cache_dir: Option<&Path>) -> Result<Runtime, LoadError> {
         let paths = agent_files(dir)?;
 
-        let engine = engine()?;
+        let (engine, cache) = engine(&limits, cache_dir)?;
         let mut linker: Linker<InvocationState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
@@ -256,7 +293,14 @@ impl Runtime {
         if !bad.is_empty() {
             return Err(LoadError::BadFiles(bad));
         }
-        Ok(Runtime { _ticker: EpochTicker::start(&engine), engine, agents, limits })
+        Ok(Runtime {
+            _ticker: EpochTicker::start(&engine),
+            engine,
+            agents,
+            limits,
+            cache,
+            slots: tokio::sync::Semaphore::new(MAX_LIVE_INVOCATIONS as usize),
+        })
     }
 
     fn load_one(engine: &Engine, linker: &Linker<InvocationState>, path: &Path) -> Result<LoadedAgent, String> {
@@ -295,6 +339,12 @@ impl Runtime {
         &self.limits
     }
 
+    /// Compiled-component cache hits and misses since start (zeros without
+    /// a cache).
+    pub fn cache_stats(&self) -> (usize, usize) {
+        self.cache.as_ref().map_or((0, 0), |c| (c.cache_hits(), c.cache_misses()))
+    }
+
     /// Runs one invocation in a fresh instance and audits its start and end.
     /// `Err` is a host fault (the audit could not be written); everything the
     /// agent does, traps included, is an [`Outcome`].
@@ -318,7 +368,11 @@ impl Runtime {
         });
         let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref(), causation).await?;
         let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, causation, breakpoint));
-        let outcome = self.run(loaded, gate, caller.clone(), message, id).await;
+        // A permit per live Store: it is released when `run` has dropped it.
+        let outcome = match self.slots.acquire().await {
+            Ok(_permit) => self.run(loaded, gate, caller.clone(), message, id).await,
+            Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
+        };
         match &outcome {
             Outcome::Ok(s) => tracing::debug!(agent, invocation = id, "ok: {s}"),
             Outcome::Failed(s) => tracing::warn!(agent, invocation = id, "failed: {s}"),
