@@ -1,14 +1,15 @@
 //! The gate: the one place every host call passes through.
 //!
-//! For each call an agent makes, the gate (1) stops at a [`Breakpoint`] if
-//! one is set, (2) asks [`Policy`] whether the call is allowed, (3) carries it
-//! out on the [`Store`], and (4) writes the call's audit entry, whatever the
-//! outcome. A commit's audit entry is written by the store in the commit's own
+//! For each call an agent makes, the gate (1) counts it against the
+//! invocation's limits and stops at a [`Breakpoint`] if one is set, (2) asks
+//! [`Policy`] whether the call is allowed, (3) carries it out on the
+//! [`Store`], and (4) writes the call's audit entry, whatever the outcome.
+//! An operation's audit entry is written by the store in the operation's own
 //! transaction. New host calls go here too, so none can skip policy or audit.
 //!
 //! Errors come in two layers: the inner `Result` is what the agent sees (a
-//! conflict, a refusal); the outer [`StoreError`] is a host fault, which
-//! traps the invocation.
+//! conflict, a refusal); the outer [`HostFault`] (a store failure, or a
+//! per-invocation limit) traps the invocation.
 
 use crate::audit::{self, AuditDraft, Decision, calls};
 use crate::kb::{
