@@ -1,18 +1,8 @@
 //! The `concord` binary, as a user runs it.
 
-use crate::common::{FAST_LIMITS, config_text, root, wasm};
+use crate::common::{FAST_LIMITS, concord, config_text, root, wasm};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn concord(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concord"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("CONCORD_CONFIG")
-        .env("CONCORD_LOG", "warn")
-        .output()
-        .expect("concord runs")
-}
+use std::process::Output;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -183,3 +183,16 @@ pub fn text(e: &Entity, field: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// Runs the `concord` binary in `dir`, as a user would (no config or key
+/// from the environment).
+pub fn concord(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("CONCORD_CONFIG")
+        .env_remove("CONCORD_AUDIT_KEY")
+        .env("CONCORD_LOG", "warn")
+        .output()
+        .expect("concord runs")
+}

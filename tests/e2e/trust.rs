@@ -2,24 +2,13 @@
 //! an export, is caught, and a signed checkpoint catches a rebuilt or
 //! truncated chain too.
 
-use crate::common::{FAST_LIMITS, config_text, root, wasm};
+use crate::common::{FAST_LIMITS, concord, config_text, root, wasm};
 use concord::audit::AuditEntry;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-
-fn concord(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concord"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("CONCORD_CONFIG")
-        .env_remove("CONCORD_AUDIT_KEY")
-        .env("CONCORD_LOG", "error")
-        .output()
-        .expect("concord runs")
-}
 
 fn out(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
