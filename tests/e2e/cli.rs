@@ -1,6 +1,6 @@
 //! The `concord` binary, as a user runs it.
 
-use crate::common::{FAST_LIMITS, concord, config_text, root, wasm};
+use crate::common::{concord, demo_dir, root};
 use std::path::Path;
 use std::process::Output;
 
@@ -10,17 +10,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn demo_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir(dir.path().join("agents")).expect("agents");
-    for a in ["sales", "support", "product"] {
-        std::fs::copy(wasm(a), dir.path().join(format!("agents/{a}.wasm"))).expect("copy");
-    }
-    std::fs::write(dir.path().join("concord.toml"), config_text(FAST_LIMITS)).expect("config");
-    std::fs::copy(root().join("scenarios/acme.jsonl"), dir.path().join("acme.jsonl")).expect("script");
-    dir
 }
 
 #[test]

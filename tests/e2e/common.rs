@@ -196,3 +196,16 @@ pub fn concord(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("concord runs")
 }
+
+/// A temp folder laid out like the repo for the demo: the three example
+/// agents, the example config (test limits) and the Acme script.
+pub fn demo_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("agents")).expect("agents");
+    for a in ["sales", "support", "product"] {
+        std::fs::copy(wasm(a), dir.path().join(format!("agents/{a}.wasm"))).expect("copy");
+    }
+    std::fs::write(dir.path().join("concord.toml"), config_text(FAST_LIMITS)).expect("config");
+    std::fs::copy(root().join("scenarios/acme.jsonl"), dir.path().join("acme.jsonl")).expect("script");
+    dir
+}

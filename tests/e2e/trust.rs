@@ -2,7 +2,7 @@
 //! an export, is caught, and a signed checkpoint catches a rebuilt or
 //! truncated chain too.
 
-use crate::common::{FAST_LIMITS, concord, config_text, root, wasm};
+use crate::common::{concord, demo_dir, root};
 use concord::audit::AuditEntry;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -16,13 +16,7 @@ fn out(o: &Output) -> String {
 
 /// Runs the demo in a temp folder and returns it.
 fn demo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir(dir.path().join("agents")).expect("agents");
-    for a in ["sales", "support", "product"] {
-        std::fs::copy(wasm(a), dir.path().join(format!("agents/{a}.wasm"))).expect("copy");
-    }
-    std::fs::write(dir.path().join("concord.toml"), config_text(FAST_LIMITS)).expect("config");
-    std::fs::copy(root().join("scenarios/acme.jsonl"), dir.path().join("acme.jsonl")).expect("script");
+    let dir = demo_dir();
     let o = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     dir

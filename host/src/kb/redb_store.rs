@@ -710,6 +710,21 @@ fn recent_in(
     Ok(out)
 }
 
+/// The guard's `recent` events, read on demand; a read failure is kept in
+/// `error` and turned into the operation's error once the guard returns.
+fn lazy_recent(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    history: &impl ReadableTable<(&'static str, u64), ()>,
+    key: &str,
+    now: u64,
+    error: &std::cell::RefCell<Option<StoreError>>,
+) -> Vec<Event> {
+    recent_in(events, history, key, now.saturating_sub(GUARD_RECENT_WINDOW_MS)).unwrap_or_else(|e| {
+        *error.borrow_mut() = Some(e);
+        Vec::new()
+    })
+}
+
 fn fold_history(
     events: &impl ReadableTable<u64, &'static [u8]>,
     history: &impl ReadableTable<(&'static str, u64), ()>,
@@ -880,7 +895,8 @@ impl Store for RedbStore {
                         }));
                         break;
                     }
-                    let recent = recent_in(&events, &history, &key, now.saturating_sub(GUARD_RECENT_WINDOW_MS))?;
+                    let read_error = std::cell::RefCell::new(None);
+                    let recent = || lazy_recent(&events, &history, &key, now, &read_error);
                     let input = GuardInput {
                         entity: &w.entity,
                         current: cur.as_ref(),
@@ -889,7 +905,11 @@ impl Store for RedbStore {
                         pins: &entity_pins,
                         recent: &recent,
                     };
-                    if let Some(d) = guard(&input) {
+                    let denied = guard(&input);
+                    if let Some(e) = read_error.take() {
+                        return Err(e);
+                    }
+                    if let Some(d) = denied {
                         refused = Some(CommitOutcome::Denied(d));
                         break;
                     }
@@ -989,7 +1009,8 @@ impl Store for RedbStore {
                     break 'decide ActOutcome::Denied(d);
                 }
                 let entity_pins = load_pins(&txn.open_table(PINS).map_err(backend)?, &key)?;
-                let recent = recent_in(&events, &history, &key, now.saturating_sub(GUARD_RECENT_WINDOW_MS))?;
+                let read_error = std::cell::RefCell::new(None);
+                let recent = || lazy_recent(&events, &history, &key, now, &read_error);
                 let input = GuardInput {
                     entity: &request.entity,
                     current: cur.as_ref(),
@@ -998,7 +1019,11 @@ impl Store for RedbStore {
                     pins: &entity_pins,
                     recent: &recent,
                 };
-                if let Some(d) = guard(&input) {
+                let denied = guard(&input);
+                if let Some(e) = read_error.take() {
+                    return Err(e);
+                }
+                if let Some(d) = denied {
                     break 'decide ActOutcome::Denied(d);
                 }
                 let id = actions.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;

@@ -57,7 +57,6 @@ pub struct CommitRequest {
 
 /// What a guard sees of one entity a commit or action touches, as of the
 /// write transaction (so the decision and the write see the same state).
-#[derive(Debug)]
 pub struct GuardInput<'a> {
     pub entity: &'a EntityRef,
     pub current: Option<&'a Entity>,
@@ -66,8 +65,19 @@ pub struct GuardInput<'a> {
     /// The action kind, for an action.
     pub action: Option<&'a str>,
     pub pins: &'a [Pin],
-    /// The entity's events in the rules' recent window, oldest first.
-    pub recent: &'a [Event],
+    /// The entity's events in the rules' recent window, oldest first. Read
+    /// only if a rule asks for them: most writes never pay for it.
+    pub recent: &'a dyn Fn() -> Vec<Event>,
+}
+
+impl std::fmt::Debug for GuardInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardInput")
+            .field("entity", &self.entity)
+            .field("fields", &self.fields)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Decides whether a write or action may go ahead (the coordination rules).

@@ -46,6 +46,8 @@ pub struct Rule {
     pub enabled: bool,
     /// Where it is declared in the config.
     pub line: usize,
+    /// Whether the condition reads `recent` (which costs a history read).
+    needs_recent: bool,
 }
 
 impl Rule {
@@ -63,7 +65,8 @@ impl Rule {
         line: usize,
     ) -> Result<Rule, String> {
         let program = Program::compile(&when).map_err(|e| e.to_string())?;
-        Ok(Rule { name, when, program, agents, fields, actions, defer, reason, enabled, line })
+        let needs_recent = program.references().has_variable("recent");
+        Ok(Rule { name, when, program, agents, fields, actions, defer, reason, enabled, line, needs_recent })
     }
 
     /// Whether the rule's subject covers this write or action.
@@ -132,10 +135,13 @@ impl Rules {
     /// The first enabled rule that covers this write or action and whose
     /// condition holds, as a denial.
     pub fn evaluate(&self, agent: &str, input: &GuardInput<'_>) -> Option<Denial> {
-        let mut context = None;
-        for rule in self.rules.iter().filter(|r| r.covers(agent, input)) {
-            let ctx = context.get_or_insert_with(|| Self::context(agent, input));
-            match rule.program.execute(ctx) {
+        let covering: Vec<&Rule> = self.rules.iter().filter(|r| r.covers(agent, input)).collect();
+        if covering.is_empty() {
+            return None;
+        }
+        let ctx = Self::context(agent, input, covering.iter().any(|r| r.needs_recent));
+        for rule in covering {
+            match rule.program.execute(&ctx) {
                 Ok(Value::Bool(true)) => {
                     return Some(Denial::Rule {
                         entity: input.entity.clone(),
@@ -156,13 +162,13 @@ impl Rules {
         None
     }
 
-    fn context(agent: &str, input: &GuardInput<'_>) -> Context<'static, 'static> {
+    fn context(agent: &str, input: &GuardInput<'_>, with_recent: bool) -> Context<'static, 'static> {
         let mut ctx = Context::default();
         let fields: HashMap<String, Value> =
             input.current.map(|e| e.fields.iter().map(|(k, v)| (k.clone(), cel_of(v))).collect()).unwrap_or_default();
         let now = now_ms();
-        let recent: Vec<Value> = input
-            .recent
+        let events = if with_recent { (input.recent)() } else { Vec::new() };
+        let recent: Vec<Value> = events
             .iter()
             .map(|e| {
                 let m: HashMap<String, Value> = HashMap::from([
@@ -218,7 +224,7 @@ mod tests {
     }
 
     fn check(rules: &Rules, agent: &str, e: &Entity, fields: Vec<&str>, action: Option<&str>, pins: &[Pin]) -> bool {
-        let input = GuardInput { entity: &e.entity, current: Some(e), fields, action, pins, recent: &[] };
+        let input = GuardInput { entity: &e.entity, current: Some(e), fields, action, pins, recent: &Vec::new };
         rules.evaluate(agent, &input).is_some()
     }
 
@@ -249,6 +255,28 @@ mod tests {
         r.enabled = false;
         let rules = Rules::new(vec![r]);
         assert!(!check(&rules, "product", &acme(None), vec![], Some("anything"), &[pin]));
+    }
+
+    #[test]
+    fn recent_events_are_read_only_when_a_rule_uses_them() {
+        let e = acme(Some(1));
+        let reads = std::cell::Cell::new(0);
+        let recent = || {
+            reads.set(reads.get() + 1);
+            vec![]
+        };
+        let input = GuardInput {
+            entity: &e.entity,
+            current: Some(&e),
+            fields: vec!["status"],
+            action: None,
+            pins: &[],
+            recent: &recent,
+        };
+        Rules::new(vec![rule("entity.open_tickets > 0", &[], &[], &[])]).evaluate("sales", &input);
+        assert_eq!(reads.get(), 0);
+        Rules::new(vec![rule("size(recent) == 0", &[], &[], &[])]).evaluate("sales", &input);
+        assert_eq!(reads.get(), 1);
     }
 
     #[test]
