@@ -100,7 +100,10 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub(crate) fn new(
+    /// Who is calling. The runtime makes one per invocation; an embedder
+    /// calling the gate natively (a Rust-side agent, a benchmark) makes its
+    /// own, with an invocation id from [`Gate::start_invocation`].
+    pub fn new(
         agent: String,
         digest: String,
         invocation: u64,
@@ -253,7 +256,7 @@ impl Gate {
             draft.rule = Some("limits.max_host_calls".into());
             draft.outcome =
                 format!("host call {n} refused: the limit is {max} per invocation; the invocation is stopped");
-            self.blocking(move |s| s.append_read_audit(draft)).await?;
+            self.store.append_read_audit(draft)?;
             return Err(HostFault::Limit(format!(
                 "more than {max} host calls in one invocation (limits.max_host_calls)"
             )));
@@ -280,10 +283,13 @@ impl Gate {
         })
     }
 
-    async fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
+    /// Audits a call without effects. This never waits for the disk (see
+    /// [`Store::append_read_audit`]), so it runs on the caller's thread.
+    fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
         draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
-        self.blocking(move |s| s.append_read_audit(draft)).await.map(|_| ())
+        self.store.append_read_audit(draft)?;
+        Ok(())
     }
 
     /// Records the start of an invocation; its audit seq is the invocation id.
@@ -314,7 +320,7 @@ impl Gate {
             },
             duration_us: 0,
         };
-        Ok(self.blocking(move |s| s.append_read_audit(draft)).await?.seq)
+        Ok(self.store.append_read_audit(draft)?)
     }
 
     /// Records how an invocation ended.
@@ -328,7 +334,7 @@ impl Gate {
         let mut draft = self.draft(caller, calls::INVOCATION_END, vec![], json!({ "host_calls": caller.calls() }));
         draft.decision = decision;
         draft.outcome = audit::bounded(outcome.to_string(), self.limits.audit_arg_bytes);
-        self.record(draft, started).await
+        self.record(draft, started)
     }
 
     /// Records a cascade step that was not run because of the depth limit.
@@ -357,7 +363,7 @@ impl Gate {
             outcome: audit::bounded(outcome, self.limits.audit_arg_bytes),
             duration_us: 0,
         };
-        Ok(self.blocking(move |s| s.append_read_audit(draft)).await?.seq)
+        Ok(self.store.append_read_audit(draft)?)
     }
 
     pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, HostFault> {
@@ -367,11 +373,13 @@ impl Gate {
             draft.decision = Decision::Invalid;
             draft.rule = Some(refusal.rule());
             draft.outcome = refusal.to_string();
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(refusal.to_string()));
         }
-        let read = entity.clone();
-        let found = self.blocking(move |s| s.get(&read)).await?;
+        // A point read on an MVCC snapshot (never waits for the writer) and
+        // a read-entry append (never waits for the disk): both stay on this
+        // thread, which is most of what makes an audited get cheap.
+        let found = self.store.get(&entity)?;
         draft.outcome = match &found {
             Some(e) => format!("version {}", e.version),
             None => "absent".into(),
@@ -379,8 +387,8 @@ impl Gate {
         draft.duration_us = elapsed_us(started);
         // The read moves the agent's cursor (for `changes-since-read`) in the
         // same transaction as its audit entry.
-        let (agent, seq) = (caller.agent.clone(), found.as_ref().map_or(0, |e| e.seq));
-        self.blocking(move |s| s.record_read(agent, entity, seq, draft)).await?;
+        let seq = found.as_ref().map_or(0, |e| e.seq);
+        self.store.record_read(caller.agent.clone(), entity, seq, draft)?;
         Ok(Ok(found))
     }
 
@@ -430,7 +438,7 @@ impl Gate {
             Ok(events) => format!("{} events", events.len()),
             Err(e) => e.clone(),
         };
-        self.record(draft, started).await?;
+        self.record(draft, started)?;
         Ok(result)
     }
 
@@ -440,11 +448,11 @@ impl Gate {
         if let Some(why) = self.oversize(&mut draft) {
             // `log` has no error to return: an oversized line stops the
             // invocation, after its audit entry.
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Err(HostFault::Limit(why));
         }
         draft.outcome = "logged".into();
-        self.record(draft, started).await
+        self.record(draft, started)
     }
 
     pub async fn commit(
@@ -468,7 +476,7 @@ impl Gate {
         });
         let mut draft = self.draft(caller, calls::COMMIT, entities, args);
         if let Some(why) = self.oversize(&mut draft) {
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
         }
         let mut written: Vec<String> =
@@ -488,7 +496,7 @@ impl Gate {
             };
             draft.rule = Some(refusal.rule());
             draft.outcome = refusal.to_string();
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
         }
 
@@ -555,7 +563,7 @@ impl Gate {
         let args = json!({ "kind": kind, "entity": entity.key(), "based_on": based_on, "idempotency_key": key, "payload": payload });
         let mut draft = self.draft(caller, calls::ACT, vec![entity.key()], args);
         if let Some(why) = self.oversize(&mut draft) {
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
         }
         let problem = if kind.trim().is_empty() {
@@ -569,7 +577,7 @@ impl Gate {
             draft.decision = Decision::Invalid;
             draft.rule = Some("schema".into());
             draft.outcome.clone_from(&problem);
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
         }
         let request = ActRequest {
@@ -627,7 +635,7 @@ impl Gate {
         });
         let mut draft = self.draft(caller, calls::REQUEST_CHANGE, vec![entity.key()], args);
         if let Some(why) = self.oversize(&mut draft) {
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
         }
         draft.peer = Some(owner.clone());
@@ -645,7 +653,7 @@ impl Gate {
             draft.decision = Decision::Invalid;
             draft.rule = Some(refusal.rule());
             draft.outcome.clone_from(&problem);
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
         }
         let request = ChangeRequest {
@@ -741,7 +749,7 @@ impl Gate {
         if let Err(refusal) = self.policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
             draft.outcome = refusal.to_string();
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
         }
         let actor = caller.actor();
@@ -810,7 +818,7 @@ impl Gate {
         if let Err(refusal) = self.policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
             draft.outcome = refusal.to_string();
-            self.record(draft, started).await?;
+            self.record(draft, started)?;
             return Ok(Err(refusal.to_string()));
         }
         let agent = caller.agent.clone();

@@ -63,7 +63,7 @@ impl Host {
     /// configured one.
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
         let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.kb_path)?);
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(&config.kb_path, config.kb_sharing)?);
         let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
             tracing::warn!("{w}");
@@ -152,6 +152,12 @@ impl Host {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         self.gate.store()
+    }
+
+    /// The gate every host call passes through. Native (Rust-side) callers
+    /// use it to make the same audited, policy-checked calls agents make.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// The runtime: loaded agents, limits, the compiled-component cache.

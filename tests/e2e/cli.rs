@@ -90,11 +90,33 @@ fn help_is_enough_to_start() {
     }
 }
 
-/// The read verbs work while a host has the knowledge base open; a second
-/// host on the same store is refused with a clear error.
+/// By default a running host has the knowledge base to itself (the fast
+/// mode): a read command is refused with an error that says why and how to
+/// read alongside.
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_a_running_host_has_the_store_to_itself() {
+    let env = crate::common::Env::new(&[("sales", "sales")]);
+    crate::common::onboard(&env, "acme").await;
+    let o = concord(env.dir.path(), &["get", "customer/acme"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let expected = format!("already in use by pid {}", std::process::id());
+    assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
+    assert!(stderr(&o).contains("shared_reads = true"), "the error says how to read alongside: {}", stderr(&o));
+    // Once the host stops, reads work, and see what it wrote.
+    let dir = env.dir;
+    drop(env.host);
+    let o = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("version 1"), "{}", stdout(&o));
+}
+
+/// With `[kb] shared_reads = true`, the read commands work while a host
+/// runs; a second host is still refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_work_while_a_host_runs_and_a_second_host_is_refused() {
-    let env = crate::common::Env::new(&[("sales", "sales")]);
+    let text = crate::common::config_text(crate::common::FAST_LIMITS).replace("[kb]\n", "[kb]\nshared_reads = true\n");
+    assert!(text.contains("shared_reads = true"));
+    let env = crate::common::Env::with_config(&[("sales", "sales")], &text);
     crate::common::onboard(&env, "acme").await;
     let o = concord(env.dir.path(), &["get", "customer/acme"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -43,10 +43,13 @@ pub enum Decision {
     Leased,
     /// A cascade hit its depth limit and was not run.
     Stopped,
+    /// The host failed to carry the call out (its write batch was rolled
+    /// back after a store error); nothing of it was written.
+    Fault,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 11] = [
+    pub const ALL: [Decision; 12] = [
         Self::Allowed,
         Self::Forbidden,
         Self::Conflict,
@@ -58,12 +61,13 @@ impl Decision {
         Self::Pinned,
         Self::Leased,
         Self::Stopped,
+        Self::Fault,
     ];
 
     /// Whether the host refused the call (as opposed to allowing it, or the
     /// agent failing on its own).
     pub fn is_refusal(self) -> bool {
-        !matches!(self, Self::Allowed | Self::Failed | Self::Trapped)
+        !matches!(self, Self::Allowed | Self::Failed | Self::Trapped | Self::Fault)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Decision {
             Self::Pinned => "pinned",
             Self::Leased => "leased",
             Self::Stopped => "stopped",
+            Self::Fault => "fault",
         }
     }
 }
@@ -219,7 +224,16 @@ impl AuditDraft {
 impl AuditEntry {
     /// Places a draft in the chain after `prev_hash`.
     pub fn seal(draft: AuditDraft, seq: u64, at_ms: u64, prev_hash: &str) -> AuditEntry {
-        let mut entry = AuditEntry {
+        let mut entry = Self::unsealed(draft, seq, at_ms);
+        entry.link(prev_hash);
+        entry
+    }
+
+    /// A numbered entry not linked into the chain yet: its hashes are empty
+    /// until [`link`](Self::link). (Read-call entries wait like this for the
+    /// writer, which links every entry in seq order.)
+    pub fn unsealed(draft: AuditDraft, seq: u64, at_ms: u64) -> AuditEntry {
+        AuditEntry {
             seq,
             at_ms,
             agent: draft.agent,
@@ -235,11 +249,15 @@ impl AuditEntry {
             causation: draft.causation,
             outcome: draft.outcome,
             duration_us: draft.duration_us,
-            prev_hash: prev_hash.to_string(),
+            prev_hash: String::new(),
             hash: String::new(),
-        };
-        entry.hash = entry.compute_hash();
-        entry
+        }
+    }
+
+    /// Links the entry after the one whose hash is `prev_hash`.
+    pub fn link(&mut self, prev_hash: &str) {
+        prev_hash.clone_into(&mut self.prev_hash);
+        self.hash = self.compute_hash();
     }
 
     /// The hash this entry should carry (see the module docs).

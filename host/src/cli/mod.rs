@@ -332,14 +332,14 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 .map(|a| operator::parse_assignment(&config.schema, &entity, a))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Failure { code: 2, error: anyhow::anyhow!(e) })?;
-            let store = RedbStore::open(&config.kb_path)?;
+            let store = RedbStore::open_with(&config.kb_path, config.kb_sharing)?;
             let event = operator::pin(&store, &entity, &fields, &by, &reason)?;
             println!("pinned {} on {entity} (event {}, version {})", names(&fields), event.seq, event.version);
             Ok(0)
         }
         Command::Unpin { entity, fields, by, reason } => {
             let config = Config::load(&cli.config)?;
-            let store = RedbStore::open(&config.kb_path)?;
+            let store = RedbStore::open_with(&config.kb_path, config.kb_sharing)?;
             let event = operator::unpin(&store, &entity, &fields, &by, &reason)?;
             println!("unpinned {} on {entity} (event {})", fields.join(", "), event.seq);
             Ok(0)
@@ -360,7 +360,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Revert { seq, by, reason, force } => {
             let config = Config::load(&cli.config)?;
-            let store = RedbStore::open(&config.kb_path)?;
+            let store = RedbStore::open_with(&config.kb_path, config.kb_sharing)?;
             let event = operator::revert(&store, seq, &by, &reason, force)?;
             println!(
                 "reverted event {seq} with event {} ({} now at version {})",
@@ -389,7 +389,7 @@ fn names(fields: &[(String, crate::kb::Value)]) -> String {
 
 fn open_store(config: &std::path::Path) -> Result<RedbStore, Failure> {
     let config = Config::load(config)?;
-    Ok(RedbStore::open_read_only(&config.kb_path)?)
+    Ok(RedbStore::open_read_only_with(&config.kb_path, config.kb_sharing)?)
 }
 
 fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
@@ -424,7 +424,7 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
             drop(store);
             let config = Config::load(config)?;
             let public = checkpoint::generate_key(&key, force)?;
-            let rw = RedbStore::open(&config.kb_path)?;
+            let rw = RedbStore::open_with(&config.kb_path, config.kb_sharing)?;
             rw.append_audit(crate::audit::AuditDraft::host(
                 crate::audit::calls::KEY_ROTATED,
                 &config.digest,

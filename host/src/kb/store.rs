@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("the knowledge base {path} is already in use{}; stop that `concord run` first", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
+    #[error("the knowledge base {path} is already in use{}; stop that `concord run` first (to read while a host runs, set `shared_reads = true` under [kb] in concord.toml)", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
     InUse { path: PathBuf, pid: Option<u32> },
     #[error("the knowledge base {path} does not exist yet; run `concord run` to create it")]
     Missing { path: PathBuf },
@@ -275,14 +275,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<Event>, AuditEntry), StoreError>;
 
     /// Moves an agent's read cursor on an entity (a `get` saw `seq`) and
-    /// appends the read's audit entry, in one transaction.
-    fn record_read(
-        &self,
-        agent: String,
-        entity: EntityRef,
-        seq: u64,
-        draft: AuditDraft,
-    ) -> Result<AuditEntry, StoreError>;
+    /// appends the read's audit entry, in one transaction. Returns the
+    /// entry's seq; like [`Store::append_read_audit`]'s, the entry is in the
+    /// chain at once and durable within [`READ_AUDIT_FLUSH`].
+    fn record_read(&self, agent: String, entity: EntityRef, seq: u64, draft: AuditDraft) -> Result<u64, StoreError>;
 
     /// Rebuilds the projection from the events and compares.
     fn replay(&self) -> Result<ReplayReport, StoreError>;
@@ -292,10 +288,11 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
 
     /// Appends the audit entry of a call without effects (a read, a log line,
-    /// a refusal, an invocation's start or end). It is in the chain at once,
-    /// and durable within [`READ_AUDIT_FLUSH`] or with the next durable
-    /// commit, whichever comes first.
-    fn append_read_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError>;
+    /// a refusal, an invocation's start or end), and returns its seq. It is
+    /// numbered at once (queries in this process see it), and durable within
+    /// [`READ_AUDIT_FLUSH`] or with the next durable commit, whichever comes
+    /// first. It does not wait for the disk: this is the read path.
+    fn append_read_audit(&self, draft: AuditDraft) -> Result<u64, StoreError>;
 
     /// One audit entry by seq.
     fn audit_entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError>;

@@ -84,6 +84,9 @@ pub struct Config {
     pub digest: String,
     /// The redb file of the knowledge base.
     pub kb_path: PathBuf,
+    /// `[kb] shared_reads`: whether read commands may open the store while
+    /// a host writes it (at a cost per read and per commit).
+    pub kb_sharing: crate::kb::Sharing,
     /// Where the agents' `*.wasm` components are.
     pub agents_dir: PathBuf,
     pub limits: Limits,
@@ -187,11 +190,13 @@ fn default_sink() -> String {
 struct RawKb {
     #[serde(default = "default_kb_path")]
     path: String,
+    #[serde(default)]
+    shared_reads: bool,
 }
 
 impl Default for RawKb {
     fn default() -> Self {
-        Self { path: default_kb_path() }
+        Self { path: default_kb_path(), shared_reads: false }
     }
 }
 
@@ -473,6 +478,11 @@ impl Config {
                 hex::encode(sha2::Sha256::digest(text.as_bytes()))
             },
             kb_path: base.join(&raw.kb.path),
+            kb_sharing: if raw.kb.shared_reads {
+                crate::kb::Sharing::SharedReads
+            } else {
+                crate::kb::Sharing::Exclusive
+            },
             agents_dir: base.join(&raw.agents.dir),
             limits,
             schema,

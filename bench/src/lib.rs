@@ -1,0 +1,319 @@
+//! Concord's benchmarks. Each comparison runs its baseline in the same
+//! process run and reports the ratio; see BENCHMARKS.md for the figures.
+//!
+//! `cargo bench -p concord-bench -- [--quick] [--out DIR] [--events N] [--only PHASE,...]`
+//! (or `just bench`). Phases, in the order they run:
+//! - `machine`: the CPU, and the fsync rate of the bench folder's disk (the
+//!   physical limit of a durable commit that is not batched);
+//! - `memory`: resident memory of a host with the three example agents,
+//!   idle and with invocations in flight ([`concord`]'s own breakpoints
+//!   hold them, so the figure is exact, not a race);
+//! - `hostcall`: `kb.get` from a wasm agent against the same audited get
+//!   called natively through the gate, on the same store;
+//! - `start`: a fresh instance plus a trivial handler, end to end;
+//! - `commit`: durable commits at 1, 4, 16 and 64 concurrent invocations on
+//!   distinct entities and 16 contending on one, against SQLite (WAL,
+//!   synchronous=FULL, optimistic `UPDATE … WHERE version=?` plus an audit
+//!   row in the same transaction) at the same concurrency. Every run checks
+//!   that no update was lost, on both sides;
+//! - `replay`: rebuilding the projection of a 1,000,000-event log;
+//! - `audit`: a query by agent and entity over 1,000,000 audit entries.
+//!
+//! Results go to `DIR` (default `target/bench`): `report.md` (the tables),
+//! `results.json` (the raw numbers) and `throughput.png` (the plot).
+//!
+//! Layout: [`concord_runs`] (the Concord side), [`sqlite`] (the baseline),
+//! [`machine`] (fsync, memory, CPU), [`stats`], [`plot`].
+
+pub mod concord_runs;
+pub mod machine;
+pub mod plot;
+pub mod sqlite;
+pub mod stats;
+
+use anyhow::{Context, bail};
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How big each phase is.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// `kb.get` calls per invocation (and per native round).
+    pub gets: u64,
+    /// Rounds of `gets`; the median round is reported.
+    pub get_rounds: usize,
+    /// Invocations timed for the start benchmark.
+    pub starts: usize,
+    /// Commits per concurrency level (split among the invocations).
+    pub commits: u64,
+    /// Successful increments per contending invocation.
+    pub increments: u64,
+    /// Events in the replay log, and entries in the audit log queried.
+    pub events: u64,
+    /// Invocations held in flight for the memory figure.
+    pub in_flight: usize,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Sizes {
+            gets: 20_000,
+            get_rounds: 21,
+            starts: 3_000,
+            commits: 20_000,
+            increments: 300,
+            events: 1_000_000,
+            in_flight: 64,
+        }
+    }
+
+    fn quick() -> Self {
+        Sizes { gets: 2_000, get_rounds: 7, starts: 300, commits: 2_000, increments: 40, events: 50_000, in_flight: 16 }
+    }
+}
+
+/// The concurrency levels of the commit benchmark.
+pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
+/// Invocations contending on one entity.
+pub const CONTENDERS: usize = 16;
+
+const PHASES: [&str; 7] = ["machine", "memory", "hostcall", "start", "commit", "replay", "audit"];
+
+struct Args {
+    sizes: Sizes,
+    out: PathBuf,
+    only: Vec<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut sizes = Sizes::full();
+    let mut out = root().join("target/bench");
+    let mut only: Vec<String> = PHASES.iter().map(|s| s.to_string()).collect();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            // `cargo bench` passes `--bench` to every bench binary.
+            "--bench" => {}
+            "--quick" => sizes = Sizes { events: sizes.events.min(Sizes::quick().events), ..Sizes::quick() },
+            "--out" => out = PathBuf::from(args.next().context("--out needs a folder")?),
+            "--events" => {
+                let n = args.next().context("--events needs a number")?;
+                sizes.events = n.replace('_', "").parse().with_context(|| format!("--events {n}: not a number"))?;
+            }
+            "--only" => {
+                let list = args.next().context("--only needs a list of phases")?;
+                only = list.split(',').map(str::to_string).collect();
+                if let Some(bad) = only.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    bail!("--only: no phase `{bad}` (phases: {})", PHASES.join(", "));
+                }
+            }
+            other => {
+                bail!("unknown argument `{other}`; use --quick, --out DIR, --events N or --only {}", PHASES.join(","))
+            }
+        }
+    }
+    Ok(Args { sizes, out, only })
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the guests the benchmarks load, and returns their folder.
+fn build_guests() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/wasm", "--quiet"])
+        .args(["-p", "bench-agent", "-p", "sales", "-p", "support", "-p", "product"])
+        .status()
+        .context("running cargo to build the guest agents")?;
+    if !status.success() {
+        bail!("building the guest agents failed; is the wasm32-wasip2 target installed? (`just setup`)");
+    }
+    Ok(root().join("target/wasm/wasm32-wasip2/release"))
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let guests = build_guests()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = serde_json::Map::new();
+    let started = std::time::Instant::now();
+    let sizes = &args.sizes;
+    eprintln!("concord bench: {sizes:?}; results in {}", args.out.display());
+    for phase in PHASES.iter().filter(|p| args.only.iter().any(|o| o == *p)) {
+        eprintln!("== {phase}");
+        let t = std::time::Instant::now();
+        let value = match *phase {
+            "machine" => machine::run()?,
+            "memory" => runtime.block_on(concord_runs::memory(&guests, sizes))?,
+            "hostcall" => runtime.block_on(concord_runs::hostcall(&guests, sizes))?,
+            "start" => runtime.block_on(concord_runs::start(&guests, sizes))?,
+            "commit" => {
+                let concord = runtime.block_on(concord_runs::commits(&guests, sizes))?;
+                let sqlite = sqlite::commits(sizes)?;
+                json!({ "concord": concord, "sqlite": sqlite })
+            }
+            "replay" => runtime.block_on(concord_runs::replay(&guests, sizes))?,
+            "audit" => runtime.block_on(concord_runs::audit_query(&guests, sizes))?,
+            _ => unreachable!("phases are checked when parsed"),
+        };
+        eprintln!("   {phase} took {:.1} s", t.elapsed().as_secs_f64());
+        results.insert(phase.to_string(), value);
+    }
+    let results = Json::Object(results);
+    let report = render(&results, sizes);
+    let meta = json!({
+        "date": machine::date(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let all = json!({ "meta": meta, "results": results });
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&all)?)?;
+    std::fs::write(args.out.join("report.md"), &report)?;
+    if let Some(commit) = results.get("commit") {
+        plot::throughput(commit, &args.out.join("throughput.png"))?;
+    }
+    println!("{report}");
+    let failed = failures(&results);
+    if !failed.is_empty() {
+        bail!("correctness checks failed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Every `lost_updates` check that did not come out as zero, by path.
+fn failures(v: &Json) -> Vec<String> {
+    fn walk(v: &Json, path: &str, out: &mut Vec<String>) {
+        match v {
+            Json::Object(m) => {
+                for (k, x) in m {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    if k == "lost_updates" && x.as_u64() != Some(0) {
+                        out.push(format!("{p} = {x}"));
+                    }
+                    if k == "check" && x.as_str() != Some("ok") {
+                        out.push(format!("{p} = {x}"));
+                    }
+                    walk(x, &p, out);
+                }
+            }
+            Json::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk(v, "", &mut out);
+    out
+}
+
+fn f(v: &Json, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The markdown report: one table per phase, targets beside the figures.
+fn render(r: &Json, sizes: &Sizes) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("Sizes: {sizes:?}\n\n"));
+    if let Some(m) = r.get("machine") {
+        s.push_str(&format!(
+            "### Machine\n\n{} · {} cores · {}\n\nfsync (fdatasync of a 4 KiB write): {} µs median, {} /s\n\n",
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"],
+            m["kernel"].as_str().unwrap_or("?"),
+            num(f(m, &["fsync_us_p50"]), 0),
+            num(f(m, &["fsyncs_per_s"]), 0),
+        ));
+    }
+    if let Some(m) = r.get("memory") {
+        s.push_str(&format!(
+            "### Memory\n\n| figure | value |\n|---|---|\n| process RSS before the host | {} MiB |\n| host idle, 3 example agents (RSS) | {} MiB |\n| the host's own share of that | {} MiB |\n| per concurrent invocation ({} held in flight) | {} KiB |\n\n",
+            num(f(m, &["rss_before_mib"]), 1),
+            num(f(m, &["rss_idle_mib"]), 1),
+            num(f(m, &["host_idle_mib"]), 1),
+            m["in_flight"],
+            num(f(m, &["per_invocation_kib"]), 0),
+        ));
+    }
+    if let Some(h) = r.get("hostcall") {
+        s.push_str(&format!(
+            "### Host-call overhead (`kb.get`, audited)\n\n| | median per call | target |\n|---|---|---|\n| from a wasm agent | {} µs | ≤ 2 µs |\n| native, through the same gate | {} µs | |\n| ratio | {}× | ≤ 3× |\n\n",
+            num(f(h, &["wasm_us_p50"]), 2),
+            num(f(h, &["native_us_p50"]), 2),
+            num(f(h, &["ratio"]), 2),
+        ));
+    }
+    if let Some(h) = r.get("start") {
+        s.push_str(&format!(
+            "### Invocation start (fresh instance + trivial handler, end to end)\n\n| median | p99 | target |\n|---|---|---|\n| {} µs | {} µs | median ≤ 50 µs |\n\n",
+            num(f(h, &["us_p50"]), 1),
+            num(f(h, &["us_p99"]), 1),
+        ));
+    }
+    if let Some(c) = r.get("commit") {
+        s.push_str("### Durable commits\n\n| concurrency | Concord commits/s | p50 | p99 | SQLite (connection per thread) | SQLite (one shared connection) | ratio to the better SQLite |\n|---|---|---|---|---|---|---|\n");
+        for level in LEVELS {
+            let k = level.to_string();
+            let cc = &c["concord"]["distinct"][&k];
+            let sp = &c["sqlite"]["per_thread"]["distinct"][&k];
+            let ss = &c["sqlite"]["shared"]["distinct"][&k];
+            let best = f(sp, &["per_s"]).unwrap_or(0.0).max(f(ss, &["per_s"]).unwrap_or(0.0));
+            s.push_str(&format!(
+                "| {level} | {} | {} ms | {} ms | {} | {} | {}× |\n",
+                num(f(cc, &["per_s"]), 0),
+                num(f(cc, &["p50_ms"]), 3),
+                num(f(cc, &["p99_ms"]), 3),
+                num(f(sp, &["per_s"]), 0),
+                num(f(ss, &["per_s"]), 0),
+                num(f(cc, &["per_s"]).map(|x| x / best), 2),
+            ));
+        }
+        let hot = |v: &Json| {
+            format!(
+                "{} commits/s, {}% conflicts, lost updates: {}",
+                num(f(v, &["per_s"]), 0),
+                num(f(v, &["conflict_rate"]).map(|x| x * 100.0), 1),
+                v["lost_updates"]
+            )
+        };
+        s.push_str(&format!(
+            "\n{CONTENDERS} contending on one entity (goodput): Concord {}; SQLite per thread {}; SQLite shared {}\n\nTargets: ≥ 25,000 commits/s at 16, ≥ 4× SQLite; single-invocation p50 ≤ 0.5 ms.\n\n",
+            hot(&c["concord"]["contended"]),
+            hot(&c["sqlite"]["per_thread"]["contended"]),
+            hot(&c["sqlite"]["shared"]["contended"]),
+        ));
+    }
+    if let Some(p) = r.get("replay") {
+        s.push_str(&format!(
+            "### Replay\n\n{} events rebuilt into {} entities in {} s: {} events/s (target ≥ 300,000); projection matches: {}\n\n",
+            p["events"],
+            p["entities"],
+            num(f(p, &["seconds"]), 2),
+            num(f(p, &["events_per_s"]), 0),
+            p["check"],
+        ));
+    }
+    if let Some(a) = r.get("audit") {
+        s.push_str(&format!(
+            "### Audit query by agent and entity\n\n{} entries; {} matches per query; median {} ms, max {} ms over {} queries (target ≤ 50 ms)\n\n",
+            a["entries"],
+            a["matches"],
+            num(f(a, &["ms_p50"]), 2),
+            num(f(a, &["ms_max"]), 2),
+            a["queries"],
+        ));
+    }
+    s
+}

@@ -1,0 +1,60 @@
+//! The machine: CPU, the disk's fsync rate, and this process's memory.
+
+use anyhow::Context;
+use serde_json::{Value as Json, json};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// The CPU model, core count, kernel, and the fsync rate of the disk the
+/// benchmarks write to (a 4 KiB write plus `fdatasync`, for one second):
+/// the most durable commits per second anything that syncs each commit
+/// can reach.
+pub fn run() -> anyhow::Result<Json> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let (p50, per_s) = fsync_rate()?;
+    Ok(json!({ "cpu": cpu, "cores": cores, "kernel": kernel, "fsync_us_p50": p50, "fsyncs_per_s": per_s }))
+}
+
+/// Median µs per fsync, and fsyncs per second, over about a second.
+pub fn fsync_rate() -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir_in(crate::root().join("target")).context("creating a temp folder under target/")?;
+    let mut file = std::fs::File::create(dir.path().join("fsync.bin"))?;
+    let block = vec![7u8; 4096];
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let per_s = samples.len() as f64 / start.elapsed().as_secs_f64();
+    Ok((crate::stats::median(&samples).unwrap_or(0.0), per_s))
+}
+
+/// This process's resident memory, in bytes (`VmRSS`).
+pub fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc/self/status")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("VmRSS has no value")?.parse()?;
+    Ok(kib * 1024)
+}
+
+/// Today's date and time (UTC), from `date`, for the report.
+pub fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
