@@ -2,7 +2,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 agents := "sales support product"
-test_agents := "probe hostile wrong-world"
+test_agents := "probe hostile wrong-world bench-agent"
 # Guests get their own target dir under target/, so that tests can build
 # them while `cargo test` holds the host's build lock.
 wasm_dir := "target/wasm/wasm32-wasip2/release"
@@ -53,6 +53,7 @@ concord *args: build
 test: setup
     cargo fmt --all -- --check
     cargo clippy -p concord-host --all-targets -- -D warnings
+    cargo clippy -p concord-bench --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
     cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
     cargo test -p concord-host
@@ -61,6 +62,11 @@ test: setup
 crash-test rounds="30": setup
     cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
     CONCORD_CRASH_ROUNDS={{ rounds }} cargo test -p concord-host --test e2e crash:: -- --nocapture
+
+# The benchmarks, each against its baseline in the same run (see BENCHMARKS.md);
+# `just bench --quick` for a short run. Results in target/bench/.
+bench *args: setup
+    cargo bench -p concord-bench --bench concord -- {{ args }}
 
 # The property tests (config parser, commit validation), longer (default 20000 cases each)
 fuzz cases="20000":

@@ -3,8 +3,10 @@
 //!
 //! `cargo bench -p concord-bench -- [--quick] [--out DIR] [--events N] [--only PHASE,...]`
 //! (or `just bench`). Phases, in the order they run:
-//! - `machine`: the CPU, and the fsync rate of the bench folder's disk (the
-//!   physical limit of a durable commit that is not batched);
+//! - `machine`: the CPU, the fsync rate of the bench folder's disk (the
+//!   physical limit of a durable commit that is not batched), and what a
+//!   durable redb commit costs by the number of tables it touches (what
+//!   bounds Concord's commit on this disk);
 //! - `memory`: resident memory of a host with the three example agents,
 //!   idle and with invocations in flight ([`concord`]'s own breakpoints
 //!   hold them, so the figure is exact, not a race);
@@ -235,6 +237,14 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             m["kernel"].as_str().unwrap_or("?"),
             num(f(m, &["fsync_us_p50"]), 0),
             num(f(m, &["fsyncs_per_s"]), 0),
+        ));
+        let by = &m["redb_commit_us_by_tables"];
+        s.push_str(&format!(
+            "A durable redb commit of one row in each of N tables (B-trees), median: 1 table {} µs, 2 tables {} µs, 4 tables {} µs, 8 tables {} µs (a Concord commit touches 8)\n\n",
+            num(f(by, &["1"]), 0),
+            num(f(by, &["2"]), 0),
+            num(f(by, &["4"]), 0),
+            num(f(by, &["8"]), 0),
         ));
     }
     if let Some(m) = r.get("memory") {

@@ -39,6 +39,11 @@ const AUDIT_BY_AGENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("a
 const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_entity");
 /// (invocation, seq) -> (). Audit index by invocation (and so by trace).
 const AUDIT_BY_INVOCATION: TableDefinition<(u64, u64), ()> = TableDefinition::new("audit_by_invocation");
+/// (agent, entity, audit seq): the index of the question "what did this
+/// agent do to this entity", answered in time proportional to the answer.
+/// Added in layout version 2; built from the log when a version-1 file is
+/// opened for writing.
+const AUDIT_BY_AGENT_ENTITY: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("audit_by_agent_entity");
 /// Format metadata and counters (`schema_version`, `next_fence`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (`kind/id`, field) -> pin (JSON).
@@ -60,7 +65,7 @@ const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_c
 pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// Bumped whenever the table layout or an encoding changes.
-const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION: u64 = 2;
 
 enum Db {
     ReadWrite(Arc<Database>),
@@ -241,6 +246,7 @@ struct AuditTables<'t> {
     by_agent: redb::Table<'t, (&'static str, u64), ()>,
     by_entity: redb::Table<'t, (&'static str, u64), ()>,
     by_invocation: redb::Table<'t, (u64, u64), ()>,
+    by_agent_entity: redb::Table<'t, (&'static str, &'static str, u64), ()>,
 }
 
 impl<'t> AuditTables<'t> {
@@ -250,6 +256,7 @@ impl<'t> AuditTables<'t> {
             by_agent: txn.open_table(AUDIT_BY_AGENT).map_err(backend)?,
             by_entity: txn.open_table(AUDIT_BY_ENTITY).map_err(backend)?,
             by_invocation: txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?,
+            by_agent_entity: txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?,
         })
     }
 
@@ -259,6 +266,7 @@ impl<'t> AuditTables<'t> {
         self.by_agent.insert((entry.agent.as_str(), seq), ()).map_err(backend)?;
         for e in &entry.entities {
             self.by_entity.insert((e.as_str(), seq), ()).map_err(backend)?;
+            self.by_agent_entity.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
         }
         self.by_invocation.insert((entry.invocation, seq), ()).map_err(backend)?;
         Ok(())
@@ -289,6 +297,10 @@ impl std::fmt::Debug for WriteHold<'_> {
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 512;
+/// The longest the writer waits for a batch to fill up to the size of the
+/// last one. Short next to a durable commit (about 1 ms here), which a
+/// larger batch shares.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
 
 fn writer_loop(db: Arc<Database>, queue: mpsc::Receiver<Msg>, shared: Arc<WriterShared>, mut chain: Chain) {
     use std::sync::atomic::Ordering::SeqCst;
@@ -296,6 +308,8 @@ fn writer_loop(db: Arc<Database>, queue: mpsc::Receiver<Msg>, shared: Arc<Writer
     // Since when something has waited to be made durable: read entries in
     // the tail, or a non-durable commit.
     let mut dirty_since: Option<Instant> = None;
+    // Jobs in the last batch: how many to wait for (see GATHER).
+    let mut last_batch = 1;
     loop {
         let first = match dirty_since {
             Some(since) => {
@@ -320,12 +334,24 @@ fn writer_loop(db: Arc<Database>, queue: mpsc::Receiver<Msg>, shared: Arc<Writer
             }
         };
         take(first, &mut batch);
+        // Take what is waiting. If fewer jobs came than the last batch had,
+        // the others are likely on their way (their callers were answered
+        // together, a moment ago): wait up to GATHER for them, so batches
+        // stay as large as the concurrency instead of alternating small and
+        // large. One caller alone never waits (its last batch was 1).
+        let gather_until = Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(msg) => take(msg, &mut batch),
-                Err(_) => break,
-            }
+            let msg = match queue.try_recv() {
+                Ok(msg) => msg,
+                Err(_) if batch.is_empty() || batch.len() >= last_batch => break,
+                Err(_) => match queue.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
+            };
+            take(msg, &mut batch);
         }
+        last_batch = batch.len();
         drop(hold);
         if batch.is_empty() && !flush {
             // Only "entries are waiting": they go with the next batch, or
@@ -656,6 +682,7 @@ impl RedbStore {
             txn.open_table(AUDIT_BY_AGENT).map_err(backend)?;
             txn.open_table(AUDIT_BY_ENTITY).map_err(backend)?;
             txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
+            txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
             txn.open_table(PINS).map_err(backend)?;
             txn.open_table(LEASES).map_err(backend)?;
             txn.open_table(ACTIONS).map_err(backend)?;
@@ -670,6 +697,27 @@ impl RedbStore {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(1) => {
+                    // Version 1 lacked the (agent, entity) index: build it
+                    // from the log, in this same transaction.
+                    let audit = txn.open_table(AUDIT).map_err(backend)?;
+                    let mut index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
+                    let mut n = 0u64;
+                    for item in audit.iter().map_err(backend)? {
+                        let (k, v) = item.map_err(backend)?;
+                        let seq = k.value();
+                        let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
+                        for e in &entry.entities {
+                            index.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
+                        }
+                        n += 1;
+                    }
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+                    tracing::info!(
+                        "{}: upgraded the layout to version {SCHEMA_VERSION} ({n} audit entries indexed by agent and entity)",
+                        self.path.display()
+                    );
+                }
                 Some(v) => return Err(self.version_mismatch(v)),
             }
         }
@@ -707,6 +755,7 @@ impl RedbStore {
             .and_then(|_| walk(&txn, AUDIT_BY_AGENT))
             .and_then(|_| walk(&txn, AUDIT_BY_ENTITY))
             .and_then(|_| walk(&txn, AUDIT_BY_INVOCATION))
+            .and_then(|_| walk(&txn, AUDIT_BY_AGENT_ENTITY))
             .and_then(|_| walk(&txn, META))
             .and_then(|_| walk(&txn, PINS))
             .and_then(|_| walk(&txn, LEASES))
@@ -738,6 +787,12 @@ impl RedbStore {
         };
         match meta.get("schema_version").map_err(|e| damaged(&e))?.map(|v| v.value()) {
             Some(SCHEMA_VERSION) => Ok(()),
+            Some(1) => Err(StoreError::Open {
+                path: self.path.clone(),
+                reason: format!(
+                    "its layout is version 1, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord run`) to upgrade it in place"
+                ),
+            }),
             Some(v) => Err(self.version_mismatch(v)),
             None => Err(StoreError::Open { path: self.path.clone(), reason: "not a Concord knowledge base".into() }),
         }
@@ -1766,6 +1821,19 @@ impl Store for RedbStore {
             out.reverse();
             return Ok(out);
         }
+        // Agent and entity: their own index, exactly the matches.
+        if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
+            let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
+            let range = (agent.as_str(), entity.as_str(), 0)..=(agent.as_str(), entity.as_str(), u64::MAX);
+            for item in index.range(range).map_err(backend)?.rev() {
+                let (k, _) = item.map_err(backend)?;
+                if !take(k.value().2, &mut out)? {
+                    break;
+                }
+            }
+            out.reverse();
+            return Ok(out);
+        }
         // Newest first through the narrowest index, then put back in order.
         let index = match (&filter.agent, &filter.entity) {
             (Some(agent), _) => Some((AUDIT_BY_AGENT, agent.as_str())),
@@ -1942,5 +2010,41 @@ mod tests {
         drop(store);
         let store = RedbStore::open_read_only(&path).expect("reopen");
         assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { entries, .. } if entries == n));
+    }
+
+    /// The (agent, entity) index answers exactly, and a version-1 file
+    /// (without it) is upgraded in place when a host opens it; read
+    /// commands on a version-1 file say what to do.
+    #[test]
+    fn audit_by_agent_and_entity_and_the_upgrade_from_version_1() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        let store = RedbStore::open(&path).expect("store");
+        for (agent, entity) in [("a", "k/1"), ("b", "k/1"), ("a", "k/2"), ("a", "k/1"), ("b", "k/2")] {
+            let mut d = draft(agent, "kb.get");
+            d.entities = vec![entity.into()];
+            store.append_read_audit(d).expect("read");
+        }
+        let query = |store: &RedbStore| {
+            let filter = AuditFilter { agent: Some("a".into()), entity: Some("k/1".into()), ..Default::default() };
+            store.audit(&filter).expect("audit").iter().map(|e| e.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(query(&store), vec![1, 4]);
+        drop(store);
+        // Make it a version-1 file: no index, version 1.
+        {
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("write");
+            txn.delete_table(AUDIT_BY_AGENT_ENTITY).expect("delete");
+            txn.open_table(META).expect("meta").insert("schema_version", 1).expect("version");
+            txn.commit().expect("commit");
+        }
+        let err = RedbStore::open_read_only(&path).expect_err("version 1 is refused read-only");
+        assert!(err.to_string().contains("start a host on it once"), "{err}");
+        let store = RedbStore::open(&path).expect("upgraded");
+        assert_eq!(query(&store), vec![1, 4]);
+        drop(store);
+        let store = RedbStore::open_read_only(&path).expect("version 2 now");
+        assert_eq!(query(&store), vec![1, 4]);
     }
 }
