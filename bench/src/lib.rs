@@ -98,7 +98,9 @@ fn parse_args() -> anyhow::Result<Args> {
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             "--quick" => sizes = Sizes { events: sizes.events.min(Sizes::quick().events), ..Sizes::quick() },
-            "--out" => out = PathBuf::from(args.next().context("--out needs a folder")?),
+            // `cargo bench` runs us in bench/; a relative folder means one
+            // in the workspace, as the user typed it there.
+            "--out" => out = root().join(args.next().context("--out needs a folder")?),
             "--events" => {
                 let n = args.next().context("--events needs a number")?;
                 sizes.events = n.replace('_', "").parse().with_context(|| format!("--events {n}: not a number"))?;

@@ -1726,7 +1726,9 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let entities = txn.open_table(ENTITIES).map_err(backend)?;
-        let mut rebuilt: std::collections::BTreeMap<String, Entity> = Default::default();
+        // A hash map: replay is one lookup per event, and order only
+        // matters for the report, which is sorted below.
+        let mut rebuilt: std::collections::HashMap<String, Entity> = Default::default();
         let mut count = 0;
         for item in events.iter().map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
@@ -1755,7 +1757,9 @@ impl Store for RedbStore {
                 Some(_) => {}
             }
         }
-        for (key, r) in rebuilt {
+        let mut missing: Vec<_> = rebuilt.into_iter().collect();
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, r) in missing {
             differences.push(format!("{key}: the events give version {}, but the projection lacks it", r.version));
         }
         Ok(ReplayReport { events: count, entities: stored_count, differences })
