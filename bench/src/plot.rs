@@ -54,7 +54,7 @@ pub fn throughput(commit: &Json, out: &Path) -> anyhow::Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .label_font(("sans-serif", 16))

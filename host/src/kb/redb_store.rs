@@ -113,7 +113,8 @@ enum Msg {
 /// them in order in one write transaction (so a later job sees an earlier
 /// one's writes, exactly as if they ran one by one), commits once, and
 /// answers each caller. A batch with any durable job is committed durably
-/// (fsync) before anyone is answered.
+/// (fsync) before anyone is answered. When fewer jobs are waiting than the
+/// last batch had, it waits up to [`GATHER`] for the rest.
 ///
 /// Read calls do not queue jobs at all: their audit entries are numbered
 /// at once and wait in the [`Tail`]; every batch takes them in, and the
