@@ -283,8 +283,9 @@ impl Gate {
         })
     }
 
-    /// Audits a call without effects. This never waits for the disk (see
-    /// [`Store::append_read_audit`]), so it runs on the caller's thread.
+    /// Audits a call without effects. This does not wait for the disk
+    /// (see [`Store::append_read_audit`]; only its backpressure bound does),
+    /// so it runs on the caller's thread rather than the blocking pool.
     fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
         draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
@@ -377,8 +378,9 @@ impl Gate {
             return Ok(Err(refusal.to_string()));
         }
         // A point read on an MVCC snapshot (never waits for the writer) and
-        // a read-entry append (never waits for the disk): both stay on this
-        // thread, which is most of what makes an audited get cheap.
+        // a read-entry append (waits for the disk only as backpressure):
+        // both stay on this thread, which is most of what makes an audited
+        // get cheap.
         let found = self.store.get(&entity)?;
         draft.outcome = match &found {
             Some(e) => format!("version {}", e.version),

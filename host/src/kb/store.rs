@@ -291,7 +291,9 @@ pub trait Store: Send + Sync + 'static {
     /// a refusal, an invocation's start or end), and returns its seq. It is
     /// numbered at once (queries in this process see it), and durable within
     /// [`READ_AUDIT_FLUSH`] or with the next durable commit, whichever comes
-    /// first. It does not wait for the disk: this is the read path.
+    /// first. It does not wait for the disk (this is the read path), except
+    /// as backpressure: when 65,536 entries already wait for the writer, the
+    /// caller waits until they are written, so memory stays bounded.
     fn append_read_audit(&self, draft: AuditDraft) -> Result<u64, StoreError>;
 
     /// One audit entry by seq.
