@@ -158,7 +158,9 @@ pub struct ReplayReport {
 ///   transaction (a refused one is audited alone);
 /// - audit entries are numbered from 1 without gaps and hash-chained.
 pub trait Store: Send + Sync + 'static {
-    /// The current state of an entity.
+    /// The current state of an entity. The gate calls this on the async
+    /// thread of the invocation, so it must not wait for writers or the
+    /// disk beyond a point read (redb reads an MVCC snapshot).
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
 
     /// An entity as it was at a point in the past.
