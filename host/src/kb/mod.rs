@@ -4,6 +4,7 @@
 //! - [`store`]: the [`Store`] trait every backend implements.
 //! - [`redb_store`]: the embedded default backend.
 
+mod journal;
 pub mod model;
 pub mod redb_store;
 pub mod store;

@@ -193,7 +193,9 @@ pub trait Store: Send + Sync + 'static {
         audit: Auditor<ActOutcome>,
     ) -> Result<(ActOutcome, AuditEntry), StoreError>;
 
-    /// Actions recorded but not yet delivered, oldest first.
+    /// Actions recorded but not yet delivered, oldest first. Only durable
+    /// ones: a store that lets reads see a commit before it is on disk
+    /// waits here until these are.
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
 
     /// Every recorded action, oldest first.
