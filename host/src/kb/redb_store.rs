@@ -209,17 +209,20 @@ struct Tx<'a> {
     shared: &'a WriterShared,
     chain: RefCell<&'a mut Chain>,
     /// The batch's changes, when the journal makes it durable.
-    changes: Option<RefCell<Changes>>,
+    changes: Option<&'a RefCell<Changes>>,
+    /// The audit log's tables, opened by the batch's first entry and kept
+    /// open to its end (opening a redb table is a lookup and a root update).
+    audit: RefCell<Option<AuditTables<'a>>>,
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
     /// Opens a table for the job; its changes go to the journal.
     fn open<K: Key + 'static, V: redb::Value + 'static>(
         &self,
         def: TableDefinition<K, V>,
-    ) -> Result<Logged<'_, '_, K, V>, redb::TableError> {
+    ) -> Result<Logged<'a, 'a, K, V>, redb::TableError> {
         let table = self.txn.open_table(def)?;
-        let log = match &self.changes {
+        let log = match self.changes {
             // Every table a job may write is in `journaled!`; a new one
             // that is not fails its first batch loudly, in every test.
             Some(changes) => Some((
@@ -236,6 +239,15 @@ impl Tx<'_> {
         Ok(Logged { table, log })
     }
 
+    /// The audit log's tables, open for the rest of the batch.
+    fn audit_tables(&self) -> Result<std::cell::RefMut<'_, AuditTables<'a>>, StoreError> {
+        let mut slot = self.audit.try_borrow_mut().map_err(|_| backend("the audit tables are in use"))?;
+        if slot.is_none() {
+            *slot = Some(AuditTables::open(self)?);
+        }
+        std::cell::RefMut::filter_map(slot, Option::as_mut).map_err(|_| backend("the audit tables did not open"))
+    }
+
     /// Takes the waiting read entries into this transaction.
     fn take_pending(&self) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut self.shared.tail().pending);
@@ -250,7 +262,7 @@ impl Tx<'_> {
         let mut chain = self.chain.borrow_mut();
         let first = chain.in_txn.len();
         chain.in_txn.extend(reads.into_iter().map(Written::Read));
-        let mut tables = AuditTables::open(self)?;
+        let mut tables = self.audit_tables()?;
         let mut cursors = self.open(CURSORS).map_err(backend)?;
         for i in first..chain.in_txn.len() {
             let prev = std::mem::take(&mut chain.last_hash);
@@ -453,7 +465,7 @@ struct AuditTables<'t> {
 }
 
 impl<'t> AuditTables<'t> {
-    fn open(tx: &'t Tx<'_>) -> Result<Self, StoreError> {
+    fn open(tx: &Tx<'t>) -> Result<Self, StoreError> {
         Ok(Self {
             audit: tx.open(AUDIT).map_err(backend)?,
             by_agent: tx.open(AUDIT_BY_AGENT).map_err(backend)?,
@@ -671,12 +683,14 @@ fn run_batch(
     }
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut failed: Option<String> = None;
-    let changes = {
+    let changes = RefCell::new(Changes::default());
+    {
         let tx = Tx {
             txn: &txn,
             shared,
             chain: RefCell::new(&mut *chain),
-            changes: journal.is_some().then(|| RefCell::new(Changes::default())),
+            changes: journal.is_some().then_some(&changes),
+            audit: RefCell::new(None),
         };
         for job in batch {
             if failed.is_some() {
@@ -709,8 +723,8 @@ fn run_batch(
         {
             failed = Some(e.to_string());
         }
-        tx.changes.map(RefCell::into_inner)
-    };
+    }
+    let changes = journal.is_some().then(|| changes.into_inner());
     // The journal record's id, and what this state of redb holds of the
     // journal (written in the same transaction, so they always agree).
     let record_id = match (&journal, &changes) {
@@ -1348,7 +1362,7 @@ fn append_audit_in(tx: &Tx<'_>, draft: AuditDraft, at_ms: u64) -> Result<AuditEn
     let mut chain = tx.chain.borrow_mut();
     let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
     entry.link(&chain.last_hash);
-    AuditTables::open(tx)?.insert(&entry)?;
+    tx.audit_tables()?.insert(&entry)?;
     chain.last_hash.clone_from(&entry.hash);
     chain.in_txn.push(Written::Own(entry.clone()));
     Ok(entry)
@@ -1361,15 +1375,32 @@ fn next_seq(events: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Stor
 
 /// Appends an event, indexes it, and applies it to the projection.
 fn append_event(txn: &Tx<'_>, event: &Event) -> Result<(), StoreError> {
+    let mut events = txn.open(EVENTS).map_err(backend)?;
+    let mut history = txn.open(HISTORY).map_err(backend)?;
+    let mut entities = txn.open(ENTITIES).map_err(backend)?;
+    let current = match event.kind.changes_state() {
+        true => load_entity(&entities, &event.entity.key())?,
+        false => None,
+    };
+    append_event_to(&mut events, &mut history, &mut entities, event, current)
+}
+
+/// [`append_event`] into tables already open, with the entity's state
+/// before the event when it changes state (the caller has just read it).
+fn append_event_to(
+    events: &mut Logged<'_, '_, u64, &'static [u8]>,
+    history: &mut Logged<'_, '_, (&'static str, u64), ()>,
+    entities: &mut Logged<'_, '_, &'static str, &'static [u8]>,
+    event: &Event,
+    current: Option<Entity>,
+) -> Result<(), StoreError> {
     let key = event.entity.key();
-    txn.open(EVENTS).map_err(backend)?.insert(event.seq, encode(event)?.as_slice()).map_err(backend)?;
-    txn.open(HISTORY).map_err(backend)?.insert((key.as_str(), event.seq), ()).map_err(backend)?;
-    if event.kind.changes_state() {
-        let mut entities = txn.open(ENTITIES).map_err(backend)?;
-        let current = load_entity(&entities, &key)?;
-        if let Some(next) = Entity::apply(current, event) {
-            entities.insert(key.as_str(), encode(&next)?.as_slice()).map_err(backend)?;
-        }
+    events.insert(event.seq, encode(event)?.as_slice()).map_err(backend)?;
+    history.insert((key.as_str(), event.seq), ()).map_err(backend)?;
+    if event.kind.changes_state()
+        && let Some(next) = Entity::apply(current, event)
+    {
+        entities.insert(key.as_str(), encode(&next)?.as_slice()).map_err(backend)?;
     }
     Ok(())
 }
@@ -1684,17 +1715,18 @@ impl Store for RedbStore {
                     Some(r) => r,
                     None => {
                         let first = next_seq(&events)?;
-                        drop((entities, events, history, pins, leases));
+                        drop((pins, leases));
+                        let (mut entities, mut events, mut history) = (entities, events, history);
                         let mut versions = Vec::with_capacity(request.writes.len());
                         let mut new_events = Vec::with_capacity(request.writes.len());
                         for (seq, (w, cur)) in (first..).zip(request.writes.iter().zip(current)) {
-                            let (kind, version, fields) = match cur {
-                                None => (EventKind::Created, 1, Default::default()),
-                                Some(e) => (request.kind, e.version + 1, e.fields),
+                            let (kind, version) = match &cur {
+                                None => (EventKind::Created, 1),
+                                Some(e) => (request.kind, e.version + 1),
                             };
                             let mut changes = Vec::new();
                             for (name, value) in &w.set {
-                                let before = fields.get(name).cloned();
+                                let before = cur.as_ref().and_then(|e| e.fields.get(name)).cloned();
                                 if before.as_ref() != Some(value) {
                                     changes.push(FieldChange {
                                         name: name.clone(),
@@ -1704,7 +1736,7 @@ impl Store for RedbStore {
                                 }
                             }
                             for name in &w.unset {
-                                if let Some(before) = fields.get(name).cloned() {
+                                if let Some(before) = cur.as_ref().and_then(|e| e.fields.get(name)).cloned() {
                                     changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
                                 }
                             }
@@ -1720,7 +1752,10 @@ impl Store for RedbStore {
                                 invocation: request.actor.invocation,
                                 detail: None,
                             };
-                            append_event(txn, &event)?;
+                            // The state the checks just read: the tables
+                            // stayed open, and policy refuses an entity
+                            // twice in one commit.
+                            append_event_to(&mut events, &mut history, &mut entities, &event, cur)?;
                             versions.push(version);
                             new_events.push(event);
                         }
