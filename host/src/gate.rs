@@ -511,34 +511,38 @@ impl Gate {
             kind: EventKind::Updated,
         };
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
-        let (outcome, _entry) = self
-            .blocking(move |s| {
-                let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
-                s.commit(
-                    request,
-                    guard,
-                    Box::new(move |outcome: &CommitOutcome| {
-                        let mut d = draft.clone();
-                        d.duration_us = elapsed_us(started);
-                        match outcome {
-                            CommitOutcome::Committed { versions, events } => {
-                                d.outcome = events
-                                    .iter()
-                                    .zip(versions)
-                                    .map(|(e, v)| format!("{}@{v} (event {})", e.entity, e.seq))
-                                    .collect::<Vec<_>>()
-                                    .join(", ");
-                                d.outcome.insert_str(0, "committed ");
-                            }
-                            CommitOutcome::Conflict(c) => mark_conflict(&mut d, c),
-                            CommitOutcome::Denied(denial) => mark_denial(&mut d, denial),
-                        }
-                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                        d
-                    }),
-                )
-            })
-            .await?;
+        let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
+        // Answered by the store's writer when the commit is durable: no
+        // thread waits for it meanwhile.
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.store.commit_then(
+            request,
+            guard,
+            Box::new(move |outcome: &CommitOutcome| {
+                let mut d = draft.clone();
+                d.duration_us = elapsed_us(started);
+                match outcome {
+                    CommitOutcome::Committed { versions, events } => {
+                        d.outcome = events
+                            .iter()
+                            .zip(versions)
+                            .map(|(e, v)| format!("{}@{v} (event {})", e.entity, e.seq))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        d.outcome.insert_str(0, "committed ");
+                    }
+                    CommitOutcome::Conflict(c) => mark_conflict(&mut d, c),
+                    CommitOutcome::Denied(denial) => mark_denial(&mut d, denial),
+                }
+                d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                d
+            }),
+            Box::new(move |result| {
+                let _ = done.send(result);
+            }),
+        );
+        let (outcome, _entry) =
+            answer.await.map_err(|_| StoreError::Backend("the store dropped a commit unanswered".into()))??;
         Ok(match outcome {
             CommitOutcome::Committed { versions, events } => {
                 caller.follow(|f| f.events.extend(events));

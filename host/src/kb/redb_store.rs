@@ -90,7 +90,7 @@ type Reply = Box<dyn Any + Send>;
 /// A write job's body.
 type Work = Box<dyn FnOnce(&Tx<'_>) -> Result<Reply, StoreError> + Send>;
 /// Where a job's answer goes.
-type Answer = mpsc::SyncSender<Result<Reply, StoreError>>;
+type Answer = Box<dyn FnOnce(Result<Reply, StoreError>) + Send>;
 
 /// One operation for the writer: it runs inside a shared write transaction.
 ///
@@ -661,7 +661,7 @@ fn run_batch(
                 Some(Err(e)) => Err(e),
                 _ => Err(StoreError::Backend(format!("the write batch was rolled back: {why}"))),
             };
-            let _ = reply.send(answer);
+            reply(answer);
         }
     };
     if let Some(why) = journal.as_ref().and_then(|j| j.health.failure()) {
@@ -762,7 +762,7 @@ fn run_batch(
     let Some(j) = journal else {
         for (reply, _, answer) in results {
             if let Some(answer) = answer {
-                let _ = reply.send(answer);
+                reply(answer);
             }
         }
         return true;
@@ -773,15 +773,13 @@ fn run_batch(
     for (reply, durable, answer) in results {
         match answer {
             Some(answer) if durable => deferred.push(Box::new(move |synced: Result<(), String>| {
-                let _ = reply.send(synced.map_err(|why| {
+                reply(synced.map_err(|why| {
                     StoreError::Backend(format!(
                         "the journal could not be written ({why}); this write may not be durable, and no further writes are accepted: restart the host"
                     ))
                 }).and(answer));
             })),
-            Some(answer) => {
-                let _ = reply.send(answer);
-            }
+            Some(answer) => reply(answer),
             None => {}
         }
     }
@@ -1514,18 +1512,40 @@ impl RedbStore {
         durable: bool,
         work: impl FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
-        let jobs = writer.jobs.as_ref().ok_or(StoreError::ReadOnly)?;
         let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(durable, work, move |result| {
+            let _ = reply.send(result);
+        });
+        answer.recv().map_err(|_| StoreError::Backend("the writer has stopped".into()))?
+    }
+
+    /// Sends `work` to the writer; `done` gets its answer (on the writer's
+    /// or the syncer's thread), after the batch's durable commit when
+    /// `durable`. Never waits.
+    fn submit<T: Send + 'static>(
+        &self,
+        durable: bool,
+        work: impl FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
+        let stopped = || StoreError::Backend("the writer has stopped".into());
+        let Some((writer, jobs)) = self.writer.as_ref().and_then(|w| Some((w, w.jobs.as_ref()?))) else {
+            return done(Err(StoreError::ReadOnly));
+        };
         let work = Box::new(move |tx: &Tx<'_>| work(tx).map(|v| Box::new(v) as Reply));
+        let reply: Answer = Box::new(move |answer: Result<Reply, StoreError>| {
+            done(answer.and_then(|value| {
+                value
+                    .downcast::<T>()
+                    .map(|v| *v)
+                    .map_err(|_| StoreError::Backend("the writer answered with the wrong type".into()))
+            }))
+        });
         writer.shared.queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        jobs.send(Msg::Job(Job { work, durable, reply }))
-            .map_err(|_| StoreError::Backend("the writer has stopped".into()))?;
-        let value = answer.recv().map_err(|_| StoreError::Backend("the writer has stopped".into()))??;
-        value
-            .downcast::<T>()
-            .map(|v| *v)
-            .map_err(|_| StoreError::Backend("the writer answered with the wrong type".into()))
+        if let Err(mpsc::SendError(Msg::Job(job))) = jobs.send(Msg::Job(Job { work, durable, reply })) {
+            writer.shared.queued.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            (job.reply)(Err(stopped()));
+        }
     }
 
     /// Runs `f` on the writer, appends the audit entry it returns, and
@@ -1535,11 +1555,7 @@ impl RedbStore {
         at_ms: u64,
         f: impl FnOnce(&Tx<'_>) -> Result<(T, AuditDraft), StoreError> + Send + 'static,
     ) -> Result<(T, AuditEntry), StoreError> {
-        self.run(true, move |tx| {
-            let (value, draft) = f(tx)?;
-            let entry = append_audit_in(tx, draft, at_ms)?;
-            Ok((value, entry))
-        })
+        self.run(true, audited_job(at_ms, f))
     }
 
     /// Numbers a read-call entry and leaves it for the writer (see [`Tail`]).
@@ -1583,6 +1599,142 @@ fn existing(txn: &Tx<'_>, entity: &EntityRef) -> Result<Entity, StoreError> {
     let entities = txn.open(ENTITIES).map_err(backend)?;
     load_entity(&entities, &entity.key())?
         .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
+}
+
+/// Runs `f`, then appends the audit entry it returns: the operation and its
+/// entry commit (and are durable) together.
+fn audited_job<T>(
+    at_ms: u64,
+    f: impl FnOnce(&Tx<'_>) -> Result<(T, AuditDraft), StoreError> + Send + 'static,
+) -> impl FnOnce(&Tx<'_>) -> Result<(T, AuditEntry), StoreError> + Send + 'static {
+    move |tx| {
+        let (value, draft) = f(tx)?;
+        let entry = append_audit_in(tx, draft, at_ms)?;
+        Ok((value, entry))
+    }
+}
+
+/// A commit, as a writer job (see [`Store::commit`]).
+fn commit_job(
+    request: CommitRequest,
+    guard: Guard,
+    audit: Auditor<CommitOutcome>,
+) -> impl FnOnce(&Tx<'_>) -> Result<(CommitOutcome, AuditEntry), StoreError> + Send + 'static {
+    let now = request.at_ms;
+    audited_job(now, move |txn| {
+        let outcome = {
+            let entities = txn.open(ENTITIES).map_err(backend)?;
+            let events = txn.open(EVENTS).map_err(backend)?;
+            let history = txn.open(HISTORY).map_err(backend)?;
+            let pins = txn.open(PINS).map_err(backend)?;
+            let leases = txn.open(LEASES).map_err(backend)?;
+
+            // Check everything before applying anything: all or none.
+            let mut current = Vec::with_capacity(request.writes.len());
+            let mut refused = None;
+            for w in &request.writes {
+                let key = w.entity.key();
+                let cur = load_entity(&entities, &key)?;
+                let holds = match (w.expect, &cur) {
+                    (Expect::Absent, None) => true,
+                    (Expect::Version(v), Some(e)) => e.version == v,
+                    _ => false,
+                };
+                if !holds {
+                    let c = build_conflict(&events, &history, &w.entity, w.expect, cur.as_ref())?;
+                    refused = Some(CommitOutcome::Conflict(c));
+                    break;
+                }
+                let lease = load_lease(&leases, &key)?;
+                if let Some(d) = lease_denial(lease.as_ref(), &w.entity, &request.actor.name, w.fence, now) {
+                    refused = Some(CommitOutcome::Denied(d));
+                    break;
+                }
+                let entity_pins = load_pins(&pins, &key)?;
+                let fields: Vec<&str> =
+                    w.set.iter().map(|(n, _)| n.as_str()).chain(w.unset.iter().map(String::as_str)).collect();
+                if !request.by_human
+                    && let Some(p) = entity_pins.iter().find(|p| fields.contains(&p.field.as_str()))
+                {
+                    refused = Some(CommitOutcome::Denied(Denial::Pinned {
+                        entity: w.entity.clone(),
+                        field: p.field.clone(),
+                        by: p.by.clone(),
+                        reason: p.reason.clone(),
+                    }));
+                    break;
+                }
+                let read_error = std::cell::RefCell::new(None);
+                let recent = || lazy_recent(&events, &history, &key, now, &read_error);
+                let input = GuardInput {
+                    entity: &w.entity,
+                    current: cur.as_ref(),
+                    fields,
+                    action: None,
+                    pins: &entity_pins,
+                    recent: &recent,
+                };
+                let denied = guard(&input);
+                if let Some(e) = read_error.take() {
+                    return Err(e);
+                }
+                if let Some(d) = denied {
+                    refused = Some(CommitOutcome::Denied(d));
+                    break;
+                }
+                current.push(cur);
+            }
+            match refused {
+                Some(r) => r,
+                None => {
+                    let first = next_seq(&events)?;
+                    drop((pins, leases));
+                    let (mut entities, mut events, mut history) = (entities, events, history);
+                    let mut versions = Vec::with_capacity(request.writes.len());
+                    let mut new_events = Vec::with_capacity(request.writes.len());
+                    for (seq, (w, cur)) in (first..).zip(request.writes.iter().zip(current)) {
+                        let (kind, version) = match &cur {
+                            None => (EventKind::Created, 1),
+                            Some(e) => (request.kind, e.version + 1),
+                        };
+                        let mut changes = Vec::new();
+                        for (name, value) in &w.set {
+                            let before = cur.as_ref().and_then(|e| e.fields.get(name)).cloned();
+                            if before.as_ref() != Some(value) {
+                                changes.push(FieldChange { name: name.clone(), before, after: Some(value.clone()) });
+                            }
+                        }
+                        for name in &w.unset {
+                            if let Some(before) = cur.as_ref().and_then(|e| e.fields.get(name)).cloned() {
+                                changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
+                            }
+                        }
+                        let event = Event {
+                            seq,
+                            at_ms: now,
+                            agent: request.actor.name.clone(),
+                            entity: w.entity.clone(),
+                            version,
+                            kind,
+                            changes,
+                            reason: request.reason.clone(),
+                            invocation: request.actor.invocation,
+                            detail: None,
+                        };
+                        // The state the checks just read: the tables
+                        // stayed open, and policy refuses an entity
+                        // twice in one commit.
+                        append_event_to(&mut events, &mut history, &mut entities, &event, cur)?;
+                        versions.push(version);
+                        new_events.push(event);
+                    }
+                    CommitOutcome::Committed { versions, events: new_events }
+                }
+            }
+        };
+        let draft = audit(&outcome);
+        Ok((outcome, draft))
+    })
 }
 
 impl Store for RedbStore {
@@ -1647,125 +1799,17 @@ impl Store for RedbStore {
         guard: Guard,
         audit: Auditor<CommitOutcome>,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError> {
-        let now = request.at_ms;
-        self.audited(now, move |txn| {
-            let outcome = {
-                let entities = txn.open(ENTITIES).map_err(backend)?;
-                let events = txn.open(EVENTS).map_err(backend)?;
-                let history = txn.open(HISTORY).map_err(backend)?;
-                let pins = txn.open(PINS).map_err(backend)?;
-                let leases = txn.open(LEASES).map_err(backend)?;
+        self.run(true, commit_job(request, guard, audit))
+    }
 
-                // Check everything before applying anything: all or none.
-                let mut current = Vec::with_capacity(request.writes.len());
-                let mut refused = None;
-                for w in &request.writes {
-                    let key = w.entity.key();
-                    let cur = load_entity(&entities, &key)?;
-                    let holds = match (w.expect, &cur) {
-                        (Expect::Absent, None) => true,
-                        (Expect::Version(v), Some(e)) => e.version == v,
-                        _ => false,
-                    };
-                    if !holds {
-                        let c = build_conflict(&events, &history, &w.entity, w.expect, cur.as_ref())?;
-                        refused = Some(CommitOutcome::Conflict(c));
-                        break;
-                    }
-                    let lease = load_lease(&leases, &key)?;
-                    if let Some(d) = lease_denial(lease.as_ref(), &w.entity, &request.actor.name, w.fence, now) {
-                        refused = Some(CommitOutcome::Denied(d));
-                        break;
-                    }
-                    let entity_pins = load_pins(&pins, &key)?;
-                    let fields: Vec<&str> =
-                        w.set.iter().map(|(n, _)| n.as_str()).chain(w.unset.iter().map(String::as_str)).collect();
-                    if !request.by_human
-                        && let Some(p) = entity_pins.iter().find(|p| fields.contains(&p.field.as_str()))
-                    {
-                        refused = Some(CommitOutcome::Denied(Denial::Pinned {
-                            entity: w.entity.clone(),
-                            field: p.field.clone(),
-                            by: p.by.clone(),
-                            reason: p.reason.clone(),
-                        }));
-                        break;
-                    }
-                    let read_error = std::cell::RefCell::new(None);
-                    let recent = || lazy_recent(&events, &history, &key, now, &read_error);
-                    let input = GuardInput {
-                        entity: &w.entity,
-                        current: cur.as_ref(),
-                        fields,
-                        action: None,
-                        pins: &entity_pins,
-                        recent: &recent,
-                    };
-                    let denied = guard(&input);
-                    if let Some(e) = read_error.take() {
-                        return Err(e);
-                    }
-                    if let Some(d) = denied {
-                        refused = Some(CommitOutcome::Denied(d));
-                        break;
-                    }
-                    current.push(cur);
-                }
-                match refused {
-                    Some(r) => r,
-                    None => {
-                        let first = next_seq(&events)?;
-                        drop((pins, leases));
-                        let (mut entities, mut events, mut history) = (entities, events, history);
-                        let mut versions = Vec::with_capacity(request.writes.len());
-                        let mut new_events = Vec::with_capacity(request.writes.len());
-                        for (seq, (w, cur)) in (first..).zip(request.writes.iter().zip(current)) {
-                            let (kind, version) = match &cur {
-                                None => (EventKind::Created, 1),
-                                Some(e) => (request.kind, e.version + 1),
-                            };
-                            let mut changes = Vec::new();
-                            for (name, value) in &w.set {
-                                let before = cur.as_ref().and_then(|e| e.fields.get(name)).cloned();
-                                if before.as_ref() != Some(value) {
-                                    changes.push(FieldChange {
-                                        name: name.clone(),
-                                        before,
-                                        after: Some(value.clone()),
-                                    });
-                                }
-                            }
-                            for name in &w.unset {
-                                if let Some(before) = cur.as_ref().and_then(|e| e.fields.get(name)).cloned() {
-                                    changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
-                                }
-                            }
-                            let event = Event {
-                                seq,
-                                at_ms: now,
-                                agent: request.actor.name.clone(),
-                                entity: w.entity.clone(),
-                                version,
-                                kind,
-                                changes,
-                                reason: request.reason.clone(),
-                                invocation: request.actor.invocation,
-                                detail: None,
-                            };
-                            // The state the checks just read: the tables
-                            // stayed open, and policy refuses an entity
-                            // twice in one commit.
-                            append_event_to(&mut events, &mut history, &mut entities, &event, cur)?;
-                            versions.push(version);
-                            new_events.push(event);
-                        }
-                        CommitOutcome::Committed { versions, events: new_events }
-                    }
-                }
-            };
-            let draft = audit(&outcome);
-            Ok((outcome, draft))
-        })
+    fn commit_then(
+        &self,
+        request: CommitRequest,
+        guard: Guard,
+        audit: Auditor<CommitOutcome>,
+        done: super::store::Done<(CommitOutcome, AuditEntry)>,
+    ) {
+        self.submit(true, commit_job(request, guard, audit), done)
     }
 
     fn act(

@@ -84,6 +84,9 @@ impl std::fmt::Debug for GuardInput<'_> {
 /// Owned, because the store may run it on its writer thread.
 pub type Guard = Box<dyn Fn(&GuardInput<'_>) -> Option<Denial> + Send>;
 
+/// Where an operation answered later sends its result.
+pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
 /// Builds an operation's audit entry from its outcome, inside the
 /// operation's transaction.
 pub type Auditor<T> = Box<dyn Fn(&T) -> AuditDraft + Send>;
@@ -183,6 +186,22 @@ pub trait Store: Send + Sync + 'static {
         guard: Guard,
         audit: Auditor<CommitOutcome>,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError>;
+
+    /// [`Store::commit`], answered through `done` rather than returned.
+    ///
+    /// The default calls `commit` on the calling thread. A store whose
+    /// commit waits for other threads (a group commit, a disk) overrides it
+    /// to return at once and call `done` when the answer is known, so an
+    /// async caller need not hold a thread while it waits.
+    fn commit_then(
+        &self,
+        request: CommitRequest,
+        guard: Guard,
+        audit: Auditor<CommitOutcome>,
+        done: Done<(CommitOutcome, AuditEntry)>,
+    ) {
+        done(self.commit(request, guard, audit))
+    }
 
     /// Records a guarded action if its version still holds and the guard
     /// allows it.
