@@ -1,9 +1,17 @@
 //! The embedded default store, on redb.
 //!
 //! One redb file holds the event log, the projection, the per-entity history
-//! index and the audit log, so a commit and its audit entry share one
-//! durable write transaction. redb runs one write transaction at a time;
-//! reads use MVCC snapshots and never wait for the writer.
+//! index and the audit log, so a commit and its audit entry share one write
+//! transaction. redb runs one write transaction at a time; reads use MVCC
+//! snapshots and never wait for the writer.
+//!
+//! Where things are: the group-commit [`Writer`] (one thread, every pending
+//! job in one transaction), the read-audit [`Tail`] (entries numbered on the
+//! caller's thread, linked by the writer), [`Tx`] and [`Logged`] (what a job
+//! sees of the transaction; every change is recorded), and, with exclusive
+//! sharing, the write-ahead journal ([`super::journal`]) that makes each
+//! batch durable with one sequential write instead of a durable redb commit.
+//! The [`Store`] methods follow, then the tests.
 
 use super::journal::{self, Changes, Deliver, Health, Journal, Op, Sync};
 use super::model::{
