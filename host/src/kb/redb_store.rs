@@ -218,9 +218,7 @@ struct Tx<'a> {
     chain: RefCell<&'a mut Chain>,
     /// The batch's changes, when the journal makes it durable.
     changes: Option<&'a RefCell<Changes>>,
-    /// The audit log's tables, opened by the batch's first entry and kept
-    /// open to its end (opening a redb table is a lookup and a root update).
-    audit: RefCell<Option<AuditTables<'a>>>,
+    tables: Tables<'a>,
 }
 
 impl<'a> Tx<'a> {
@@ -247,13 +245,20 @@ impl<'a> Tx<'a> {
         Ok(Logged { table, log })
     }
 
-    /// The audit log's tables, open for the rest of the batch.
-    fn audit_tables(&self) -> Result<std::cell::RefMut<'_, AuditTables<'a>>, StoreError> {
-        let mut slot = self.audit.try_borrow_mut().map_err(|_| backend("the audit tables are in use"))?;
-        if slot.is_none() {
-            *slot = Some(AuditTables::open(self)?);
+    /// A table from the batch's cache (see [`Tables`]), opened if needed.
+    /// Taking one a job already holds is an error, as in redb.
+    #[track_caller]
+    fn cached<'s, K: Key + 'static, V: redb::Value + 'static>(
+        &self,
+        slot: &'s RefCell<Option<Logged<'a, 'a, K, V>>>,
+        def: TableDefinition<K, V>,
+    ) -> Result<std::cell::RefMut<'s, Logged<'a, 'a, K, V>>, redb::TableError> {
+        let held = || redb::TableError::TableAlreadyOpen(def.name().to_string(), std::panic::Location::caller());
+        let mut open = slot.try_borrow_mut().map_err(|_| held())?;
+        if open.is_none() {
+            *open = Some(self.open(def)?);
         }
-        std::cell::RefMut::filter_map(slot, Option::as_mut).map_err(|_| backend("the audit tables did not open"))
+        std::cell::RefMut::filter_map(open, Option::as_mut).map_err(|_| held())
     }
 
     /// Takes the waiting read entries into this transaction.
@@ -270,14 +275,13 @@ impl<'a> Tx<'a> {
         let mut chain = self.chain.borrow_mut();
         let first = chain.in_txn.len();
         chain.in_txn.extend(reads.into_iter().map(Written::Read));
-        let mut tables = self.audit_tables()?;
-        let mut cursors = self.open(CURSORS).map_err(backend)?;
+        let mut cursors = self.cursors().map_err(backend)?;
         for i in first..chain.in_txn.len() {
             let prev = std::mem::take(&mut chain.last_hash);
             let Written::Read(p) = &mut chain.in_txn[i] else { continue };
             p.entry.link(&prev);
             let hash = p.entry.hash.clone();
-            tables.insert(&p.entry)?;
+            insert_audit(self, &p.entry)?;
             if let Some((agent, key, seq)) = &p.cursor {
                 let old = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
                 if *seq > old {
@@ -423,10 +427,11 @@ fn raw_op<K: Key + 'static, V: redb::Value + 'static>(
     .map_err(backend)
 }
 
-/// The tables a batch may change, numbered for the journal. Append only:
-/// a record names its tables by these numbers.
+/// The tables a batch may change, numbered for the journal (append only:
+/// a record names its tables by these numbers), with the [`Tx`] accessor
+/// that opens each once per batch.
 macro_rules! journaled {
-    ($($id:literal => $def:ident),* $(,)?) => {
+    ($($id:literal => $def:ident, $slot:ident: $k:ty, $v:ty;)*) => {
         fn table_id(name: &str) -> Option<u8> {
             $(if $def.name() == name {
                 return Some($id);
@@ -441,59 +446,60 @@ macro_rules! journaled {
                 other => Err(StoreError::Backend(format!("the journal names table {other}, which this concord does not know"))),
             }
         }
+
+        /// The batch's open tables: each is opened on first use and stays
+        /// open to the end of the batch (opening a redb table is a lookup,
+        /// and each one open adds a root update to the commit).
+        #[derive(Default)]
+        struct Tables<'a> {
+            $($slot: RefCell<Option<Logged<'a, 'a, $k, $v>>>,)*
+        }
+
+        impl<'a> Tx<'a> {
+            $(
+                #[track_caller]
+                fn $slot(&self) -> Result<std::cell::RefMut<'_, Logged<'a, 'a, $k, $v>>, redb::TableError> {
+                    self.cached(&self.tables.$slot, $def)
+                }
+            )*
+        }
     };
 }
 
 journaled! {
-    0 => EVENTS,
-    1 => ENTITIES,
-    2 => HISTORY,
-    3 => AUDIT,
-    4 => AUDIT_BY_AGENT,
-    5 => AUDIT_BY_ENTITY,
-    6 => AUDIT_BY_INVOCATION,
-    7 => AUDIT_BY_AGENT_ENTITY,
-    8 => META,
-    9 => PINS,
-    10 => LEASES,
-    11 => ACTIONS,
-    12 => OUTBOX,
-    13 => ACTION_KEYS,
-    14 => REQUESTS,
-    15 => CURSORS,
+    0 => EVENTS, events: u64, &'static [u8];
+    1 => ENTITIES, entities: &'static str, &'static [u8];
+    2 => HISTORY, history: (&'static str, u64), ();
+    3 => AUDIT, audit: u64, &'static [u8];
+    4 => AUDIT_BY_AGENT, audit_by_agent: (&'static str, u64), ();
+    5 => AUDIT_BY_ENTITY, audit_by_entity: (&'static str, u64), ();
+    6 => AUDIT_BY_INVOCATION, audit_by_invocation: (u64, u64), ();
+    7 => AUDIT_BY_AGENT_ENTITY, audit_by_agent_entity: (&'static str, &'static str, u64), ();
+    8 => META, meta: &'static str, u64;
+    9 => PINS, pins: (&'static str, &'static str), &'static [u8];
+    10 => LEASES, leases: &'static str, &'static [u8];
+    11 => ACTIONS, actions: u64, &'static [u8];
+    12 => OUTBOX, outbox: u64, ();
+    13 => ACTION_KEYS, action_keys: &'static str, u64;
+    14 => REQUESTS, requests: u64, &'static [u8];
+    15 => CURSORS, cursors: (&'static str, &'static str), u64;
 }
 
-/// The audit log and its indexes, open in one write transaction.
-struct AuditTables<'t> {
-    audit: Logged<'t, 't, u64, &'static [u8]>,
-    by_agent: Logged<'t, 't, (&'static str, u64), ()>,
-    by_entity: Logged<'t, 't, (&'static str, u64), ()>,
-    by_invocation: Logged<'t, 't, (u64, u64), ()>,
-    by_agent_entity: Logged<'t, 't, (&'static str, &'static str, u64), ()>,
-}
-
-impl<'t> AuditTables<'t> {
-    fn open(tx: &Tx<'t>) -> Result<Self, StoreError> {
-        Ok(Self {
-            audit: tx.open(AUDIT).map_err(backend)?,
-            by_agent: tx.open(AUDIT_BY_AGENT).map_err(backend)?,
-            by_entity: tx.open(AUDIT_BY_ENTITY).map_err(backend)?,
-            by_invocation: tx.open(AUDIT_BY_INVOCATION).map_err(backend)?,
-            by_agent_entity: tx.open(AUDIT_BY_AGENT_ENTITY).map_err(backend)?,
-        })
-    }
-
-    fn insert(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let seq = entry.seq;
-        self.audit.insert(seq, encode(entry)?.as_slice()).map_err(backend)?;
-        self.by_agent.insert((entry.agent.as_str(), seq), ()).map_err(backend)?;
+/// Writes an audit entry and its index rows.
+fn insert_audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+    let seq = entry.seq;
+    tx.audit().map_err(backend)?.insert(seq, encode(entry)?.as_slice()).map_err(backend)?;
+    tx.audit_by_agent().map_err(backend)?.insert((entry.agent.as_str(), seq), ()).map_err(backend)?;
+    if !entry.entities.is_empty() {
+        let mut by_entity = tx.audit_by_entity().map_err(backend)?;
+        let mut by_agent_entity = tx.audit_by_agent_entity().map_err(backend)?;
         for e in &entry.entities {
-            self.by_entity.insert((e.as_str(), seq), ()).map_err(backend)?;
-            self.by_agent_entity.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
+            by_entity.insert((e.as_str(), seq), ()).map_err(backend)?;
+            by_agent_entity.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
         }
-        self.by_invocation.insert((entry.invocation, seq), ()).map_err(backend)?;
-        Ok(())
     }
+    tx.audit_by_invocation().map_err(backend)?.insert((entry.invocation, seq), ()).map_err(backend)?;
+    Ok(())
 }
 
 /// Counters of the group-commit writer.
@@ -698,7 +704,7 @@ fn run_batch(
             shared,
             chain: RefCell::new(&mut *chain),
             changes: journal.is_some().then_some(&changes),
-            audit: RefCell::new(None),
+            tables: Tables::default(),
         };
         for job in batch {
             if failed.is_some() {
@@ -1368,7 +1374,7 @@ fn append_audit_in(tx: &Tx<'_>, draft: AuditDraft, at_ms: u64) -> Result<AuditEn
     let mut chain = tx.chain.borrow_mut();
     let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
     entry.link(&chain.last_hash);
-    tx.audit_tables()?.insert(&entry)?;
+    insert_audit(tx, &entry)?;
     chain.last_hash.clone_from(&entry.hash);
     chain.in_txn.push(Written::Own(entry.clone()));
     Ok(entry)
@@ -1381,11 +1387,11 @@ fn next_seq(events: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Stor
 
 /// Appends an event, indexes it, and applies it to the projection.
 fn append_event(txn: &Tx<'_>, event: &Event) -> Result<(), StoreError> {
-    let mut events = txn.open(EVENTS).map_err(backend)?;
-    let mut history = txn.open(HISTORY).map_err(backend)?;
-    let mut entities = txn.open(ENTITIES).map_err(backend)?;
+    let mut events = txn.events().map_err(backend)?;
+    let mut history = txn.history().map_err(backend)?;
+    let mut entities = txn.entities().map_err(backend)?;
     let current = match event.kind.changes_state() {
-        true => load_entity(&entities, &event.entity.key())?,
+        true => load_entity(&*entities, &event.entity.key())?,
         false => None,
     };
     append_event_to(&mut events, &mut history, &mut entities, event, current)
@@ -1604,8 +1610,8 @@ impl RedbStore {
 
 /// For operator commands: refuses (writing nothing) unless the entity exists.
 fn existing(txn: &Tx<'_>, entity: &EntityRef) -> Result<Entity, StoreError> {
-    let entities = txn.open(ENTITIES).map_err(backend)?;
-    load_entity(&entities, &entity.key())?
+    let entities = txn.entities().map_err(backend)?;
+    load_entity(&*entities, &entity.key())?
         .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
 }
 
@@ -1631,34 +1637,34 @@ fn commit_job(
     let now = request.at_ms;
     audited_job(now, move |txn| {
         let outcome = {
-            let entities = txn.open(ENTITIES).map_err(backend)?;
-            let events = txn.open(EVENTS).map_err(backend)?;
-            let history = txn.open(HISTORY).map_err(backend)?;
-            let pins = txn.open(PINS).map_err(backend)?;
-            let leases = txn.open(LEASES).map_err(backend)?;
+            let entities = txn.entities().map_err(backend)?;
+            let events = txn.events().map_err(backend)?;
+            let history = txn.history().map_err(backend)?;
+            let pins = txn.pins().map_err(backend)?;
+            let leases = txn.leases().map_err(backend)?;
 
             // Check everything before applying anything: all or none.
             let mut current = Vec::with_capacity(request.writes.len());
             let mut refused = None;
             for w in &request.writes {
                 let key = w.entity.key();
-                let cur = load_entity(&entities, &key)?;
+                let cur = load_entity(&*entities, &key)?;
                 let holds = match (w.expect, &cur) {
                     (Expect::Absent, None) => true,
                     (Expect::Version(v), Some(e)) => e.version == v,
                     _ => false,
                 };
                 if !holds {
-                    let c = build_conflict(&events, &history, &w.entity, w.expect, cur.as_ref())?;
+                    let c = build_conflict(&*events, &*history, &w.entity, w.expect, cur.as_ref())?;
                     refused = Some(CommitOutcome::Conflict(c));
                     break;
                 }
-                let lease = load_lease(&leases, &key)?;
+                let lease = load_lease(&*leases, &key)?;
                 if let Some(d) = lease_denial(lease.as_ref(), &w.entity, &request.actor.name, w.fence, now) {
                     refused = Some(CommitOutcome::Denied(d));
                     break;
                 }
-                let entity_pins = load_pins(&pins, &key)?;
+                let entity_pins = load_pins(&*pins, &key)?;
                 let fields: Vec<&str> =
                     w.set.iter().map(|(n, _)| n.as_str()).chain(w.unset.iter().map(String::as_str)).collect();
                 if !request.by_human
@@ -1673,7 +1679,7 @@ fn commit_job(
                     break;
                 }
                 let read_error = std::cell::RefCell::new(None);
-                let recent = || lazy_recent(&events, &history, &key, now, &read_error);
+                let recent = || lazy_recent(&*events, &*history, &key, now, &read_error);
                 let input = GuardInput {
                     entity: &w.entity,
                     current: cur.as_ref(),
@@ -1695,7 +1701,7 @@ fn commit_job(
             match refused {
                 Some(r) => r,
                 None => {
-                    let first = next_seq(&events)?;
+                    let first = next_seq(&*events)?;
                     drop((pins, leases));
                     let (mut entities, mut events, mut history) = (entities, events, history);
                     let mut versions = Vec::with_capacity(request.writes.len());
@@ -1830,8 +1836,8 @@ impl Store for RedbStore {
         self.audited(now, move |txn| {
             let key = request.entity.key();
             let outcome = 'decide: {
-                let mut keys = txn.open(ACTION_KEYS).map_err(backend)?;
-                let mut actions = txn.open(ACTIONS).map_err(backend)?;
+                let mut keys = txn.action_keys().map_err(backend)?;
+                let mut actions = txn.actions().map_err(backend)?;
                 // A repeated idempotency key is the same action: answer with it.
                 if let Some(k) = &request.idempotency_key
                     && let Some(id) = keys.get(k.as_str()).map_err(backend)?.map(|v| v.value())
@@ -1842,27 +1848,27 @@ impl Store for RedbStore {
                     })?;
                     break 'decide ActOutcome::Recorded(decode(bytes.value(), || format!("action {id}"))?);
                 }
-                let entities = txn.open(ENTITIES).map_err(backend)?;
-                let events = txn.open(EVENTS).map_err(backend)?;
-                let history = txn.open(HISTORY).map_err(backend)?;
-                let cur = load_entity(&entities, &key)?;
+                let entities = txn.entities().map_err(backend)?;
+                let events = txn.events().map_err(backend)?;
+                let history = txn.history().map_err(backend)?;
+                let cur = load_entity(&*entities, &key)?;
                 if cur.as_ref().map(|e| e.version) != Some(request.based_on) {
                     let expected = Expect::Version(request.based_on);
                     break 'decide ActOutcome::Conflict(build_conflict(
-                        &events,
-                        &history,
+                        &*events,
+                        &*history,
                         &request.entity,
                         expected,
                         cur.as_ref(),
                     )?);
                 }
-                let lease = load_lease(&txn.open(LEASES).map_err(backend)?, &key)?;
+                let lease = load_lease(&*txn.leases().map_err(backend)?, &key)?;
                 if let Some(d) = lease_denial(lease.as_ref(), &request.entity, &request.actor.name, None, now) {
                     break 'decide ActOutcome::Denied(d);
                 }
-                let entity_pins = load_pins(&txn.open(PINS).map_err(backend)?, &key)?;
+                let entity_pins = load_pins(&*txn.pins().map_err(backend)?, &key)?;
                 let read_error = std::cell::RefCell::new(None);
-                let recent = || lazy_recent(&events, &history, &key, now, &read_error);
+                let recent = || lazy_recent(&*events, &*history, &key, now, &read_error);
                 let input = GuardInput {
                     entity: &request.entity,
                     current: cur.as_ref(),
@@ -1893,9 +1899,9 @@ impl Store for RedbStore {
                 };
                 actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
                 keys.insert(record.idempotency_key.as_str(), id).map_err(backend)?;
-                txn.open(OUTBOX).map_err(backend)?.insert(id, ()).map_err(backend)?;
+                txn.outbox().map_err(backend)?.insert(id, ()).map_err(backend)?;
                 let event = Event {
-                    seq: next_seq(&events)?,
+                    seq: next_seq(&*events)?,
                     at_ms: now,
                     agent: request.actor.name.clone(),
                     entity: request.entity.clone(),
@@ -1952,14 +1958,14 @@ impl Store for RedbStore {
 
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
         self.run(true, move |txn| {
-            let mut actions = txn.open(ACTIONS).map_err(backend)?;
+            let mut actions = txn.actions().map_err(backend)?;
             let mut record: ActionRecord = match actions.get(id).map_err(backend)? {
                 Some(v) => decode(v.value(), || format!("action {id}"))?,
                 None => return Err(StoreError::Rejected(format!("no action {id}"))),
             };
             record.delivered_at_ms.get_or_insert(at_ms);
             actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
-            txn.open(OUTBOX).map_err(backend)?.remove(id).map_err(backend)?;
+            txn.outbox().map_err(backend)?.remove(id).map_err(backend)?;
             Ok(())
         })
     }
@@ -1974,8 +1980,8 @@ impl Store for RedbStore {
     ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
         self.audited(now_ms, move |txn| {
             let key = entity.key();
-            let mut leases = txn.open(LEASES).map_err(backend)?;
-            let current = load_lease(&leases, &key)?;
+            let mut leases = txn.leases().map_err(backend)?;
+            let current = load_lease(&*leases, &key)?;
             let outcome = match current.filter(|l| l.is_live(now_ms) && l.holder != actor.name) {
                 Some(l) => LeaseOutcome::Denied(Denial::Leased {
                     entity: entity.clone(),
@@ -1985,7 +1991,7 @@ impl Store for RedbStore {
                 None => {
                     // Tokens come from one persistent counter: strictly
                     // increasing across leases, entities and restarts.
-                    let mut meta = txn.open(META).map_err(backend)?;
+                    let mut meta = txn.meta().map_err(backend)?;
                     let token = meta.get("next_fence").map_err(backend)?.map_or(1, |v| v.value());
                     meta.insert("next_fence", token + 1).map_err(backend)?;
                     let lease = Lease {
@@ -2012,8 +2018,8 @@ impl Store for RedbStore {
     ) -> Result<(bool, AuditEntry), StoreError> {
         self.audited(super::model::now_ms(), move |txn| {
             let key = entity.key();
-            let mut leases = txn.open(LEASES).map_err(backend)?;
-            let current = load_lease(&leases, &key)?;
+            let mut leases = txn.leases().map_err(backend)?;
+            let current = load_lease(&*leases, &key)?;
             let released = current.is_some_and(|l| l.token == token && l.holder == actor.name);
             if released {
                 leases.remove(key.as_str()).map_err(backend)?;
@@ -2031,10 +2037,10 @@ impl Store for RedbStore {
     ) -> Result<(ChangeRequest, AuditEntry), StoreError> {
         self.audited(at_ms, move |txn| {
             let current = {
-                let entities = txn.open(ENTITIES).map_err(backend)?;
-                load_entity(&entities, &request.entity.key())?
+                let entities = txn.entities().map_err(backend)?;
+                load_entity(&*entities, &request.entity.key())?
             };
-            let seq = next_seq(&txn.open(EVENTS).map_err(backend)?)?;
+            let seq = next_seq(&*txn.events().map_err(backend)?)?;
             let stored = ChangeRequest { id: seq, applied: None, resolution: None, ..request.clone() };
             let changes = stored
                 .proposed
@@ -2058,7 +2064,7 @@ impl Store for RedbStore {
                 detail: Some(serde_json::json!({ "request": seq, "owner": request.owner }).to_string()),
             };
             append_event(txn, &event)?;
-            txn.open(REQUESTS).map_err(backend)?.insert(seq, encode(&stored)?.as_slice()).map_err(backend)?;
+            txn.requests().map_err(backend)?.insert(seq, encode(&stored)?.as_slice()).map_err(backend)?;
             let draft = audit(&event);
             Ok((stored, draft))
         })
@@ -2074,7 +2080,7 @@ impl Store for RedbStore {
         audit: Auditor<Result<ChangeRequest, String>>,
     ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError> {
         self.audited(at_ms, move |txn| {
-            let mut requests = txn.open(REQUESTS).map_err(backend)?;
+            let mut requests = txn.requests().map_err(backend)?;
             let found: Option<ChangeRequest> = match requests.get(id).map_err(backend)? {
                 Some(v) => Some(decode(v.value(), || format!("change request {id}"))?),
                 None => None,
@@ -2090,11 +2096,11 @@ impl Store for RedbStore {
                     r.resolution = Some(reason.to_string());
                     requests.insert(id, encode(&r)?.as_slice()).map_err(backend)?;
                     let version = {
-                        let entities = txn.open(ENTITIES).map_err(backend)?;
-                        load_entity(&entities, &r.entity.key())?.map_or(0, |e| e.version)
+                        let entities = txn.entities().map_err(backend)?;
+                        load_entity(&*entities, &r.entity.key())?.map_or(0, |e| e.version)
                     };
                     let event = Event {
-                        seq: next_seq(&txn.open(EVENTS).map_err(backend)?)?,
+                        seq: next_seq(&*txn.events().map_err(backend)?)?,
                         at_ms,
                         agent: actor.name.clone(),
                         entity: r.entity.clone(),
@@ -2128,7 +2134,7 @@ impl Store for RedbStore {
     ) -> Result<(Event, AuditEntry), StoreError> {
         self.audited(at_ms, move |txn| {
             let current = existing(txn, &entity)?;
-            let seq = next_seq(&txn.open(EVENTS).map_err(backend)?)?;
+            let seq = next_seq(&*txn.events().map_err(backend)?)?;
             let changes = fields
                 .iter()
                 .map(|(name, value)| FieldChange {
@@ -2151,7 +2157,7 @@ impl Store for RedbStore {
             };
             append_event(txn, &event)?;
             let key = entity.key();
-            let mut pins = txn.open(PINS).map_err(backend)?;
+            let mut pins = txn.pins().map_err(backend)?;
             for (name, _) in fields {
                 let pin = Pin { field: name.clone(), by: by.to_string(), reason: reason.to_string(), at_ms, seq };
                 pins.insert((key.as_str(), name.as_str()), encode(&pin)?.as_slice()).map_err(backend)?;
@@ -2174,7 +2180,7 @@ impl Store for RedbStore {
             let current = existing(txn, &entity)?;
             let key = entity.key();
             {
-                let mut pins = txn.open(PINS).map_err(backend)?;
+                let mut pins = txn.pins().map_err(backend)?;
                 // Check every field first: a rejected job writes nothing.
                 for name in &fields {
                     if pins.get((key.as_str(), name.as_str())).map_err(backend)?.is_none() {
@@ -2188,7 +2194,7 @@ impl Store for RedbStore {
                 }
             }
             let event = Event {
-                seq: next_seq(&txn.open(EVENTS).map_err(backend)?)?,
+                seq: next_seq(&*txn.events().map_err(backend)?)?,
                 at_ms,
                 agent: format!("human:{by}"),
                 entity: entity.clone(),
@@ -2218,16 +2224,16 @@ impl Store for RedbStore {
     ) -> Result<(Vec<Event>, AuditEntry), StoreError> {
         self.audited(super::model::now_ms(), move |txn| {
             let key = entity.key();
-            let mut cursors = txn.open(CURSORS).map_err(backend)?;
+            let mut cursors = txn.cursors().map_err(backend)?;
             let since = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
             let mut out = Vec::new();
             {
-                let events = txn.open(EVENTS).map_err(backend)?;
-                let history = txn.open(HISTORY).map_err(backend)?;
+                let events = txn.events().map_err(backend)?;
+                let history = txn.history().map_err(backend)?;
                 for item in
                     history.range((key.as_str(), since + 1)..=(key.as_str(), u64::MAX)).map_err(backend)?.take(1000)
                 {
-                    out.push(load_event(&events, item.map_err(backend)?.0.value().1)?);
+                    out.push(load_event(&*events, item.map_err(backend)?.0.value().1)?);
                 }
             }
             if let Some(last) = out.last() {
@@ -2492,7 +2498,7 @@ mod tests {
         let store = RedbStore::open(&path).expect("store");
         let read = store.append_read_audit(draft("reader", "kb.get")).expect("read");
         let failed = store.run(true, |tx| {
-            tx.open(CURSORS).map_err(backend)?.insert(("reader", "k/1"), 99).map_err(backend)?;
+            tx.cursors().map_err(backend)?.insert(("reader", "k/1"), 99).map_err(backend)?;
             append_audit_in(tx, draft("writer", "kb.commit"), 1)?;
             Err::<(), _>(StoreError::Backend("the disk said no".into()))
         });
