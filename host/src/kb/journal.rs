@@ -62,13 +62,27 @@ pub(super) fn journal_path(store: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// One batch's table changes, as the writer records them.
-#[derive(Default)]
+/// One batch's table changes, as the writer records them: the record's
+/// payload, after room for its header (filled in by [`Changes::seal`], so
+/// sealing copies nothing).
 pub(super) struct Changes {
     bytes: Vec<u8>,
 }
 
+impl Default for Changes {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
 impl Changes {
+    /// Room for `payload` bytes without growing.
+    pub(super) fn with_capacity(payload: usize) -> Self {
+        let mut bytes = Vec::with_capacity(HEADER + payload);
+        bytes.resize(HEADER, 0);
+        Self { bytes }
+    }
+
     pub(super) fn insert(&mut self, table: u8, key: &[u8], value: &[u8]) {
         self.bytes.push(INSERT);
         self.bytes.push(table);
@@ -83,18 +97,17 @@ impl Changes {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.bytes.len() == HEADER
     }
 
     /// The record for these changes under `id`.
-    pub(super) fn seal(self, id: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + self.bytes.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&(self.bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&checksum(id, &self.bytes).to_le_bytes());
-        out.extend_from_slice(&self.bytes);
-        out
+    pub(super) fn seal(mut self, id: u64) -> Vec<u8> {
+        let (header, payload) = self.bytes.split_at_mut(HEADER);
+        header[..4].copy_from_slice(&MAGIC);
+        header[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[8..16].copy_from_slice(&id.to_le_bytes());
+        header[16..20].copy_from_slice(&checksum(id, payload).to_le_bytes());
+        self.bytes
     }
 }
 

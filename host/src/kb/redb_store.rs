@@ -543,6 +543,8 @@ struct Journaling {
     since_checkpoint: usize,
     /// Whether a batch committed since the last checkpoint.
     dirty: bool,
+    /// The size of the last record.
+    last_record: usize,
 }
 
 /// How often the writer checkpoints while batches come: a durable redb
@@ -697,7 +699,8 @@ fn run_batch(
     }
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut failed: Option<String> = None;
-    let changes = RefCell::new(Changes::default());
+    // Sized like the last record: growing it is a copy of everything so far.
+    let changes = RefCell::new(Changes::with_capacity(journal.as_ref().map_or(0, |j| j.last_record)));
     {
         let tx = Tx {
             txn: &txn,
@@ -804,6 +807,7 @@ fn run_batch(
         Sync::Checkpoint(deferred)
     } else {
         let record = changes.zip(record_id).map(|(c, id)| c.seal(id));
+        j.last_record = record.as_ref().map_or(j.last_record, Vec::len);
         j.since_checkpoint += record.as_ref().map_or(0, Vec::len);
         j.dirty = true;
         Sync::Record(record, deferred)
@@ -997,6 +1001,7 @@ impl RedbStore {
                     checkpointed_at: std::time::Instant::now(),
                     since_checkpoint: 0,
                     dirty: false,
+                    last_record: 0,
                 })
             }
             None => None,
