@@ -946,12 +946,18 @@ impl RedbStore {
             })?;
         }
         let shown = path.display().to_string();
+        // Whether redb had to repair the file: the last writer did not close it.
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let db = Database::builder()
             .set_concurrency_mode(sharing.mode())
             // Recovery after an unclean stop (a crash, a kill) is normal and
             // checksummed; it is never silent.
-            .set_repair_callback(move |session| {
-                tracing::warn!("{shown} was not closed cleanly; recovering ({:.0}%)", session.progress() * 100.0);
+            .set_repair_callback({
+                let repaired = repaired.clone();
+                move |session| {
+                    repaired.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!("{shown} was not closed cleanly; recovering ({:.0}%)", session.progress() * 100.0);
+                }
             })
             .create(path)
             .map_err(|e| open_error(path, e))?;
@@ -961,7 +967,8 @@ impl RedbStore {
         let db = Arc::new(db);
         let mut store = Self { db: Db::ReadWrite(db.clone()), path: path.to_path_buf(), writer: None, recovered: 0 };
         store.init()?;
-        let journal = store.recover(&db, sharing)?;
+        let unclean = repaired.load(std::sync::atomic::Ordering::SeqCst);
+        let journal = store.recover(&db, sharing, unclean)?;
         store.scan()?;
         // The chain continues from the last entry on disk.
         let (next_seq, last_hash) = {
@@ -1073,8 +1080,28 @@ impl RedbStore {
     /// Applies the journal records the store lacks (after an unclean stop),
     /// durably, in one transaction. With exclusive sharing, returns the
     /// journal, open for the writer, and the id its next record gets.
-    fn recover(&mut self, db: &Database, sharing: Sharing) -> Result<Option<(Journal, u64)>, StoreError> {
+    ///
+    /// A store that was not closed cleanly (`unclean`) and has used the
+    /// journal is refused if the journal is gone: the commits acknowledged
+    /// since its last checkpoint are only there, and opening without them
+    /// must be a decision, not an accident of copying one file.
+    fn recover(
+        &mut self,
+        db: &Database,
+        sharing: Sharing,
+        unclean: bool,
+    ) -> Result<Option<(Journal, u64)>, StoreError> {
         let applied = self.journal_applied()?;
+        let journal_file = journal::journal_path(&self.path);
+        if unclean && applied > 0 && !journal_file.exists() {
+            return Err(StoreError::Open {
+                path: self.path.clone(),
+                reason: format!(
+                    "it was not closed cleanly, and its journal {} is missing: the commits acknowledged since its last checkpoint (up to half a second before the stop) are only in that file. Put the journal back beside the store (nothing was changed); to open the store without them, create an empty file at that path",
+                    journal_file.display()
+                ),
+            });
+        }
         let (journal, records) = match sharing {
             Sharing::Exclusive => {
                 let (journal, records) = Journal::recover(&self.path, applied)?;
@@ -2574,8 +2601,9 @@ mod tests {
     }
 
     /// Every answered commit survives a crash: the journal is replayed on
-    /// open, the audit chain and the projection agree with it, and
-    /// read-only opens refuse until then. (Torn and stale records: the
+    /// open, the audit chain and the projection agree with it, read-only
+    /// opens refuse until then, and the store without its journal is
+    /// refused rather than opened short. (Torn and stale records: the
     /// journal's own tests.)
     #[test]
     fn acknowledged_commits_survive_a_crash() {
@@ -2590,6 +2618,17 @@ mod tests {
             .output()
             .expect("run the child");
         assert!(!child.status.success(), "the child aborts: {}", String::from_utf8_lossy(&child.stderr));
+        // A copy of the store without its journal is refused, until an
+        // empty journal says "open it without them".
+        let copy = dir.path().join("copy.redb");
+        std::fs::copy(&path, &copy).expect("copy the store alone");
+        let refused = RedbStore::open(&copy).expect_err("no journal after an unclean stop");
+        assert!(refused.to_string().contains("journal") && refused.to_string().contains("is missing"), "{refused}");
+        std::fs::write(journal::journal_path(&copy), b"").expect("empty journal");
+        let without = RedbStore::open(&copy).expect("opens without the journal's commits");
+        assert_eq!(without.recovered_batches(), 0);
+        drop(without);
+
         let refused = RedbStore::open_read_only(&path).expect_err("read-only open before recovery");
         assert!(refused.to_string().contains("start a host on it once"), "{refused}");
         let store = RedbStore::open(&path).expect("recover");
