@@ -545,6 +545,18 @@ struct Journaling {
     dirty: bool,
     /// The size of the last record.
     last_record: usize,
+    /// The current cycle's epoch (see [`journal`]).
+    epoch: u64,
+}
+
+/// A fresh journal epoch. Randomness failing is not a reason to stop
+/// writing: the time, in nanoseconds, is unique enough across cycles.
+fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+    }
 }
 
 /// How often the writer checkpoints while batches come: a durable redb
@@ -573,7 +585,13 @@ fn writer_loop(
     let mut last_batch = 1;
     loop {
         let checkpoint_due = journal.as_ref().filter(|j| j.dirty).map(|j| j.checkpointed_at + CHECKPOINT_EVERY);
-        let deadline = [dirty_since.map(|since| since + READ_AUDIT_FLUSH), checkpoint_due].into_iter().flatten().min();
+        // After a journal failure nothing is written any more: no deadline,
+        // just refuse the jobs that come.
+        let stopped = journal.as_ref().is_some_and(|j| j.health.failure().is_some());
+        let deadline = match stopped {
+            true => None,
+            false => [dirty_since.map(|since| since + READ_AUDIT_FLUSH), checkpoint_due].into_iter().flatten().min(),
+        };
         let first = match deadline {
             Some(deadline) => match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(msg) => msg,
@@ -633,11 +651,21 @@ fn writer_loop(
         let on_disk = committed && (durable || journal.is_some());
         dirty_since = if on_disk && shared.tail().pending.is_empty() {
             None
-        } else {
-            // Not durable yet, or entries arrived meanwhile, or the batch
-            // rolled back (its entries are back in the tail): retry in time.
+        } else if committed {
+            // Not durable yet, or entries arrived meanwhile: in time.
             Some(dirty_since.unwrap_or_else(Instant::now))
+        } else {
+            // The batch failed (its entries are back in the tail): retry
+            // after a full interval, not at once, or a lasting failure
+            // would spin.
+            Some(Instant::now())
         };
+        if !committed
+            && checkpoint
+            && let Some(j) = journal.as_mut()
+        {
+            j.checkpointed_at = Instant::now();
+        }
     }
     // Closed: everything left is written, and redb is checkpointed, so the
     // next open has nothing to recover.
@@ -761,6 +789,18 @@ fn run_batch(
             failed = Some(e.to_string());
         }
     }
+    // The record is sealed before the commit, so a batch too large for one
+    // (4 GiB) is rolled back rather than committed unjournaled.
+    let mut record = None;
+    if failed.is_none()
+        && !checkpoint
+        && let (Some(j), Some(c), Some(id)) = (&journal, changes, record_id)
+    {
+        record = c.seal(id, j.epoch);
+        if record.is_none() {
+            failed = Some("the batch is too large for one journal record (4 GiB)".into());
+        }
+    }
     if let Some(why) = failed {
         drop(txn);
         roll_back(shared, chain, &why);
@@ -804,21 +844,25 @@ fn run_batch(
         j.checkpointed_at = std::time::Instant::now();
         j.since_checkpoint = 0;
         j.dirty = false;
+        // The syncer starts over at the first byte: a new cycle.
+        j.epoch = new_epoch();
         Sync::Checkpoint(deferred)
     } else {
-        let record = changes.zip(record_id).map(|(c, id)| c.seal(id));
-        j.last_record = record.as_ref().map_or(j.last_record, Vec::len);
-        j.since_checkpoint += record.as_ref().map_or(0, Vec::len);
-        j.dirty = true;
+        if let Some(r) = &record {
+            j.last_record = r.len();
+            j.since_checkpoint += r.len();
+            j.dirty = true;
+        }
         Sync::Record(record, deferred)
     };
     if record_id.is_some() {
         j.next_id += 1;
     }
     if j.syncer.send(message).is_err() {
-        // Its replies are dropped with the message: their callers get "the
-        // writer has stopped".
+        // Its replies are dropped with the message (their callers get "the
+        // writer has stopped"), and nothing more may be written.
         tracing::error!("the journal's syncer has stopped");
+        j.health.fail("the journal's syncer has stopped".into());
     }
     true
 }
@@ -1009,6 +1053,7 @@ impl RedbStore {
                     since_checkpoint: 0,
                     dirty: false,
                     last_record: 0,
+                    epoch: new_epoch(),
                 })
             }
             None => None,
