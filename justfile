@@ -26,7 +26,7 @@ build:
 
 # Play the Acme scenario on a fresh knowledge base, then show what happened
 run: build-agents build
-    rm -f data/concord.redb data/actions.jsonl
+    rm -f data/concord.redb data/concord.redb.journal data/actions.jsonl
     ./target/debug/concord run --script scenarios/acme.jsonl
     @echo; echo "== a human override (concord pin), and what the agents can do then =="
     ./target/debug/concord pin customer/acme status=active --by alice --reason "CEO call: keep Acme active this week"

@@ -1010,8 +1010,26 @@ impl RedbStore {
         let _ = std::fs::write(pid_path(path), std::process::id().to_string());
         let db = Arc::new(db);
         let mut store = Self { db: Db::ReadWrite(db.clone()), path: path.to_path_buf(), writer: None, recovered: 0 };
-        store.init()?;
+        let created = store.init()?;
         let unclean = repaired.load(std::sync::atomic::Ordering::SeqCst);
+        if created {
+            // A journal beside a store created just now belongs to a store
+            // that was removed without it: kept, but out of the way.
+            let old = journal::journal_path(path);
+            if old.exists() {
+                let mut aside = old.as_os_str().to_owned();
+                aside.push(".orphaned");
+                std::fs::rename(&old, &aside).map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot move the old journal {} aside: {e}", old.display()),
+                })?;
+                tracing::warn!(
+                    "{} was left by a store that no longer exists; moved to {}",
+                    old.display(),
+                    std::path::Path::new(&aside).display()
+                );
+            }
+        }
         let journal = store.recover(&db, sharing, unclean)?;
         store.scan()?;
         // The chain continues from the last entry on disk.
@@ -1204,8 +1222,9 @@ impl RedbStore {
 
     /// Creates every table, so readers never meet a missing one, and records
     /// (or checks) the layout version.
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(&self) -> Result<bool, StoreError> {
         let txn = self.write()?;
+        let mut created = false;
         {
             txn.open_table(EVENTS).map_err(backend)?;
             txn.open_table(ENTITIES).map_err(backend)?;
@@ -1227,6 +1246,7 @@ impl RedbStore {
             match found {
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+                    created = true;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
                 Some(1) => {
@@ -1253,7 +1273,8 @@ impl RedbStore {
                 Some(v) => return Err(self.version_mismatch(v)),
             }
         }
-        txn.commit().map_err(backend)
+        txn.commit().map_err(backend)?;
+        Ok(created)
     }
 
     /// Reads every record once, so that a damaged or truncated file is
