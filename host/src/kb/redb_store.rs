@@ -76,7 +76,10 @@ const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_c
 pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// Bumped whenever the table layout or an encoding changes.
-const SCHEMA_VERSION: u64 = 2;
+///
+/// 3: the audit indexes are written in bulk and cover the entries up to
+/// `meta.audit_indexed` (see [`IndexRow`]).
+const SCHEMA_VERSION: u64 = 3;
 
 enum Db {
     ReadWrite(Arc<Database>),
@@ -189,14 +192,60 @@ const FLUSH_AT: usize = 4096;
 /// stays bounded when reads outrun the disk.
 const MAX_PENDING: usize = 65_536;
 
-/// The writer's side of the chain: the last hash it linked, and what the
-/// open transaction holds (to give back to [`Tail`] if it rolls back).
+/// The writer's side of the chain: the last hash it linked, what the
+/// open transaction holds (to give back to [`Tail`] if it rolls back), and
+/// the audit index rows not yet written (see [`IndexRow`]).
 struct Chain {
     last_hash: String,
     /// The hash before the open transaction.
     committed_hash: String,
     in_txn: Vec<Written>,
+    /// Index rows of the entries after `meta.audit_indexed`, in seq order.
+    index: Vec<IndexRow>,
+    /// How many of `index` are committed (the rest go if the batch rolls back).
+    index_committed: usize,
 }
+
+/// The keys one audit entry has in the four audit indexes.
+///
+/// The indexes are written in bulk, not with each entry: an entry's rows
+/// wait here, and every checkpoint (or [`INDEX_FLUSH_AT`] entries, or every
+/// batch without the journal) writes all that wait, each table's sorted, in
+/// the same transaction as `meta.audit_indexed`, the last seq they cover.
+/// Written with each batch they cost a copy of every index leaf a batch
+/// touches (one per commit at 16 invocations on distinct entities, in
+/// four tables); in bulk a leaf is copied once per flush.
+///
+/// Invariant: the indexes hold every entry up to `audit_indexed`, and a
+/// query reads them only up to it; the entries after it (at most a flush's
+/// worth) are read from the audit table itself (see `audit`). The entries
+/// are durable with their batch either way, so nothing is lost in a crash:
+/// the open rebuilds the rows of the entries after `audit_indexed`.
+struct IndexRow {
+    seq: u64,
+    agent: String,
+    invocation: u64,
+    entities: Vec<String>,
+}
+
+impl IndexRow {
+    fn of(entry: &AuditEntry) -> Self {
+        IndexRow {
+            seq: entry.seq,
+            agent: entry.agent.clone(),
+            invocation: entry.invocation,
+            entities: entry.entities.clone(),
+        }
+    }
+}
+
+/// With the journal, the audit indexes are written at each checkpoint, or
+/// sooner once this many entries wait: what bounds the entries a query
+/// reads past the indexes.
+const INDEX_FLUSH_AT: usize = 4096;
+
+/// The last audit seq the indexes cover (see [`IndexRow`]).
+const AUDIT_INDEXED: &str = "audit_indexed";
 
 enum Written {
     Read(Pending),
@@ -272,7 +321,9 @@ impl<'a> Tx<'a> {
         if reads.is_empty() {
             return Ok(());
         }
-        let mut chain = self.chain.borrow_mut();
+        let mut guard = self.chain.borrow_mut();
+        // Fields borrowed apart: an entry of `in_txn` and `index`.
+        let chain: &mut Chain = &mut guard;
         let first = chain.in_txn.len();
         chain.in_txn.extend(reads.into_iter().map(Written::Read));
         let mut cursors = self.cursors().map_err(backend)?;
@@ -281,7 +332,7 @@ impl<'a> Tx<'a> {
             let Written::Read(p) = &mut chain.in_txn[i] else { continue };
             p.entry.link(&prev);
             let hash = p.entry.hash.clone();
-            insert_audit(self, &p.entry)?;
+            insert_audit(self, &mut chain.index, &p.entry)?;
             if let Some((agent, key, seq)) = &p.cursor {
                 let old = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
                 if *seq > old {
@@ -486,19 +537,58 @@ journaled! {
 }
 
 /// Writes an audit entry and its index rows.
-fn insert_audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
-    let seq = entry.seq;
-    tx.audit().map_err(backend)?.insert(seq, encode(entry)?.as_slice()).map_err(backend)?;
-    tx.audit_by_agent().map_err(backend)?.insert((entry.agent.as_str(), seq), ()).map_err(backend)?;
-    if !entry.entities.is_empty() {
-        let mut by_entity = tx.audit_by_entity().map_err(backend)?;
-        let mut by_agent_entity = tx.audit_by_agent_entity().map_err(backend)?;
-        for e in &entry.entities {
-            by_entity.insert((e.as_str(), seq), ()).map_err(backend)?;
-            by_agent_entity.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
+/// Writes an audit entry; its index rows wait in `index` (see [`IndexRow`]).
+fn insert_audit(tx: &Tx<'_>, index: &mut Vec<IndexRow>, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.audit().map_err(backend)?.insert(entry.seq, encode(entry)?.as_slice()).map_err(backend)?;
+    index.push(IndexRow::of(entry));
+    Ok(())
+}
+
+/// Writes the index rows of `rows` (in seq order), each table's in key
+/// order, and moves `meta.audit_indexed` to the last of them.
+fn flush_index(tx: &Tx<'_>, rows: &[IndexRow]) -> Result<(), StoreError> {
+    let Some(last) = rows.last() else { return Ok(()) };
+    // Sorted, consecutive inserts land in the same leaf, which redb then
+    // changes in place.
+    let mut by_agent: Vec<(&str, u64)> = rows.iter().map(|r| (r.agent.as_str(), r.seq)).collect();
+    by_agent.sort_unstable();
+    let mut by_invocation: Vec<(u64, u64)> = rows.iter().map(|r| (r.invocation, r.seq)).collect();
+    by_invocation.sort_unstable();
+    let mut by_entity: Vec<(&str, u64)> = Vec::new();
+    let mut by_agent_entity: Vec<(&str, &str, u64)> = Vec::new();
+    for r in rows {
+        for e in &r.entities {
+            by_entity.push((e.as_str(), r.seq));
+            by_agent_entity.push((r.agent.as_str(), e.as_str(), r.seq));
         }
     }
-    tx.audit_by_invocation().map_err(backend)?.insert((entry.invocation, seq), ()).map_err(backend)?;
+    by_entity.sort_unstable();
+    by_agent_entity.sort_unstable();
+    {
+        let mut table = tx.audit_by_agent().map_err(backend)?;
+        for key in by_agent {
+            table.insert(key, ()).map_err(backend)?;
+        }
+    }
+    {
+        let mut table = tx.audit_by_invocation().map_err(backend)?;
+        for key in by_invocation {
+            table.insert(key, ()).map_err(backend)?;
+        }
+    }
+    {
+        let mut table = tx.audit_by_entity().map_err(backend)?;
+        for key in by_entity {
+            table.insert(key, ()).map_err(backend)?;
+        }
+    }
+    {
+        let mut table = tx.audit_by_agent_entity().map_err(backend)?;
+        for key in by_agent_entity {
+            table.insert(key, ()).map_err(backend)?;
+        }
+    }
+    tx.meta().map_err(backend)?.insert(AUDIT_INDEXED, last.seq).map_err(backend)?;
     Ok(())
 }
 
@@ -727,6 +817,7 @@ fn run_batch(
     }
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut failed: Option<String> = None;
+    let mut flushed = false;
     // Sized like the last record: growing it is a copy of everything so far.
     let changes = RefCell::new(Changes::with_capacity(journal.as_ref().map_or(0, |j| j.last_record)));
     {
@@ -767,6 +858,19 @@ fn run_batch(
             && let Err(e) = tx.take_pending()
         {
             failed = Some(e.to_string());
+        }
+        // The audit indexes: with every batch without the journal; with
+        // it, at checkpoints or once enough wait (see IndexRow).
+        let flush = {
+            let chain = tx.chain.borrow();
+            !chain.index.is_empty() && (journal.is_none() || checkpoint || chain.index.len() >= INDEX_FLUSH_AT)
+        };
+        if failed.is_none() && flush {
+            let chain = tx.chain.borrow();
+            match flush_index(&tx, &chain.index) {
+                Ok(()) => flushed = true,
+                Err(e) => failed = Some(e.to_string()),
+            }
         }
     }
     let changes = journal.is_some().then(|| changes.into_inner());
@@ -816,6 +920,10 @@ fn run_batch(
     }
     chain.committed_hash.clone_from(&chain.last_hash);
     chain.in_txn.clear();
+    if flushed {
+        chain.index.clear();
+    }
+    chain.index_committed = chain.index.len();
     let Some(j) = journal else {
         for (reply, _, answer) in results {
             if let Some(answer) = answer {
@@ -874,6 +982,7 @@ fn run_batch(
 fn roll_back(shared: &WriterShared, chain: &mut Chain, why: &str) {
     use crate::audit::Decision;
     chain.last_hash.clone_from(&chain.committed_hash);
+    chain.index.truncate(chain.index_committed);
     let mut back: Vec<Pending> = chain
         .in_txn
         .drain(..)
@@ -1032,23 +1141,32 @@ impl RedbStore {
         }
         let journal = store.recover(&db, sharing, unclean)?;
         store.scan()?;
-        // The chain continues from the last entry on disk.
-        let (next_seq, last_hash) = {
+        // The chain continues from the last entry on disk, and the index
+        // rows of the entries after the indexes' reach wait again.
+        let (next_seq, last_hash, index) = {
             let txn = store.read()?;
             let audit = txn.open_table(AUDIT).map_err(backend)?;
-            match audit.last().map_err(backend)? {
+            let (next_seq, last_hash) = match audit.last().map_err(backend)? {
                 Some((k, v)) => {
                     let seq = k.value();
                     let last: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
                     (seq + 1, last.hash)
                 }
                 None => (1, GENESIS_HASH.to_string()),
+            };
+            let mut index = Vec::new();
+            for item in audit.range(audit_indexed(&txn)? + 1..).map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let seq = k.value();
+                index.push(IndexRow::of(&decode(v.value(), || format!("audit entry {seq}"))?));
             }
+            (next_seq, last_hash, index)
         };
         let (jobs, queue) = mpsc::channel();
         let shared = Arc::new(WriterShared::default());
         shared.tail().next_seq = next_seq;
-        let chain = Chain { committed_hash: last_hash.clone(), last_hash, in_txn: Vec::new() };
+        let index_committed = index.len();
+        let chain = Chain { committed_hash: last_hash.clone(), last_hash, in_txn: Vec::new(), index, index_committed };
         let cannot_start = |what: &str, e: std::io::Error| StoreError::Open {
             path: path.to_path_buf(),
             reason: format!("cannot start the {what}: {e}"),
@@ -1249,24 +1367,30 @@ impl RedbStore {
                     created = true;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(1) => {
-                    // Version 1 lacked the (agent, entity) index: build it
-                    // from the log, in this same transaction.
+                Some(old @ (1 | 2)) => {
                     let audit = txn.open_table(AUDIT).map_err(backend)?;
-                    let mut index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
-                    let mut n = 0u64;
-                    for item in audit.iter().map_err(backend)? {
-                        let (k, v) = item.map_err(backend)?;
-                        let seq = k.value();
-                        let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
-                        for e in &entry.entities {
-                            index.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
+                    if old == 1 {
+                        // Version 1 lacked the (agent, entity) index: build
+                        // it from the log, in this same transaction.
+                        let mut index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
+                        let mut n = 0u64;
+                        for item in audit.iter().map_err(backend)? {
+                            let (k, v) = item.map_err(backend)?;
+                            let seq = k.value();
+                            let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
+                            for e in &entry.entities {
+                                index.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
+                            }
+                            n += 1;
                         }
-                        n += 1;
+                        tracing::info!("{}: {n} audit entries indexed by agent and entity", self.path.display());
                     }
+                    // Versions 1 and 2 indexed every entry as it was written.
+                    let last = audit.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+                    meta.insert(AUDIT_INDEXED, last).map_err(backend)?;
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
                     tracing::info!(
-                        "{}: upgraded the layout to version {SCHEMA_VERSION} ({n} audit entries indexed by agent and entity)",
+                        "{}: upgraded the layout from version {old} to {SCHEMA_VERSION}",
                         self.path.display()
                     );
                 }
@@ -1340,10 +1464,10 @@ impl RedbStore {
         };
         match meta.get("schema_version").map_err(|e| damaged(&e))?.map(|v| v.value()) {
             Some(SCHEMA_VERSION) => Ok(()),
-            Some(1) => Err(StoreError::Open {
+            Some(old @ (1 | 2)) => Err(StoreError::Open {
                 path: self.path.clone(),
                 reason: format!(
-                    "its layout is version 1, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord run`) to upgrade it in place"
+                    "its layout is version {old}, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord run`) to upgrade it in place"
                 ),
             }),
             Some(v) => Err(self.version_mismatch(v)),
@@ -1472,10 +1596,16 @@ fn append_audit_in(tx: &Tx<'_>, draft: AuditDraft, at_ms: u64) -> Result<AuditEn
     let mut chain = tx.chain.borrow_mut();
     let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
     entry.link(&chain.last_hash);
-    insert_audit(tx, &entry)?;
+    insert_audit(tx, &mut chain.index, &entry)?;
     chain.last_hash.clone_from(&entry.hash);
     chain.in_txn.push(Written::Own(entry.clone()));
     Ok(entry)
+}
+
+/// The last audit seq the indexes cover (see [`IndexRow`]).
+fn audit_indexed(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META).map_err(backend)?;
+    Ok(meta.get(AUDIT_INDEXED).map_err(backend)?.map_or(0, |v| v.value()))
 }
 
 /// The next event seq.
@@ -2437,17 +2567,54 @@ impl Store for RedbStore {
             }
             Ok(out.len() < limit)
         };
-        // An invocation (or a trace: a set of them) has its own index.
         let invocations: Option<Vec<u64>> = match (&filter.invocation, &filter.trace) {
             (Some(i), _) => Some(vec![*i]),
             (None, Some(t)) => Some(t.iter().copied().collect()),
             (None, None) => None,
         };
+        let index = match (&filter.agent, &filter.entity) {
+            (Some(agent), _) => Some((AUDIT_BY_AGENT, agent.as_str())),
+            (None, Some(entity)) => Some((AUDIT_BY_ENTITY, entity.as_str())),
+            (None, None) => None,
+        };
+        if invocations.is_none() && index.is_none() {
+            // No index narrows it: the whole log, newest first.
+            for item in audit.iter().map_err(backend)?.rev() {
+                let (k, v) = item.map_err(backend)?;
+                let seq = k.value();
+                let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
+                if filter.matches(&entry) {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            out.reverse();
+            return Ok(out);
+        }
+        // The newest entries, past the indexes' reach, from the log itself
+        // (at most a flush's worth; see IndexRow); then the indexes, up to
+        // their reach, so no entry is counted twice.
+        let indexed = audit_indexed(&txn)?;
+        for item in audit.range(indexed.saturating_add(1)..).map_err(backend)?.rev() {
+            let (k, v) = item.map_err(backend)?;
+            let seq = k.value();
+            let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
+            if filter.matches(&entry) {
+                out.push(entry);
+                if out.len() >= limit {
+                    out.reverse();
+                    return Ok(out);
+                }
+            }
+        }
+        // An invocation (or a trace: a set of them) has its own index.
         if let Some(invocations) = invocations {
             let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
             let mut seqs = Vec::new();
             for inv in invocations {
-                for item in index.range((inv, 0)..=(inv, u64::MAX)).map_err(backend)? {
+                for item in index.range((inv, 0)..=(inv, indexed)).map_err(backend)? {
                     seqs.push(item.map_err(backend)?.0.value().1);
                 }
             }
@@ -2463,7 +2630,7 @@ impl Store for RedbStore {
         // Agent and entity: their own index, exactly the matches.
         if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
             let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
-            let range = (agent.as_str(), entity.as_str(), 0)..=(agent.as_str(), entity.as_str(), u64::MAX);
+            let range = (agent.as_str(), entity.as_str(), 0)..=(agent.as_str(), entity.as_str(), indexed);
             for item in index.range(range).map_err(backend)?.rev() {
                 let (k, _) = item.map_err(backend)?;
                 if !take(k.value().2, &mut out)? {
@@ -2474,32 +2641,12 @@ impl Store for RedbStore {
             return Ok(out);
         }
         // Newest first through the narrowest index, then put back in order.
-        let index = match (&filter.agent, &filter.entity) {
-            (Some(agent), _) => Some((AUDIT_BY_AGENT, agent.as_str())),
-            (None, Some(entity)) => Some((AUDIT_BY_ENTITY, entity.as_str())),
-            (None, None) => None,
-        };
-        match index {
-            Some((table, key)) => {
-                let index = txn.open_table(table).map_err(backend)?;
-                for item in index.range((key, 0)..=(key, u64::MAX)).map_err(backend)?.rev() {
-                    let (k, _) = item.map_err(backend)?;
-                    if !take(k.value().1, &mut out)? {
-                        break;
-                    }
-                }
-            }
-            None => {
-                for item in audit.iter().map_err(backend)?.rev() {
-                    let (k, v) = item.map_err(backend)?;
-                    let seq = k.value();
-                    let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
-                    if filter.matches(&entry) {
-                        out.push(entry);
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
+        if let Some((table, key)) = index {
+            let index = txn.open_table(table).map_err(backend)?;
+            for item in index.range((key, 0)..=(key, indexed)).map_err(backend)?.rev() {
+                let (k, _) = item.map_err(backend)?;
+                if !take(k.value().1, &mut out)? {
+                    break;
                 }
             }
         }
@@ -2714,6 +2861,10 @@ mod tests {
         }
         assert_eq!(store.replay().expect("replay").differences, Vec::<String>::new());
         assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { entries: 401, .. }));
+        // The index rows the child had not written yet are rebuilt; a
+        // query finds every entry either way.
+        let by_agent = AuditFilter { agent: Some("counter".into()), ..Default::default() };
+        assert_eq!(store.audit(&by_agent).expect("audit").len(), 401);
         // And it goes on from there; the next open has nothing to recover.
         count_up(&store, 4, 3);
         drop(store);
@@ -2737,6 +2888,96 @@ mod tests {
         drop(store);
         let store = RedbStore::open_read_only(&path).expect("reopen");
         assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { entries, .. } if entries == n));
+    }
+
+    /// Every index-backed query (agent, entity, both, invocation, trace;
+    /// with and without a limit) against a filter over the whole log.
+    fn assert_queries_match_the_log(store: &RedbStore) {
+        let log = all(store);
+        let mut filters = Vec::new();
+        for limit in [None, Some(3)] {
+            for agent in [None, Some("a"), Some("b")] {
+                for entity in [None, Some("k/1"), Some("k/2")] {
+                    filters.push(AuditFilter {
+                        agent: agent.map(Into::into),
+                        entity: entity.map(Into::into),
+                        limit,
+                        ..Default::default()
+                    });
+                }
+            }
+            filters.push(AuditFilter { invocation: Some(2), limit, ..Default::default() });
+            filters.push(AuditFilter { trace: Some([1, 3].into()), limit, ..Default::default() });
+        }
+        for filter in filters {
+            let mut expected: Vec<u64> = log.iter().filter(|e| filter.matches(e)).map(|e| e.seq).collect();
+            if let Some(limit) = filter.limit {
+                expected = expected.split_off(expected.len().saturating_sub(limit));
+            }
+            let found: Vec<u64> = store.audit(&filter).expect("audit").iter().map(|e| e.seq).collect();
+            assert_eq!(found, expected, "{filter:?}");
+        }
+    }
+
+    /// The audit indexes are written in bulk (see IndexRow): a query
+    /// reads the indexes up to `audit_indexed` and the log after it, so it
+    /// neither misses the entries not indexed yet nor counts twice the
+    /// ones a flush had indexed past a stale `audit_indexed`; and a host
+    /// indexes what is missing.
+    #[test]
+    fn audit_queries_read_past_the_indexes_reach() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        let store = RedbStore::open(&path).expect("store");
+        for i in 0..60u64 {
+            let mut d = draft(["a", "b", "c"][i as usize % 3], "kb.get");
+            d.entities = match i % 4 {
+                0 => vec!["k/1".into()],
+                1 => vec!["k/2".into(), "k/1".into()],
+                2 => vec![],
+                _ => vec!["k/2".into()],
+            };
+            d.invocation = Some(i % 5);
+            store.append_read_audit(d).expect("read");
+        }
+        drop(store);
+        let indexed = |path: &Path| {
+            let db = Database::create(path).expect("db");
+            let txn = db.begin_read().expect("read");
+            let n = txn.open_table(AUDIT_BY_AGENT).expect("index").len().expect("len");
+            (audit_indexed(&txn).expect("meta"), n)
+        };
+        assert_eq!(indexed(&path), (60, 60), "a clean close indexes everything");
+        // As a crash can leave it: the indexes' reach says 30, entries
+        // 31..=40 are indexed anyway, 41..=60 are not.
+        {
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META).expect("meta").insert(AUDIT_INDEXED, 30).expect("reach");
+            for seq in 41..=60u64 {
+                for agent in ["a", "b", "c"] {
+                    txn.open_table(AUDIT_BY_AGENT).expect("t").remove((agent, seq)).expect("rm");
+                    for e in ["k/1", "k/2"] {
+                        txn.open_table(AUDIT_BY_AGENT_ENTITY).expect("t").remove((agent, e, seq)).expect("rm");
+                    }
+                }
+                for e in ["k/1", "k/2"] {
+                    txn.open_table(AUDIT_BY_ENTITY).expect("t").remove((e, seq)).expect("rm");
+                }
+                for inv in 0..5u64 {
+                    txn.open_table(AUDIT_BY_INVOCATION).expect("t").remove((inv, seq)).expect("rm");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        assert_eq!(indexed(&path), (30, 40));
+        assert_queries_match_the_log(&RedbStore::open_read_only(&path).expect("read-only"));
+        // A host takes the rows of 31..=60 up again and writes them.
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_queries_match_the_log(&store);
+        drop(store);
+        assert_eq!(indexed(&path), (60, 60));
+        assert_queries_match_the_log(&RedbStore::open_read_only(&path).expect("read-only"));
     }
 
     /// The (agent, entity) index answers exactly, and a version-1 file
@@ -2771,7 +3012,7 @@ mod tests {
         let store = RedbStore::open(&path).expect("upgraded");
         assert_eq!(query(&store), vec![1, 4]);
         drop(store);
-        let store = RedbStore::open_read_only(&path).expect("version 2 now");
+        let store = RedbStore::open_read_only(&path).expect("version 3 now");
         assert_eq!(query(&store), vec![1, 4]);
     }
 }
