@@ -260,8 +260,30 @@ impl AuditEntry {
         self.hash = self.compute_hash();
     }
 
+    /// [`link`](Self::link), and the entry as it is stored: exactly
+    /// `serde_json::to_vec(self)`, built from the bytes just hashed rather
+    /// than serialized a second time (the writer does this for every
+    /// entry).
+    pub fn link_encoded(&mut self, prev_hash: &str) -> Vec<u8> {
+        prev_hash.clone_into(&mut self.prev_hash);
+        let mut json = self.hashed_json();
+        self.hash = hex::encode(Sha256::digest(&json));
+        // `hash` is the last field of AuditEntry and the only one the hashed
+        // form lacks; hex needs no escaping.
+        json.pop(); // the closing brace
+        json.extend_from_slice(b",\"hash\":\"");
+        json.extend_from_slice(self.hash.as_bytes());
+        json.extend_from_slice(b"\"}");
+        json
+    }
+
     /// The hash this entry should carry (see the module docs).
     pub fn compute_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.hashed_json()))
+    }
+
+    /// The JSON the hash is taken of: every field but `hash`, in order.
+    fn hashed_json(&self) -> Vec<u8> {
         #[derive(Serialize)]
         struct Hashed<'a> {
             seq: u64,
@@ -281,7 +303,7 @@ impl AuditEntry {
             duration_us: u64,
             prev_hash: &'a str,
         }
-        let json = serde_json::to_vec(&Hashed {
+        serde_json::to_vec(&Hashed {
             seq: self.seq,
             at_ms: self.at_ms,
             agent: &self.agent,
@@ -299,8 +321,7 @@ impl AuditEntry {
             duration_us: self.duration_us,
             prev_hash: &self.prev_hash,
         })
-        .unwrap_or_default(); // serializing plain strings and integers cannot fail
-        hex::encode(Sha256::digest(&json))
+        .unwrap_or_default() // serializing plain strings and integers cannot fail
     }
 }
 
@@ -445,6 +466,23 @@ mod tests {
             outcome: "ok".into(),
             duration_us: 3,
         }
+    }
+
+    /// The stored form `link_encoded` builds is serde's, byte for byte,
+    /// whatever the strings hold.
+    #[test]
+    fn link_encoded_is_the_serialized_entry() {
+        let mut d = draft("kb.commit");
+        d.args = "{\"quote\": \"\\\" \\n \u{7f} é 😀\"}".into();
+        d.rule = Some("rule: \"x\"".into());
+        d.peer = Some("support".into());
+        d.fields = vec!["status".into(), "tab\t".into()];
+        d.causation = Some(7);
+        d.outcome = "line\nbreak".into();
+        let mut entry = AuditEntry::unsealed(d, 42, 1234);
+        let stored = entry.link_encoded(GENESIS_HASH);
+        assert_eq!(entry.hash, entry.compute_hash());
+        assert_eq!(String::from_utf8(stored).expect("utf-8"), serde_json::to_string(&entry).expect("json"));
     }
 
     fn chain(n: u64) -> Vec<AuditEntry> {

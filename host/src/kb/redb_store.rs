@@ -330,9 +330,9 @@ impl<'a> Tx<'a> {
         for i in first..chain.in_txn.len() {
             let prev = std::mem::take(&mut chain.last_hash);
             let Written::Read(p) = &mut chain.in_txn[i] else { continue };
-            p.entry.link(&prev);
+            let stored = p.entry.link_encoded(&prev);
             let hash = p.entry.hash.clone();
-            insert_audit(self, &mut chain.index, &p.entry)?;
+            insert_audit(self, &mut chain.index, &p.entry, &stored)?;
             if let Some((agent, key, seq)) = &p.cursor {
                 let old = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
                 if *seq > old {
@@ -537,9 +537,11 @@ journaled! {
 }
 
 /// Writes an audit entry and its index rows.
-/// Writes an audit entry; its index rows wait in `index` (see [`IndexRow`]).
-fn insert_audit(tx: &Tx<'_>, index: &mut Vec<IndexRow>, entry: &AuditEntry) -> Result<(), StoreError> {
-    tx.audit().map_err(backend)?.insert(entry.seq, encode(entry)?.as_slice()).map_err(backend)?;
+/// Writes an audit entry (`stored`: its JSON, from
+/// [`AuditEntry::link_encoded`]); its index rows wait in `index` (see
+/// [`IndexRow`]).
+fn insert_audit(tx: &Tx<'_>, index: &mut Vec<IndexRow>, entry: &AuditEntry, stored: &[u8]) -> Result<(), StoreError> {
+    tx.audit().map_err(backend)?.insert(entry.seq, stored).map_err(backend)?;
     index.push(IndexRow::of(entry));
     Ok(())
 }
@@ -1595,8 +1597,8 @@ fn append_audit_in(tx: &Tx<'_>, draft: AuditDraft, at_ms: u64) -> Result<AuditEn
     tx.write_reads(pending)?;
     let mut chain = tx.chain.borrow_mut();
     let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
-    entry.link(&chain.last_hash);
-    insert_audit(tx, &mut chain.index, &entry)?;
+    let stored = entry.link_encoded(&chain.last_hash);
+    insert_audit(tx, &mut chain.index, &entry, &stored)?;
     chain.last_hash.clone_from(&entry.hash);
     chain.in_txn.push(Written::Own(entry.clone()));
     Ok(entry)
