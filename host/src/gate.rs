@@ -519,7 +519,7 @@ impl Gate {
             request,
             guard,
             Box::new(move |outcome: &CommitOutcome| {
-                let mut d = draft.clone();
+                let mut d = draft;
                 d.duration_us = elapsed_us(started);
                 match outcome {
                     CommitOutcome::Committed { versions, events } => {
@@ -603,7 +603,7 @@ impl Gate {
                     request,
                     guard,
                     Box::new(move |outcome: &ActOutcome| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         match outcome {
                             ActOutcome::Recorded(a) => {
@@ -681,7 +681,7 @@ impl Gate {
                     actor,
                     now_ms(),
                     Box::new(move |event: &Event| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         d.outcome = format!("change request {} to {owner} (event {})", event.seq, event.seq);
                         d
@@ -716,7 +716,7 @@ impl Gate {
                     reason,
                     now_ms(),
                     Box::new(move |r: &Result<ChangeRequest, String>| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         match r {
                             Ok(req) => {
@@ -767,7 +767,7 @@ impl Gate {
                     ttl_ms,
                     now_ms(),
                     Box::new(move |o: &LeaseOutcome| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         match o {
                             LeaseOutcome::Granted(l) => {
@@ -799,7 +799,7 @@ impl Gate {
                     entity,
                     token,
                     Box::new(move |released: &bool| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         d.outcome = if *released {
                             "released".into()
@@ -834,7 +834,7 @@ impl Gate {
                     agent,
                     entity,
                     Box::new(move |events: &Vec<Event>| {
-                        let mut d = draft.clone();
+                        let mut d = draft;
                         d.duration_us = elapsed_us(started);
                         d.outcome = format!("{} events since the last read", events.len());
                         d

@@ -89,7 +89,7 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
 /// Builds an operation's audit entry from its outcome, inside the
 /// operation's transaction.
-pub type Auditor<T> = Box<dyn Fn(&T) -> AuditDraft + Send>;
+pub type Auditor<T> = Box<dyn FnOnce(&T) -> AuditDraft + Send>;
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq)]
