@@ -2875,6 +2875,30 @@ mod tests {
         assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { entries: 404, .. }));
     }
 
+    /// A journal found beside a store that does not exist yet (the store
+    /// was removed without it) is moved aside, kept and never applied: the
+    /// new store opens empty, and the next open does not trip over it.
+    #[test]
+    fn a_journal_left_without_its_store_is_moved_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        count_up(&RedbStore::open(&path).expect("store"), 1, 3);
+        let left = b"the old store's journal".to_vec();
+        std::fs::write(journal::journal_path(&path), &left).expect("journal");
+        std::fs::remove_file(&path).expect("remove the store alone");
+        let store = RedbStore::open(&path).expect("a new store");
+        let aside = dir.path().join("kb.redb.journal.orphaned");
+        assert_eq!(std::fs::read(&aside).expect("moved aside"), left);
+        assert_eq!(store.recovered_batches(), 0);
+        assert_eq!(store.get(&EntityRef { kind: "c".into(), id: "1".into() }).expect("get"), None);
+        count_up(&store, 2, 2);
+        drop(store);
+        let store = RedbStore::open(&path).expect("reopen");
+        let entity = store.get(&EntityRef { kind: "c".into(), id: "2".into() }).expect("get").expect("exists");
+        assert_eq!(entity.version, 2);
+        assert_eq!(std::fs::read(&aside).expect("still there"), left);
+    }
+
     /// Reads faster than the writer: past MAX_PENDING the reader waits, so
     /// memory stays bounded, and nothing is lost.
     #[test]
