@@ -619,7 +619,7 @@ impl std::fmt::Debug for WriteHold<'_> {
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 512;
 /// The longest the writer waits for a batch to fill up to the size of the
-/// last one. Short next to a durable commit (about 1 ms here), which a
+/// last one (with the journal, while it runs the jobs it has). Short next to a durable commit (about 1 ms here), which a
 /// larger batch shares.
 const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
 
@@ -708,12 +708,15 @@ fn writer_loop(
         // the others are likely on their way (their callers were answered
         // together, a moment ago): wait up to GATHER for them, so batches
         // stay as large as the concurrency instead of alternating small and
-        // large. One caller alone never waits (its last batch was 1).
+        // large. One caller alone never waits (its last batch was 1). With
+        // the journal the writer does not wait idle: it runs what it has
+        // and takes the others into the same batch as they come (`more`).
         let gather_until = Instant::now() + GATHER;
+        let stream = journal.is_some();
         while batch.len() < MAX_BATCH {
             let msg = match queue.try_recv() {
                 Ok(msg) => msg,
-                Err(_) if batch.is_empty() || batch.len() >= last_batch => break,
+                Err(_) if stream || batch.is_empty() || batch.len() >= last_batch => break,
                 Err(_) => match queue.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
                     Ok(msg) => msg,
                     Err(_) => break,
@@ -721,6 +724,7 @@ fn writer_loop(
             };
             take(msg, &mut batch);
         }
+        let want = if batch.is_empty() { 0 } else { last_batch };
         last_batch = batch.len();
         drop(hold);
         if !shared.tail().pending.is_empty() {
@@ -738,7 +742,32 @@ fn writer_loop(
         shared.batches.fetch_add(1, SeqCst);
         shared.jobs.fetch_add(batch.len() as u64, SeqCst);
         let durable = flush || batch.iter().any(|j| j.durable);
-        let committed = run_batch(&db, &shared, &mut chain, batch, durable, journal.as_mut(), checkpoint);
+        let mut taken = batch.len();
+        let more = || -> Option<Job> {
+            while stream && taken < want.min(MAX_BATCH) {
+                // A test holding the writer gets its jobs together, in the
+                // next batch.
+                let _held = match shared.hold.try_lock() {
+                    Ok(guard) => guard,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return None,
+                };
+                let msg = match queue.try_recv() {
+                    Ok(msg) => msg,
+                    Err(_) => queue.recv_timeout(gather_until.saturating_duration_since(Instant::now())).ok()?,
+                };
+                // A nudge asks for a batch, and this is one.
+                if let Msg::Job(job) = msg {
+                    taken += 1;
+                    shared.queued.fetch_sub(1, SeqCst);
+                    shared.jobs.fetch_add(1, SeqCst);
+                    return Some(job);
+                }
+            }
+            None
+        };
+        let committed = run_batch(&db, &shared, &mut chain, batch, more, durable, journal.as_mut(), checkpoint);
+        last_batch = taken;
         // With the journal every committed batch is on its way to disk.
         let on_disk = committed && (durable || journal.is_some());
         dirty_since = if on_disk && shared.tail().pending.is_empty() {
@@ -762,7 +791,7 @@ fn writer_loop(
     // Closed: everything left is written, and redb is checkpointed, so the
     // next open has nothing to recover.
     let checkpoint = journal.is_some();
-    run_batch(&db, &shared, &mut chain, Vec::new(), true, journal.as_mut(), checkpoint);
+    run_batch(&db, &shared, &mut chain, Vec::new(), || None, true, journal.as_mut(), checkpoint);
     if let Some(mut j) = journal {
         let thread = j.thread.take();
         drop(j);
@@ -775,18 +804,21 @@ fn writer_loop(
 /// A job's answer, and whether it waits for the batch to be durable.
 type Outcome = (Answer, bool, Option<Result<Reply, StoreError>>);
 
-/// Runs one batch in one transaction, with the read entries waiting in the
-/// tail. Returns whether it committed.
+/// Runs one batch in one transaction: `batch`, then the jobs `more` gives
+/// (the writer's gathering, overlapped with the work), with the read
+/// entries waiting in the tail. Returns whether it committed.
 ///
 /// With the journal, the transaction commits non-durably (a `checkpoint`
 /// commits durably instead) and its changes go to the syncer, which
 /// answers the durable jobs once they are on disk; without it, a batch
 /// with a durable job is a durable commit, answered here.
+#[expect(clippy::too_many_arguments, reason = "the writer loop's state, passed apart")]
 fn run_batch(
     db: &Database,
     shared: &WriterShared,
     chain: &mut Chain,
     batch: Vec<Job>,
+    mut more: impl FnMut() -> Option<Job>,
     durable: bool,
     journal: Option<&mut Journaling>,
     checkpoint: bool,
@@ -830,7 +862,10 @@ fn run_batch(
             changes: journal.is_some().then_some(&changes),
             tables: Tables::default(),
         };
-        for job in batch {
+        // The batch's jobs, then those `more` gives while it is open (none
+        // once one has failed: they wait for the next batch).
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next().or_else(|| if failed.is_none() { more() } else { None }) {
             if failed.is_some() {
                 results.push((job.reply, job.durable, None));
                 continue;
