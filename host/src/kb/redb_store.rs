@@ -550,12 +550,6 @@ fn insert_audit(tx: &Tx<'_>, index: &mut Vec<IndexRow>, entry: &AuditEntry, stor
 /// order, and moves `meta.audit_indexed` to the last of them.
 fn flush_index(tx: &Tx<'_>, rows: &[IndexRow]) -> Result<(), StoreError> {
     let Some(last) = rows.last() else { return Ok(()) };
-    // Sorted, consecutive inserts land in the same leaf, which redb then
-    // changes in place.
-    let mut by_agent: Vec<(&str, u64)> = rows.iter().map(|r| (r.agent.as_str(), r.seq)).collect();
-    by_agent.sort_unstable();
-    let mut by_invocation: Vec<(u64, u64)> = rows.iter().map(|r| (r.invocation, r.seq)).collect();
-    by_invocation.sort_unstable();
     let mut by_entity: Vec<(&str, u64)> = Vec::new();
     let mut by_agent_entity: Vec<(&str, &str, u64)> = Vec::new();
     for r in rows {
@@ -564,33 +558,28 @@ fn flush_index(tx: &Tx<'_>, rows: &[IndexRow]) -> Result<(), StoreError> {
             by_agent_entity.push((r.agent.as_str(), e.as_str(), r.seq));
         }
     }
-    by_entity.sort_unstable();
-    by_agent_entity.sort_unstable();
-    {
-        let mut table = tx.audit_by_agent().map_err(backend)?;
-        for key in by_agent {
-            table.insert(key, ()).map_err(backend)?;
-        }
-    }
-    {
-        let mut table = tx.audit_by_invocation().map_err(backend)?;
-        for key in by_invocation {
-            table.insert(key, ()).map_err(backend)?;
-        }
-    }
-    {
-        let mut table = tx.audit_by_entity().map_err(backend)?;
-        for key in by_entity {
-            table.insert(key, ()).map_err(backend)?;
-        }
-    }
-    {
-        let mut table = tx.audit_by_agent_entity().map_err(backend)?;
-        for key in by_agent_entity {
-            table.insert(key, ()).map_err(backend)?;
-        }
-    }
+    insert_sorted(tx.audit_by_agent().map_err(backend)?, rows.iter().map(|r| (r.agent.as_str(), r.seq)).collect())?;
+    insert_sorted(tx.audit_by_invocation().map_err(backend)?, rows.iter().map(|r| (r.invocation, r.seq)).collect())?;
+    insert_sorted(tx.audit_by_entity().map_err(backend)?, by_entity)?;
+    insert_sorted(tx.audit_by_agent_entity().map_err(backend)?, by_agent_entity)?;
     tx.meta().map_err(backend)?.insert(AUDIT_INDEXED, last.seq).map_err(backend)?;
+    Ok(())
+}
+
+/// Inserts `keys` into an index table, sorted first: consecutive inserts
+/// land in the same leaf, which redb then changes in place.
+fn insert_sorted<'k, K>(
+    mut table: std::cell::RefMut<'_, Logged<'_, '_, K, ()>>,
+    mut keys: Vec<K::SelfType<'k>>,
+) -> Result<(), StoreError>
+where
+    K: Key + 'static,
+    K::SelfType<'k>: Ord,
+{
+    keys.sort_unstable();
+    for key in keys {
+        table.insert(key, ()).map_err(backend)?;
+    }
     Ok(())
 }
 
