@@ -44,17 +44,31 @@ const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
 const HISTORY: TableDefinition<(&str, u64), ()> = TableDefinition::new("entity_history");
 /// seq -> audit entry (JSON). Hash-chained, append-only.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-/// (agent, seq) -> (). Audit index by agent.
-const AUDIT_BY_AGENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_agent");
-/// (`kind/id`, seq) -> (). Audit index by entity.
-const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_entity");
-/// (invocation, seq) -> (). Audit index by invocation (and so by trace).
-const AUDIT_BY_INVOCATION: TableDefinition<(u64, u64), ()> = TableDefinition::new("audit_by_invocation");
-/// (agent, entity, audit seq): the index of the question "what did this
-/// agent do to this entity", answered in time proportional to the answer.
-/// Added in layout version 2; built from the log when a version-1 file is
-/// opened for writing.
-const AUDIT_BY_AGENT_ENTITY: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("audit_by_agent_entity");
+/// (agent, first seq) -> run. Audit index by agent. A run is the seqs one
+/// index flush holds under one key (see [`Run`]).
+const AUDIT_BY_AGENT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit_runs_by_agent");
+/// (`kind/id`, first seq) -> run. Audit index by entity.
+const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit_runs_by_entity");
+/// (invocation, first seq) -> run. Audit index by invocation (and so by
+/// trace).
+const AUDIT_BY_INVOCATION: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("audit_runs_by_invocation");
+/// (agent, entity, first seq) -> run: the index of the question "what did
+/// this agent do to this entity", answered in time proportional to the
+/// answer.
+const AUDIT_BY_AGENT_ENTITY: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("audit_runs_by_agent_entity");
+
+/// The audit indexes of layout versions 1 to 3, one row per (key, seq).
+/// Kept only to apply a journal such a version left, and to delete them
+/// when the layout is upgraded (see [`RedbStore::upgrade`]).
+mod retired {
+    use redb::TableDefinition;
+    pub const AUDIT_BY_AGENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_agent");
+    pub const AUDIT_BY_ENTITY: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_entity");
+    pub const AUDIT_BY_INVOCATION: TableDefinition<(u64, u64), ()> = TableDefinition::new("audit_by_invocation");
+    pub const AUDIT_BY_AGENT_ENTITY: TableDefinition<(&str, &str, u64), ()> =
+        TableDefinition::new("audit_by_agent_entity");
+}
 /// Format metadata and counters (`schema_version`, `next_fence`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (`kind/id`, field) -> pin (JSON).
@@ -79,7 +93,16 @@ pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 ///
 /// 3: the audit indexes are written in bulk and cover the entries up to
 /// `meta.audit_indexed` (see [`IndexRow`]).
-const SCHEMA_VERSION: u64 = 3;
+/// 4: the audit indexes hold runs of seqs, not a row per seq (see [`Run`]).
+const SCHEMA_VERSION: u64 = 4;
+
+/// What [`RedbStore::init`] found.
+enum Layout {
+    Created,
+    Current,
+    /// An older version, to upgrade once its journal is applied.
+    Old(u64),
+}
 
 enum Db {
     ReadWrite(Arc<Database>),
@@ -143,7 +166,8 @@ struct Writer {
 }
 
 /// What the writer shares with the store handle: the audit tail, counters,
-/// and the hold that lets a test queue up jobs deterministically.
+/// the snapshot point reads share, and the hold that lets a test queue up
+/// jobs deterministically.
 #[derive(Default)]
 struct WriterShared {
     tail: std::sync::Mutex<Tail>,
@@ -151,9 +175,25 @@ struct WriterShared {
     queued: std::sync::atomic::AtomicUsize,
     batches: std::sync::atomic::AtomicU64,
     jobs: std::sync::atomic::AtomicU64,
+    /// Transactions committed since the open: a snapshot's age.
+    commits: std::sync::atomic::AtomicU64,
+    snapshot: std::sync::Mutex<Option<Snapshot>>,
+}
+
+/// The entities table in a read transaction, shared by point reads until
+/// the writer commits again (see [`RedbStore::entities`]).
+struct Snapshot {
+    /// [`WriterShared::commits`] when it was taken.
+    commits: u64,
+    entities: Arc<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
 }
 
 impl WriterShared {
+    fn snapshot(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        // Only a cache: whatever a panic left in it is still a snapshot.
+        self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         // Nothing panics while holding the tail, but a poisoned lock must not
         // take the audit log down with it: the data is still consistent.
@@ -195,6 +235,7 @@ const MAX_PENDING: usize = 65_536;
 /// The writer's side of the chain: the last hash it linked, what the
 /// open transaction holds (to give back to [`Tail`] if it rolls back), and
 /// the audit index rows not yet written (see [`IndexRow`]).
+#[derive(Default)]
 struct Chain {
     last_hash: String,
     /// The hash before the open transaction.
@@ -204,6 +245,8 @@ struct Chain {
     index: Vec<IndexRow>,
     /// How many of `index` are committed (the rest go if the batch rolls back).
     index_committed: usize,
+    /// How many read entries the last batch took from the tail.
+    last_pending: usize,
 }
 
 /// The keys one audit entry has in the four audit indexes.
@@ -271,6 +314,12 @@ struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
+    /// A transaction outside the writer's batches (the layout upgrade):
+    /// its changes are not journaled, so it must commit durably.
+    fn unjournaled(txn: &'a WriteTransaction, shared: &'a WriterShared, chain: &'a mut Chain) -> Self {
+        Tx { txn, shared, chain: RefCell::new(chain), changes: None, tables: Tables::default() }
+    }
+
     /// Opens a table for the job; its changes go to the journal.
     fn open<K: Key + 'static, V: redb::Value + 'static>(
         &self,
@@ -312,7 +361,11 @@ impl<'a> Tx<'a> {
 
     /// Takes the waiting read entries into this transaction.
     fn take_pending(&self) -> Result<(), StoreError> {
-        let pending = std::mem::take(&mut self.shared.tail().pending);
+        // Room for as many as last time, allocated outside the lock:
+        // callers then push without regrowing it.
+        let room = Vec::with_capacity(self.chain.borrow().last_pending);
+        let pending = std::mem::replace(&mut self.shared.tail().pending, room);
+        self.chain.borrow_mut().last_pending = pending.len();
         self.write_reads(pending)
     }
 
@@ -482,7 +535,10 @@ fn raw_op<K: Key + 'static, V: redb::Value + 'static>(
 /// a record names its tables by these numbers), with the [`Tx`] accessor
 /// that opens each once per batch.
 macro_rules! journaled {
-    ($($id:literal => $def:ident, $slot:ident: $k:ty, $v:ty;)*) => {
+    (
+        $($id:literal => $def:ident, $slot:ident: $k:ty, $v:ty;)*
+        retired: $($rid:literal => $rdef:path;)*
+    ) => {
         fn table_id(name: &str) -> Option<u8> {
             $(if $def.name() == name {
                 return Some($id);
@@ -494,6 +550,7 @@ macro_rules! journaled {
             let (Op::Insert { table, .. } | Op::Remove { table, .. }) = op;
             match table {
                 $($id => raw_op(txn, $def, op),)*
+                $($rid => raw_op(txn, $rdef, op),)*
                 other => Err(StoreError::Backend(format!("the journal names table {other}, which this concord does not know"))),
             }
         }
@@ -522,10 +579,6 @@ journaled! {
     1 => ENTITIES, entities: &'static str, &'static [u8];
     2 => HISTORY, history: (&'static str, u64), ();
     3 => AUDIT, audit: u64, &'static [u8];
-    4 => AUDIT_BY_AGENT, audit_by_agent: (&'static str, u64), ();
-    5 => AUDIT_BY_ENTITY, audit_by_entity: (&'static str, u64), ();
-    6 => AUDIT_BY_INVOCATION, audit_by_invocation: (u64, u64), ();
-    7 => AUDIT_BY_AGENT_ENTITY, audit_by_agent_entity: (&'static str, &'static str, u64), ();
     8 => META, meta: &'static str, u64;
     9 => PINS, pins: (&'static str, &'static str), &'static [u8];
     10 => LEASES, leases: &'static str, &'static [u8];
@@ -534,6 +587,17 @@ journaled! {
     13 => ACTION_KEYS, action_keys: &'static str, u64;
     14 => REQUESTS, requests: u64, &'static [u8];
     15 => CURSORS, cursors: (&'static str, &'static str), u64;
+    16 => AUDIT_BY_AGENT, audit_by_agent: (&'static str, u64), &'static [u8];
+    17 => AUDIT_BY_ENTITY, audit_by_entity: (&'static str, u64), &'static [u8];
+    18 => AUDIT_BY_INVOCATION, audit_by_invocation: (u64, u64), &'static [u8];
+    19 => AUDIT_BY_AGENT_ENTITY, audit_by_agent_entity: (&'static str, &'static str, u64), &'static [u8];
+    // Layout versions 1 to 3: a journal they left may name these; the
+    // upgrade that follows its recovery deletes them.
+    retired:
+    4 => retired::AUDIT_BY_AGENT;
+    5 => retired::AUDIT_BY_ENTITY;
+    6 => retired::AUDIT_BY_INVOCATION;
+    7 => retired::AUDIT_BY_AGENT_ENTITY;
 }
 
 /// Writes an audit entry and its index rows.
@@ -546,41 +610,143 @@ fn insert_audit(tx: &Tx<'_>, index: &mut Vec<IndexRow>, entry: &AuditEntry, stor
     Ok(())
 }
 
-/// Writes the index rows of `rows` (in seq order), each table's in key
-/// order, and moves `meta.audit_indexed` to the last of them.
+/// Writes the index runs of `rows` (in seq order) and moves
+/// `meta.audit_indexed` to the last of them.
 fn flush_index(tx: &Tx<'_>, rows: &[IndexRow]) -> Result<(), StoreError> {
     let Some(last) = rows.last() else { return Ok(()) };
-    let mut by_entity: Vec<(&str, u64)> = Vec::new();
-    let mut by_agent_entity: Vec<(&str, &str, u64)> = Vec::new();
-    for r in rows {
-        for e in &r.entities {
-            by_entity.push((e.as_str(), r.seq));
-            by_agent_entity.push((r.agent.as_str(), e.as_str(), r.seq));
-        }
+    let keys = IndexKeys::of(rows);
+    let mut table = tx.audit_by_agent().map_err(backend)?;
+    for (agent, first, run) in Run::group(keys.agent) {
+        table.insert((agent, first), run.as_slice()).map_err(backend)?;
     }
-    insert_sorted(tx.audit_by_agent().map_err(backend)?, rows.iter().map(|r| (r.agent.as_str(), r.seq)).collect())?;
-    insert_sorted(tx.audit_by_invocation().map_err(backend)?, rows.iter().map(|r| (r.invocation, r.seq)).collect())?;
-    insert_sorted(tx.audit_by_entity().map_err(backend)?, by_entity)?;
-    insert_sorted(tx.audit_by_agent_entity().map_err(backend)?, by_agent_entity)?;
+    drop(table);
+    let mut table = tx.audit_by_invocation().map_err(backend)?;
+    for (invocation, first, run) in Run::group(keys.invocation) {
+        table.insert((invocation, first), run.as_slice()).map_err(backend)?;
+    }
+    drop(table);
+    let mut table = tx.audit_by_entity().map_err(backend)?;
+    for (entity, first, run) in Run::group(keys.entity) {
+        table.insert((entity, first), run.as_slice()).map_err(backend)?;
+    }
+    drop(table);
+    let mut table = tx.audit_by_agent_entity().map_err(backend)?;
+    for ((agent, entity), first, run) in Run::group(keys.agent_entity) {
+        table.insert((agent, entity, first), run.as_slice()).map_err(backend)?;
+    }
+    drop(table);
     tx.meta().map_err(backend)?.insert(AUDIT_INDEXED, last.seq).map_err(backend)?;
     Ok(())
 }
 
-/// Inserts `keys` into an index table, sorted first: consecutive inserts
-/// land in the same leaf, which redb then changes in place.
-fn insert_sorted<'k, K>(
-    mut table: std::cell::RefMut<'_, Logged<'_, '_, K, ()>>,
-    mut keys: Vec<K::SelfType<'k>>,
-) -> Result<(), StoreError>
-where
-    K: Key + 'static,
-    K::SelfType<'k>: Ord,
-{
-    keys.sort_unstable();
-    for key in keys {
-        table.insert(key, ()).map_err(backend)?;
+/// The (key, seq) pairs of some index rows, one list per index, in seq
+/// order.
+struct IndexKeys<'r> {
+    agent: Vec<(&'r str, u64)>,
+    invocation: Vec<(u64, u64)>,
+    entity: Vec<(&'r str, u64)>,
+    agent_entity: Vec<((&'r str, &'r str), u64)>,
+}
+
+impl<'r> IndexKeys<'r> {
+    fn of(rows: &'r [IndexRow]) -> Self {
+        let mut keys = IndexKeys {
+            agent: Vec::with_capacity(rows.len()),
+            invocation: Vec::with_capacity(rows.len()),
+            entity: Vec::with_capacity(rows.len()),
+            agent_entity: Vec::with_capacity(rows.len()),
+        };
+        for r in rows {
+            keys.agent.push((r.agent.as_str(), r.seq));
+            keys.invocation.push((r.invocation, r.seq));
+            for e in &r.entities {
+                keys.entity.push((e.as_str(), r.seq));
+                keys.agent_entity.push(((r.agent.as_str(), e.as_str()), r.seq));
+            }
+        }
+        keys
     }
-    Ok(())
+}
+
+/// A run of an audit index: ascending seqs indexed under one key, stored
+/// as one row keyed by (key, first seq), whose value is the seqs as
+/// LEB128 varints, each the difference from the one before (the first from
+/// zero).
+///
+/// A flush writes one run per key it holds (up to [`Run::MAX`] seqs), so
+/// its cost follows the keys it touches, not the entries: a flush of 4,096
+/// reads by one agent of one entity is four rows, not 16,384. Runs never
+/// overlap: each seq is flushed once.
+struct Run;
+
+impl Run {
+    /// The most seqs in one run, so a query that wants only the newest few
+    /// decodes little more than it returns. (Small in tests, so that their
+    /// queries cross runs.)
+    const MAX: usize = if cfg!(test) { 4 } else { 512 };
+
+    /// Groups `pairs` (in seq order) by key into runs: (key, first seq,
+    /// encoded run), in key order.
+    fn group<K: Ord + Copy>(mut pairs: Vec<(K, u64)>) -> Vec<(K, u64, Vec<u8>)> {
+        // Stable: each key's seqs stay ascending.
+        pairs.sort_by_key(|p| p.0);
+        let mut runs = Vec::new();
+        for same in pairs.chunk_by(|a, b| a.0 == b.0) {
+            for chunk in same.chunks(Run::MAX) {
+                runs.push((chunk[0].0, chunk[0].1, Run::encode(chunk.iter().map(|p| p.1))));
+            }
+        }
+        runs
+    }
+
+    fn encode(seqs: impl Iterator<Item = u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for seq in seqs {
+            let mut d = seq - prev;
+            prev = seq;
+            loop {
+                let byte = (d & 0x7f) as u8;
+                d >>= 7;
+                if d == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// The seqs of a run, ascending; a malformed one is an error naming
+    /// the index it was read from.
+    fn decode(bytes: &[u8], index: &str) -> Result<Vec<u64>, StoreError> {
+        let corrupt = || StoreError::Corrupt {
+            what: format!("a run of the audit index {index}"),
+            reason: "it does not decode".into(),
+        };
+        let mut seqs = Vec::with_capacity(bytes.len());
+        let (mut prev, mut d, mut shift) = (0u64, 0u64, 0u32);
+        for &b in bytes {
+            // Past 64 bits: too long, or a last byte with more than the
+            // one bit left.
+            if shift > 63 || (shift == 63 && b & 0x7e != 0) {
+                return Err(corrupt());
+            }
+            d |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 != 0 {
+                shift += 7;
+                continue;
+            }
+            prev = prev.checked_add(d).ok_or_else(corrupt)?;
+            seqs.push(prev);
+            (d, shift) = (0, 0);
+        }
+        if shift != 0 {
+            return Err(corrupt());
+        }
+        Ok(seqs)
+    }
 }
 
 /// Counters of the group-commit writer.
@@ -944,6 +1110,11 @@ fn run_batch(
         fail_all(results, &why);
         return false;
     }
+    // Before anyone is answered: a caller that reads after its commit
+    // returns must not get the shared snapshot from before it. Dropping
+    // the old one also lets redb reuse the pages it pinned.
+    shared.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    drop(shared.snapshot().take());
     chain.committed_hash.clone_from(&chain.last_hash);
     chain.in_txn.clear();
     if flushed {
@@ -1145,7 +1316,8 @@ impl RedbStore {
         let _ = std::fs::write(pid_path(path), std::process::id().to_string());
         let db = Arc::new(db);
         let mut store = Self { db: Db::ReadWrite(db.clone()), path: path.to_path_buf(), writer: None, recovered: 0 };
-        let created = store.init()?;
+        let layout = store.init()?;
+        let created = matches!(layout, Layout::Created);
         let unclean = repaired.load(std::sync::atomic::Ordering::SeqCst);
         if created {
             // A journal beside a store created just now belongs to a store
@@ -1166,6 +1338,9 @@ impl RedbStore {
             }
         }
         let journal = store.recover(&db, sharing, unclean)?;
+        if let Layout::Old(old) = layout {
+            store.upgrade(old)?;
+        }
         store.scan()?;
         // The chain continues from the last entry on disk, and the index
         // rows of the entries after the indexes' reach wait again.
@@ -1192,7 +1367,14 @@ impl RedbStore {
         let shared = Arc::new(WriterShared::default());
         shared.tail().next_seq = next_seq;
         let index_committed = index.len();
-        let chain = Chain { committed_hash: last_hash.clone(), last_hash, in_txn: Vec::new(), index, index_committed };
+        let chain = Chain {
+            committed_hash: last_hash.clone(),
+            last_hash,
+            in_txn: Vec::new(),
+            index,
+            index_committed,
+            last_pending: 0,
+        };
         let cannot_start = |what: &str, e: std::io::Error| StoreError::Open {
             path: path.to_path_buf(),
             reason: format!("cannot start the {what}: {e}"),
@@ -1366,9 +1548,9 @@ impl RedbStore {
 
     /// Creates every table, so readers never meet a missing one, and records
     /// (or checks) the layout version.
-    fn init(&self) -> Result<bool, StoreError> {
+    fn init(&self) -> Result<Layout, StoreError> {
         let txn = self.write()?;
-        let mut created = false;
+        let mut layout = Layout::Current;
         {
             txn.open_table(EVENTS).map_err(backend)?;
             txn.open_table(ENTITIES).map_err(backend)?;
@@ -1390,41 +1572,55 @@ impl RedbStore {
             match found {
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
-                    created = true;
+                    layout = Layout::Created;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(old @ (1 | 2)) => {
-                    let audit = txn.open_table(AUDIT).map_err(backend)?;
-                    if old == 1 {
-                        // Version 1 lacked the (agent, entity) index: build
-                        // it from the log, in this same transaction.
-                        let mut index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
-                        let mut n = 0u64;
-                        for item in audit.iter().map_err(backend)? {
-                            let (k, v) = item.map_err(backend)?;
-                            let seq = k.value();
-                            let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
-                            for e in &entry.entities {
-                                index.insert((entry.agent.as_str(), e.as_str(), seq), ()).map_err(backend)?;
-                            }
-                            n += 1;
-                        }
-                        tracing::info!("{}: {n} audit entries indexed by agent and entity", self.path.display());
-                    }
-                    // Versions 1 and 2 indexed every entry as it was written.
-                    let last = audit.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
-                    meta.insert(AUDIT_INDEXED, last).map_err(backend)?;
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
-                    tracing::info!(
-                        "{}: upgraded the layout from version {old} to {SCHEMA_VERSION}",
-                        self.path.display()
-                    );
-                }
+                // Upgraded by `upgrade`, after the journal such a version
+                // may have left is applied.
+                Some(old @ 1..SCHEMA_VERSION) => layout = Layout::Old(old),
                 Some(v) => return Err(self.version_mismatch(v)),
             }
         }
         txn.commit().map_err(backend)?;
-        Ok(created)
+        Ok(layout)
+    }
+
+    /// Brings a layout of an older version (1 to 3) to this one, in one
+    /// transaction: a crash leaves the old version, upgraded again at the
+    /// next open. Their audit indexes (a row per seq; version 1 lacked the
+    /// one by agent and entity) are deleted, and the runs rebuilt from the
+    /// log, a chunk of entries at a time.
+    fn upgrade(&self, old: u64) -> Result<(), StoreError> {
+        const CHUNK: usize = 65_536;
+        let txn = self.write()?;
+        {
+            txn.delete_table(retired::AUDIT_BY_AGENT).map_err(backend)?;
+            txn.delete_table(retired::AUDIT_BY_ENTITY).map_err(backend)?;
+            txn.delete_table(retired::AUDIT_BY_INVOCATION).map_err(backend)?;
+            txn.delete_table(retired::AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
+            let (shared, mut chain) = (WriterShared::default(), Chain::default());
+            let tx = Tx::unjournaled(&txn, &shared, &mut chain);
+            let audit = txn.open_table(AUDIT).map_err(backend)?;
+            let (mut rows, mut n) = (Vec::with_capacity(CHUNK), 0u64);
+            for item in audit.iter().map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let seq = k.value();
+                rows.push(IndexRow::of(&decode(v.value(), || format!("audit entry {seq}"))?));
+                if rows.len() == CHUNK {
+                    flush_index(&tx, &rows)?;
+                    n += rows.len() as u64;
+                    rows.clear();
+                }
+            }
+            flush_index(&tx, &rows)?;
+            n += rows.len() as u64;
+            tx.meta().map_err(backend)?.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+            tracing::info!(
+                "{}: upgraded the layout from version {old} to {SCHEMA_VERSION} ({n} audit entries indexed)",
+                self.path.display()
+            );
+        }
+        txn.commit().map_err(backend)
     }
 
     /// Reads every record once, so that a damaged or truncated file is
@@ -1490,7 +1686,7 @@ impl RedbStore {
         };
         match meta.get("schema_version").map_err(|e| damaged(&e))?.map(|v| v.value()) {
             Some(SCHEMA_VERSION) => Ok(()),
-            Some(old @ (1 | 2)) => Err(StoreError::Open {
+            Some(old @ 1..SCHEMA_VERSION) => Err(StoreError::Open {
                 path: self.path.clone(),
                 reason: format!(
                     "its layout is version {old}, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord run`) to upgrade it in place"
@@ -1506,6 +1702,36 @@ impl RedbStore {
             path: self.path.clone(),
             reason: format!("its layout version is {found}, this concord reads version {SCHEMA_VERSION}"),
         }
+    }
+
+    /// The entities table for a point read. Beginning a read transaction
+    /// and opening a table cost more than the read itself (about two
+    /// thirds of a `get` before this, measured with perf), so reads share
+    /// one snapshot until the writer's next commit.
+    ///
+    /// Invariant: a read sees every commit answered before it started. The
+    /// writer counts a commit and drops the shared snapshot before it
+    /// answers anyone; a reader reads the count first and takes the shared
+    /// snapshot only if it was taken at that same count, so a snapshot from
+    /// before a commit is never handed to a reader who saw its answer. A
+    /// snapshot pins the pages it sees only until the next commit drops it.
+    /// Read-only stores (another process may write) always read afresh.
+    fn entities(&self) -> Result<Arc<redb::ReadOnlyTable<&'static str, &'static [u8]>>, StoreError> {
+        let open = || -> Result<_, StoreError> { Ok(Arc::new(self.read()?.open_table(ENTITIES).map_err(backend)?)) };
+        let Some(w) = &self.writer else { return open() };
+        let commits = w.shared.commits.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(s) = &*w.shared.snapshot()
+            && s.commits == commits
+        {
+            return Ok(s.entities.clone());
+        }
+        let entities = open()?;
+        let mut cached = w.shared.snapshot();
+        // Not over a newer one another reader took meanwhile.
+        if cached.as_ref().is_none_or(|s| s.commits < commits) {
+            *cached = Some(Snapshot { commits, entities: entities.clone() });
+        }
+        Ok(entities)
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -1876,6 +2102,26 @@ impl RedbStore {
     }
 }
 
+/// Gives `take` the seqs of an index's `runs` (one key's, each keyed by its
+/// first seq, so a range up to `indexed` holds every run with a seq up
+/// to it), newest first and up to `indexed`, until it returns false.
+fn newest_first<K: Key + 'static>(
+    runs: redb::Range<'_, K, &'static [u8]>,
+    indexed: u64,
+    index: &str,
+    mut take: impl FnMut(u64) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    for item in runs.rev() {
+        let (_, run) = item.map_err(backend)?;
+        for seq in Run::decode(run.value(), index)?.into_iter().rev() {
+            if seq <= indexed && !take(seq)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// For operator commands: refuses (writing nothing) unless the entity exists.
 fn existing(txn: &Tx<'_>, entity: &EntityRef) -> Result<Entity, StoreError> {
     let entities = txn.entities().map_err(backend)?;
@@ -2018,9 +2264,7 @@ fn commit_job(
 
 impl Store for RedbStore {
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(ENTITIES).map_err(backend)?;
-        load_entity(&table, &entity.key())
+        load_entity(&*self.entities()?, &entity.key())
     }
 
     fn get_at(&self, entity: &EntityRef, at: AtPoint) -> Result<Option<Entity>, StoreError> {
@@ -2640,9 +2884,11 @@ impl Store for RedbStore {
             let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
             let mut seqs = Vec::new();
             for inv in invocations {
-                for item in index.range((inv, 0)..=(inv, indexed)).map_err(backend)? {
-                    seqs.push(item.map_err(backend)?.0.value().1);
-                }
+                let runs = index.range((inv, 0)..=(inv, indexed)).map_err(backend)?;
+                newest_first(runs, indexed, AUDIT_BY_INVOCATION.name(), |seq| {
+                    seqs.push(seq);
+                    Ok(true)
+                })?;
             }
             seqs.sort_unstable();
             for seq in seqs.into_iter().rev() {
@@ -2657,24 +2903,16 @@ impl Store for RedbStore {
         if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
             let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
             let range = (agent.as_str(), entity.as_str(), 0)..=(agent.as_str(), entity.as_str(), indexed);
-            for item in index.range(range).map_err(backend)?.rev() {
-                let (k, _) = item.map_err(backend)?;
-                if !take(k.value().2, &mut out)? {
-                    break;
-                }
-            }
+            let runs = index.range(range).map_err(backend)?;
+            newest_first(runs, indexed, AUDIT_BY_AGENT_ENTITY.name(), |seq| take(seq, &mut out))?;
             out.reverse();
             return Ok(out);
         }
         // Newest first through the narrowest index, then put back in order.
         if let Some((table, key)) = index {
             let index = txn.open_table(table).map_err(backend)?;
-            for item in index.range((key, 0)..=(key, indexed)).map_err(backend)?.rev() {
-                let (k, _) = item.map_err(backend)?;
-                if !take(k.value().1, &mut out)? {
-                    break;
-                }
-            }
+            let runs = index.range((key, 0)..=(key, indexed)).map_err(backend)?;
+            newest_first(runs, indexed, table.name(), |seq| take(seq, &mut out))?;
         }
         out.reverse();
         Ok(out)
@@ -2832,6 +3070,27 @@ mod tests {
         }
     }
 
+    /// Point reads share one snapshot (see `RedbStore::entities`), and a
+    /// commit ends it before it is answered: a read after a commit sees
+    /// it, and no snapshot outlives the commit after it (pinning pages).
+    #[test]
+    fn point_reads_share_a_snapshot_until_the_next_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(&dir.path().join("kb.redb")).expect("store");
+        let shared = &store.writer.as_ref().expect("writer").shared;
+        for counter in [1, 2] {
+            let entity = EntityRef { kind: "c".into(), id: counter.to_string() };
+            assert!(store.get(&entity).expect("get").is_none());
+            let before = store.entities().expect("snapshot");
+            assert!(Arc::ptr_eq(&before, &store.entities().expect("snapshot")), "reads share the snapshot");
+            count_up(&store, counter, 1);
+            assert!(shared.snapshot().is_none(), "the commit dropped the snapshot");
+            let version = store.get(&entity).expect("get").map(|e| e.version);
+            assert_eq!(version, Some(1), "a read sees the commit answered before it");
+            assert!(!Arc::ptr_eq(&before, &store.entities().expect("snapshot")));
+        }
+    }
+
     /// The child half of `acknowledged_commits_survive_a_crash`: it commits,
     /// and dies without closing the store (no checkpoint, no redb close).
     #[test]
@@ -2971,9 +3230,9 @@ mod tests {
 
     /// The audit indexes are written in bulk (see IndexRow): a query
     /// reads the indexes up to `audit_indexed` and the log after it, so it
-    /// neither misses the entries not indexed yet nor counts twice the
-    /// ones a flush had indexed past a stale `audit_indexed`; and a host
-    /// indexes what is missing.
+    /// neither misses the entries not indexed yet nor counts twice runs
+    /// that reach past `audit_indexed` (which a flush, writing both in one
+    /// transaction, never leaves); and a host indexes what is missing.
     #[test]
     fn audit_queries_read_past_the_indexes_reach() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -2991,36 +3250,36 @@ mod tests {
             store.append_read_audit(d).expect("read");
         }
         drop(store);
+        // (the reach, the seqs in the index by agent)
         let indexed = |path: &Path| {
             let db = Database::create(path).expect("db");
             let txn = db.begin_read().expect("read");
-            let n = txn.open_table(AUDIT_BY_AGENT).expect("index").len().expect("len");
+            let index = txn.open_table(AUDIT_BY_AGENT).expect("index");
+            let n: usize = index
+                .iter()
+                .expect("iter")
+                .map(|run| Run::decode(run.expect("run").1.value(), "test").expect("decodes").len())
+                .sum();
             (audit_indexed(&txn).expect("meta"), n)
         };
         assert_eq!(indexed(&path), (60, 60), "a clean close indexes everything");
-        // As a crash can leave it: the indexes' reach says 30, entries
-        // 31..=40 are indexed anyway, 41..=60 are not.
-        {
+        // The indexes' reach says 30, and runs hold entries up to `keep`:
+        // past the reach (40), or exactly to it, as a crash leaves it.
+        let cut = |keep: u64| {
             let db = Database::create(&path).expect("db");
             let txn = db.begin_write().expect("write");
             txn.open_table(META).expect("meta").insert(AUDIT_INDEXED, 30).expect("reach");
-            for seq in 41..=60u64 {
-                for agent in ["a", "b", "c"] {
-                    txn.open_table(AUDIT_BY_AGENT).expect("t").remove((agent, seq)).expect("rm");
-                    for e in ["k/1", "k/2"] {
-                        txn.open_table(AUDIT_BY_AGENT_ENTITY).expect("t").remove((agent, e, seq)).expect("rm");
-                    }
-                }
-                for e in ["k/1", "k/2"] {
-                    txn.open_table(AUDIT_BY_ENTITY).expect("t").remove((e, seq)).expect("rm");
-                }
-                for inv in 0..5u64 {
-                    txn.open_table(AUDIT_BY_INVOCATION).expect("t").remove((inv, seq)).expect("rm");
-                }
-            }
+            keep_up_to(&txn, AUDIT_BY_AGENT, keep);
+            keep_up_to(&txn, AUDIT_BY_ENTITY, keep);
+            keep_up_to(&txn, AUDIT_BY_INVOCATION, keep);
+            keep_up_to(&txn, AUDIT_BY_AGENT_ENTITY, keep);
             txn.commit().expect("commit");
-        }
+        };
+        cut(40);
         assert_eq!(indexed(&path), (30, 40));
+        assert_queries_match_the_log(&RedbStore::open_read_only(&path).expect("read-only"));
+        cut(30);
+        assert_eq!(indexed(&path), (30, 30));
         assert_queries_match_the_log(&RedbStore::open_read_only(&path).expect("read-only"));
         // A host takes the rows of 31..=60 up again and writes them.
         let store = RedbStore::open(&path).expect("reopen");
@@ -3030,39 +3289,122 @@ mod tests {
         assert_queries_match_the_log(&RedbStore::open_read_only(&path).expect("read-only"));
     }
 
-    /// The (agent, entity) index answers exactly, and a version-1 file
-    /// (without it) is upgraded in place when a host opens it; read
-    /// commands on a version-1 file say what to do.
+    /// Drops the seqs past `max` from every run of an index.
+    fn keep_up_to<K: Key + 'static>(txn: &WriteTransaction, def: TableDefinition<K, &'static [u8]>, max: u64) {
+        let raw: TableDefinition<Raw<K>, &[u8]> = TableDefinition::new(def.name());
+        let mut table = txn.open_table(raw).expect("index");
+        let runs: Vec<(Vec<u8>, Vec<u8>)> = table
+            .iter()
+            .expect("iter")
+            .map(|item| {
+                let (k, v) = item.expect("run");
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect();
+        for (key, run) in runs {
+            let kept: Vec<u64> = Run::decode(&run, "test").expect("run").into_iter().filter(|s| *s <= max).collect();
+            if kept.is_empty() {
+                table.remove(key.as_slice()).expect("remove");
+            } else {
+                table.insert(key.as_slice(), Run::encode(kept.into_iter()).as_slice()).expect("insert");
+            }
+        }
+    }
+
     #[test]
-    fn audit_by_agent_and_entity_and_the_upgrade_from_version_1() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("kb.redb");
-        let store = RedbStore::open(&path).expect("store");
-        for (agent, entity) in [("a", "k/1"), ("b", "k/1"), ("a", "k/2"), ("a", "k/1"), ("b", "k/2")] {
-            let mut d = draft(agent, "kb.get");
-            d.entities = vec![entity.into()];
-            store.append_read_audit(d).expect("read");
-        }
-        let query = |store: &RedbStore| {
-            let filter = AuditFilter { agent: Some("a".into()), entity: Some("k/1".into()), ..Default::default() };
-            store.audit(&filter).expect("audit").iter().map(|e| e.seq).collect::<Vec<_>>()
-        };
-        assert_eq!(query(&store), vec![1, 4]);
-        drop(store);
-        // Make it a version-1 file: no index, version 1.
-        {
+    fn runs_group_by_key_and_round_trip() {
+        let pairs = vec![("b", 1), ("a", 2), ("b", 3), ("a", 5), ("b", 200), ("b", 70_000), ("b", u64::MAX - 1)];
+        let runs = Run::group(pairs);
+        let decoded: Vec<(&str, u64, Vec<u64>)> =
+            runs.iter().map(|(k, first, run)| (*k, *first, Run::decode(run, "test").expect("decodes"))).collect();
+        // Key order; each key's seqs ascending, at most Run::MAX (4 in
+        // tests) per run, each run keyed by its first seq.
+        assert_eq!(
+            decoded,
+            vec![("a", 2, vec![2, 5]), ("b", 1, vec![1, 3, 200, 70_000]), ("b", u64::MAX - 1, vec![u64::MAX - 1]),]
+        );
+        assert_eq!(runs[0].2, vec![2, 3], "deltas from zero, one byte each when small");
+        // A truncated varint, and one too long for a u64, are refused.
+        let err = Run::decode(&[0x81], "audit_runs_by_agent").expect_err("truncated");
+        assert!(err.to_string().contains("audit_runs_by_agent"), "{err}");
+        Run::decode(&[0xff; 11], "x").expect_err("too long");
+        Run::decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01], "x").expect_err("overflows");
+    }
+
+    /// A file of layout version 1, 2 or 3 (an index row per seq; version
+    /// 1 without the index by agent and entity) is refused by read
+    /// commands with what to do, and upgraded in place when a host opens
+    /// it: the old indexes deleted, the runs built from the log.
+    #[test]
+    fn older_layouts_are_upgraded_in_place() {
+        for old in 1..SCHEMA_VERSION {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("kb.redb");
+            let store = RedbStore::open(&path).expect("store");
+            for i in 0..30u64 {
+                let mut d = draft(["a", "b", "c"][i as usize % 3], "kb.get");
+                d.entities = [vec!["k/1".into()], vec!["k/2".into(), "k/1".into()], vec![]][i as usize % 3].clone();
+                d.invocation = Some(i % 4);
+                store.append_read_audit(d).expect("read");
+            }
+            let log = all(&store);
+            drop(store);
+            // As that version wrote it.
+            {
+                let db = Database::create(&path).expect("db");
+                let txn = db.begin_write().expect("write");
+                for name in [AUDIT_BY_AGENT.name(), AUDIT_BY_ENTITY.name(), AUDIT_BY_INVOCATION.name()] {
+                    txn.delete_table(TableDefinition::<(&str, u64), &[u8]>::new(name)).expect("delete");
+                }
+                txn.delete_table(AUDIT_BY_AGENT_ENTITY).expect("delete");
+                for e in &log {
+                    txn.open_table(retired::AUDIT_BY_AGENT)
+                        .expect("t")
+                        .insert((e.agent.as_str(), e.seq), ())
+                        .expect("row");
+                    txn.open_table(retired::AUDIT_BY_INVOCATION)
+                        .expect("t")
+                        .insert((e.invocation, e.seq), ())
+                        .expect("row");
+                    for k in &e.entities {
+                        txn.open_table(retired::AUDIT_BY_ENTITY)
+                            .expect("t")
+                            .insert((k.as_str(), e.seq), ())
+                            .expect("row");
+                        if old > 1 {
+                            let mut t = txn.open_table(retired::AUDIT_BY_AGENT_ENTITY).expect("t");
+                            t.insert((e.agent.as_str(), k.as_str(), e.seq), ()).expect("row");
+                        }
+                    }
+                }
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert("schema_version", old).expect("version");
+                if old < 3 {
+                    meta.remove(AUDIT_INDEXED).expect("before version 3");
+                }
+                drop(meta);
+                txn.commit().expect("commit");
+            }
+            let err = RedbStore::open_read_only(&path).expect_err("an old layout is refused read-only");
+            assert!(err.to_string().contains(&format!("version {old}")), "{err}");
+            assert!(err.to_string().contains("start a host on it once"), "{err}");
+            let store = RedbStore::open(&path).expect("upgraded");
+            assert_queries_match_the_log(&store);
+            drop(store);
+            let store = RedbStore::open_read_only(&path).expect("the current version now");
+            assert_queries_match_the_log(&store);
+            drop(store);
             let db = Database::create(&path).expect("db");
-            let txn = db.begin_write().expect("write");
-            txn.delete_table(AUDIT_BY_AGENT_ENTITY).expect("delete");
-            txn.open_table(META).expect("meta").insert("schema_version", 1).expect("version");
-            txn.commit().expect("commit");
+            let txn = db.begin_read().expect("read");
+            let tables: Vec<String> = txn.list_tables().expect("tables").map(|t| t.name().to_string()).collect();
+            for gone in [retired::AUDIT_BY_AGENT.name(), retired::AUDIT_BY_ENTITY.name()] {
+                assert!(!tables.iter().any(|t| t == gone), "{gone} is deleted (version {old})");
+            }
+            assert!(!tables.iter().any(|t| t == retired::AUDIT_BY_INVOCATION.name()));
+            assert!(!tables.iter().any(|t| t == retired::AUDIT_BY_AGENT_ENTITY.name()));
+            let meta = txn.open_table(META).expect("meta");
+            assert_eq!(meta.get("schema_version").expect("get").map(|v| v.value()), Some(SCHEMA_VERSION));
+            assert_eq!(audit_indexed(&txn).expect("reach"), 30, "every entry is in the runs");
         }
-        let err = RedbStore::open_read_only(&path).expect_err("version 1 is refused read-only");
-        assert!(err.to_string().contains("start a host on it once"), "{err}");
-        let store = RedbStore::open(&path).expect("upgraded");
-        assert_eq!(query(&store), vec![1, 4]);
-        drop(store);
-        let store = RedbStore::open_read_only(&path).expect("version 3 now");
-        assert_eq!(query(&store), vec![1, 4]);
     }
 }
