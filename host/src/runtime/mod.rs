@@ -204,6 +204,17 @@ impl fmt::Debug for Runtime {
 /// pool. Past it, invocations wait for a slot (see [`Runtime::invoke`]).
 pub const MAX_LIVE_INVOCATIONS: u32 = 128;
 
+/// How much of a pool slot's linear memory stays mapped when its instance
+/// is dropped. By default wasmtime resets a slot with `madvise`, which on
+/// this 2-core VM means a TLB shootdown per invocation: profiled, dropping
+/// the store was the largest single cost of a trivial invocation. Up to
+/// this many bytes are instead reset in place (with `PAGEMAP_SCAN`, where
+/// the kernel has it, only the pages the guest dirtied), so the next
+/// instance starts on resident pages. Measured: invocation start median
+/// 94 → 32–39 µs; idle and per-invocation memory unchanged (a slot keeps
+/// only the pages its guests touched, and only while it is warm).
+const KEEP_RESIDENT: usize = 2 << 20;
+
 fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<(Engine, Option<wasmtime::Cache>), LoadError> {
     let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
     let mut config = wasmtime::Config::new();
@@ -222,7 +233,10 @@ fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<(Engine, Option<w
         .total_memories(MAX_LIVE_INVOCATIONS)
         .total_tables(MAX_LIVE_INVOCATIONS * 3)
         .total_stacks(MAX_LIVE_INVOCATIONS)
-        .max_memory_size(limits.memory_bytes);
+        .max_memory_size(limits.memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     // Compiled components are cached on disk, keyed by their bytes and the
     // engine's settings, so a restart does not recompile unchanged agents.

@@ -20,6 +20,10 @@
 //! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
 //! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
 //! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
+//! - `{"op": "scribble"}`: counts the pages of a 3 MiB static that are not
+//!   zero and the runs of this op in this instance, then dirties every page
+//!   and counts this run: `{"dirty_pages": N, "runs_before": N}` (both 0 in
+//!   a fresh instance)
 //!
 //! The report is a JSON array with one result per op.
 //!
@@ -32,6 +36,23 @@ use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 
 struct Probe;
+
+/// `scribble`'s memory: larger than the part of a pool slot the host
+/// resets in place (2 MiB), so both ways of resetting it are seen.
+static SCRIBBLE: [std::sync::atomic::AtomicU8; 3 << 20] = [const { std::sync::atomic::AtomicU8::new(0) }; 3 << 20];
+static SCRIBBLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn scribble() -> Json {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pages = SCRIBBLE.chunks(65_536);
+    let dirty = pages.clone().filter(|page| page.iter().any(|b| b.load(Relaxed) != 0)).count();
+    for page in pages {
+        for b in page.iter().step_by(4096) {
+            b.store(0xab, Relaxed);
+        }
+    }
+    json!({ "dirty_pages": dirty, "runs_before": SCRIBBLES.fetch_add(1, Relaxed) })
+}
 
 fn entity(op: &Json) -> Result<EntityRef, String> {
     let s = op["entity"].as_str().ok_or("op needs an `entity`")?;
@@ -156,6 +177,7 @@ impl Handler for Probe {
                         Err(m) => json!({ "error": "read", "text": m }),
                     }
                 }
+                "scribble" => scribble(),
                 "log" => {
                     concord_agent::info(op["message"].as_str().unwrap_or(""));
                     json!("logged")
