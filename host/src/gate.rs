@@ -226,7 +226,11 @@ impl Gate {
     }
 
     fn draft(&self, caller: &Caller, call: &str, entities: Vec<String>, args: serde_json::Value) -> AuditDraft {
-        let args = args.to_string();
+        self.draft_with(caller, call, entities, args.to_string())
+    }
+
+    /// [`Gate::draft`], with the arguments already serialized.
+    fn draft_with(&self, caller: &Caller, call: &str, entities: Vec<String>, args: String) -> AuditDraft {
         AuditDraft {
             agent: caller.agent.clone(),
             digest: caller.digest.clone(),
@@ -369,7 +373,11 @@ impl Gate {
 
     pub async fn get(&self, caller: &Caller, entity: EntityRef) -> Result<Result<Option<Entity>, String>, HostFault> {
         let started = self.enter(caller, calls::GET).await?;
-        let mut draft = self.draft(caller, calls::GET, vec![entity.key()], json!({ "entity": entity.key() }));
+        // The hottest call: its arguments are written directly, not through
+        // a serde_json::Value, and the key is formatted once.
+        let key = entity.key();
+        let args = format!("{{\"entity\":{}}}", serde_json::Value::from(key.as_str()));
+        let mut draft = self.draft_with(caller, calls::GET, vec![key.clone()], args);
         if let Err(refusal) = self.policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
             draft.rule = Some(refusal.rule());
@@ -390,7 +398,7 @@ impl Gate {
         // The read moves the agent's cursor (for `changes-since-read`) in the
         // same transaction as its audit entry.
         let seq = found.as_ref().map_or(0, |e| e.seq);
-        self.store.record_read(caller.agent.clone(), entity, seq, draft)?;
+        self.store.record_read(caller.agent.clone(), key, seq, draft)?;
         Ok(Ok(found))
     }
 

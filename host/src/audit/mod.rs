@@ -267,7 +267,7 @@ impl AuditEntry {
     pub fn link_encoded(&mut self, prev_hash: &str) -> Vec<u8> {
         prev_hash.clone_into(&mut self.prev_hash);
         let mut json = self.hashed_json();
-        self.hash = hex::encode(Sha256::digest(&json));
+        self.hash = hex_digest(&Sha256::digest(&json));
         // `hash` is the last field of AuditEntry and the only one the hashed
         // form lacks; hex needs no escaping.
         json.pop(); // the closing brace
@@ -279,7 +279,7 @@ impl AuditEntry {
 
     /// The hash this entry should carry (see the module docs).
     pub fn compute_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.hashed_json()))
+        hex_digest(&Sha256::digest(self.hashed_json()))
     }
 
     /// The JSON the hash is taken of: every field but `hash`, in order.
@@ -303,26 +303,47 @@ impl AuditEntry {
             duration_us: u64,
             prev_hash: &'a str,
         }
-        serde_json::to_vec(&Hashed {
-            seq: self.seq,
-            at_ms: self.at_ms,
-            agent: &self.agent,
-            digest: &self.digest,
-            invocation: self.invocation,
-            call: &self.call,
-            entities: &self.entities,
-            args: &self.args,
-            decision: self.decision,
-            rule: &self.rule,
-            peer: &self.peer,
-            fields: &self.fields,
-            causation: self.causation,
-            outcome: &self.outcome,
-            duration_us: self.duration_us,
-            prev_hash: &self.prev_hash,
-        })
-        .unwrap_or_default() // serializing plain strings and integers cannot fail
+        // Sized for the whole entry (with `hash`, which link_encoded adds):
+        // growing it from serde_json's default would copy it three times.
+        let strings = self.agent.len() + self.call.len() + self.args.len() + self.outcome.len();
+        let mut json = Vec::with_capacity(512 + strings + 16 * (self.entities.len() + self.fields.len()));
+        let written = serde_json::to_writer(
+            &mut json,
+            &Hashed {
+                seq: self.seq,
+                at_ms: self.at_ms,
+                agent: &self.agent,
+                digest: &self.digest,
+                invocation: self.invocation,
+                call: &self.call,
+                entities: &self.entities,
+                args: &self.args,
+                decision: self.decision,
+                rule: &self.rule,
+                peer: &self.peer,
+                fields: &self.fields,
+                causation: self.causation,
+                outcome: &self.outcome,
+                duration_us: self.duration_us,
+                prev_hash: &self.prev_hash,
+            },
+        );
+        // Serializing plain strings and integers into a Vec cannot fail.
+        debug_assert!(written.is_ok());
+        json
     }
+}
+
+/// Lowercase hex, as `hex::encode` writes it, without building the string a
+/// char at a time (the writer does this for every audit entry).
+fn hex_digest(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// Which entries `concord audit` shows. Every set filter must match.
@@ -470,6 +491,13 @@ mod tests {
 
     /// The stored form `link_encoded` builds is serde's, byte for byte,
     /// whatever the strings hold.
+    #[test]
+    fn hex_digest_is_lowercase_hex() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_digest(&bytes), hex::encode(&bytes));
+        assert_eq!(hex_digest(&Sha256::digest(b"concord")), hex::encode(Sha256::digest(b"concord")));
+    }
+
     #[test]
     fn link_encoded_is_the_serialized_entry() {
         let mut d = draft("kb.commit");

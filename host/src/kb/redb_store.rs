@@ -2750,11 +2750,11 @@ impl Store for RedbStore {
         })
     }
 
-    fn record_read(&self, agent: String, entity: EntityRef, seq: u64, draft: AuditDraft) -> Result<u64, StoreError> {
+    fn record_read(&self, agent: String, key: String, seq: u64, draft: AuditDraft) -> Result<u64, StoreError> {
         // A read has no effect to protect: its entry (and the cursor move)
         // waits in the tail for the next batch, durable within
         // READ_AUDIT_FLUSH.
-        self.push_read(draft, Some((agent, entity.key(), seq)))
+        self.push_read(draft, Some((agent, key, seq)))
     }
 
     fn replay(&self) -> Result<ReplayReport, StoreError> {

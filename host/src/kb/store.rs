@@ -301,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     /// appends the read's audit entry, in one transaction. Returns the
     /// entry's seq; like [`Store::append_read_audit`]'s, the entry is in the
     /// chain at once and durable within [`READ_AUDIT_FLUSH`].
-    fn record_read(&self, agent: String, entity: EntityRef, seq: u64, draft: AuditDraft) -> Result<u64, StoreError>;
+    /// `key` is the entity's (`kind/id`).
+    fn record_read(&self, agent: String, key: String, seq: u64, draft: AuditDraft) -> Result<u64, StoreError>;
 
     /// Rebuilds the projection from the events and compares.
     fn replay(&self) -> Result<ReplayReport, StoreError>;
