@@ -98,8 +98,12 @@ fn deepest_chain(audit: &[AuditEntry]) -> Vec<u64> {
         .filter(|e| e.call == calls::INVOCATION_START)
         .filter_map(|e| e.causation.map(|c| (e.invocation, c)))
         .collect();
+    // In seq order, so that of equally deep chains the earliest is shown,
+    // the same one every time.
+    let mut starts: Vec<u64> = parent.keys().copied().collect();
+    starts.sort_unstable();
     let mut best = vec![];
-    for &start in parent.keys() {
+    for start in starts {
         let mut chain = vec![start];
         let mut at = start;
         while let Some(&p) = parent.get(&at) {
@@ -158,4 +162,45 @@ fn ping_pongs(events: &[Event], window_ms: u64) -> Vec<PingPong> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditDraft, Decision};
+
+    fn start(invocation: u64, causation: Option<u64>) -> AuditEntry {
+        let draft = AuditDraft {
+            agent: "a".into(),
+            digest: String::new(),
+            invocation: Some(invocation),
+            call: calls::INVOCATION_START.into(),
+            entities: vec![],
+            arg_bytes: 0,
+            args: String::new(),
+            decision: Decision::Allowed,
+            rule: None,
+            peer: None,
+            fields: vec![],
+            causation,
+            outcome: String::new(),
+            duration_us: 0,
+        };
+        AuditEntry::unsealed(draft, invocation, 0)
+    }
+
+    /// Of equally deep chains the earliest is reported, whatever the
+    /// hash map's order (the demo's output is the same at every run).
+    #[test]
+    fn the_deepest_chain_is_the_earliest_of_equals() {
+        let audit: Vec<AuditEntry> =
+            [(1, None), (2, Some(1)), (3, None), (4, Some(3)), (5, None), (6, Some(5)), (7, Some(6))]
+                .into_iter()
+                .map(|(i, c)| start(i, c))
+                .collect();
+        assert_eq!(deepest_chain(&audit), vec![5, 6, 7], "the deepest wins");
+        for _ in 0..20 {
+            assert_eq!(deepest_chain(&audit[..4]), vec![1, 2], "of two of depth 2, the first");
+        }
+    }
 }
