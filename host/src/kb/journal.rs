@@ -5,12 +5,18 @@
 //! eight trees, so that is about 1.2 ms on this project's reference disk
 //! (BENCHMARKS.md). The journal turns it into one sequential write:
 //!
-//! - The writer commits each batch to redb *non-durably* (redb keeps the
-//!   pages in memory) and records every table change the batch made, in
-//!   order, as one journal record. A syncer thread appends the records
-//!   to this file and `fdatasync`s them, many batches per sync when they
-//!   queue up, and only then answers the callers: acknowledged still means
-//!   on disk.
+//! - The writer records every table change a batch made, in order, as one
+//!   journal record, and hands it to a syncer thread, which appends the
+//!   records to this file and `fdatasync`s them, many batches per sync
+//!   when they queue up. Meanwhile the writer commits the batch to redb
+//!   *non-durably* (redb keeps the pages in memory), then hands the
+//!   syncer the batch's replies. A reply goes out once its record is on
+//!   disk *and* its batch is committed in redb: acknowledged still means
+//!   on disk, and a caller answered can read what it wrote. Should that
+//!   redb commit fail after the record was handed over, the record may
+//!   reach the disk anyway, so the outcome is unknown until a restart
+//!   applies (or does not find) it: the writer stops accepting writes and
+//!   tells the batch's callers exactly that.
 //! - Every second or so the writer *checkpoints*: it commits a batch to
 //!   redb durably, which carries every batch before it, and the journal
 //!   starts over at its first byte.
@@ -306,13 +312,17 @@ pub(super) type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// What the writer sends the syncer, in batch order.
 pub(super) enum Sync {
-    /// A batch's record (`None` when the batch changed nothing), and the
-    /// replies that wait for it to be durable.
-    Record(Option<Vec<u8>>, Vec<Deliver>),
-    /// The batch was a checkpoint: redb holds everything so far durably,
-    /// so the records still queued need not be written, and the journal
-    /// starts over at its first byte.
-    Checkpoint(Vec<Deliver>),
+    /// A batch's record, sent before the batch commits in redb, so that
+    /// writing and syncing it overlaps that commit.
+    Record { id: u64, bytes: Vec<u8> },
+    /// The replies of a batch now committed in redb, each to be delivered
+    /// once every record up to `after` is durable. Never before the commit:
+    /// a caller answered must be able to read what it wrote.
+    Replies { after: u64, deliver: Vec<Deliver> },
+    /// The batch was a checkpoint: redb holds everything through record
+    /// `through` durably, so the records still queued need not be written,
+    /// and the journal starts over at its first byte.
+    Checkpoint { through: u64, deliver: Vec<Deliver> },
 }
 
 /// The journal's state shared with the writer.
@@ -333,38 +343,45 @@ impl Health {
 }
 
 /// The syncer's loop: takes every message waiting, writes their records
-/// with one sync, then delivers their replies. A failed write or sync stops
-/// the journal for good (see [`Health`]): after a failed `fdatasync` the
-/// kernel may have dropped the pages, so retrying could acknowledge data
-/// that is not on disk.
-pub(super) fn syncer_loop(mut journal: Journal, queue: mpsc::Receiver<Sync>, health: Arc<Health>) {
+/// with one sync, then delivers the replies that waited for them. Replies
+/// whose records are durable already (synced in an earlier round, or held
+/// by a checkpoint) go first, without waiting for this round's sync.
+/// `synced` is the last record id durable at the start (what redb holds).
+///
+/// A failed write or sync stops the journal for good (see [`Health`]):
+/// after a failed `fdatasync` the kernel may have dropped the pages, so
+/// retrying could acknowledge data that is not on disk.
+pub(super) fn syncer_loop(mut journal: Journal, queue: mpsc::Receiver<Sync>, health: Arc<Health>, mut synced: u64) {
     while let Ok(first) = queue.recv() {
         let mut records = Vec::new();
-        // Replies durable already (through a checkpoint), and replies that
-        // wait for `records`.
-        let mut durable = Vec::new();
-        let mut waiting = Vec::new();
-        let mut take =
-            |msg: Sync, records: &mut Vec<Vec<u8>>, durable: &mut Vec<Deliver>, waiting: &mut Vec<Deliver>| {
-                match msg {
-                    Sync::Record(record, deliver) => {
-                        records.extend(record);
-                        waiting.extend(deliver);
-                    }
-                    Sync::Checkpoint(deliver) => {
-                        // redb holds everything so far durably.
-                        records.clear();
-                        durable.append(waiting);
-                        durable.extend(deliver);
-                        journal.offset = 0;
-                    }
-                }
-            };
-        take(first, &mut records, &mut durable, &mut waiting);
+        // The id of the last record in `records`.
+        let mut last = synced;
+        // Replies durable already, and replies that wait for `records`
+        // (with the record each waits for).
+        let mut ready: Vec<Deliver> = Vec::new();
+        let mut waiting: Vec<(u64, Deliver)> = Vec::new();
+        let mut take = |msg: Sync, records: &mut Vec<Vec<u8>>, journal: &mut Journal| match msg {
+            Sync::Record { id, bytes } => {
+                records.push(bytes);
+                last = id;
+            }
+            Sync::Replies { after, deliver } if after <= synced => ready.extend(deliver),
+            Sync::Replies { after, deliver } => waiting.extend(deliver.into_iter().map(|d| (after, d))),
+            Sync::Checkpoint { through, deliver } => {
+                // redb holds everything so far durably.
+                records.clear();
+                synced = synced.max(through);
+                last = last.max(through);
+                ready.extend(waiting.drain(..).map(|(_, d)| d));
+                ready.extend(deliver);
+                journal.offset = 0;
+            }
+        };
+        take(first, &mut records, &mut journal);
         while let Ok(msg) = queue.try_recv() {
-            take(msg, &mut records, &mut durable, &mut waiting);
+            take(msg, &mut records, &mut journal);
         }
-        for deliver in durable {
+        for deliver in ready {
             deliver(Ok(()));
         }
         let outcome = match health.failure() {
@@ -377,8 +394,18 @@ pub(super) fn syncer_loop(mut journal: Journal, queue: mpsc::Receiver<Sync>, hea
                 why
             }),
         };
-        for deliver in waiting {
-            deliver(outcome.clone());
+        if outcome.is_ok() {
+            synced = synced.max(last);
+        }
+        for (after, deliver) in waiting {
+            // Every record is sent before the replies that wait for it, so
+            // `after` is synced by now unless the journal failed; never
+            // acknowledge a record that is not on disk, whatever happened.
+            let answer = match &outcome {
+                Ok(()) if after > synced => Err(format!("journal record {after} was never written")),
+                other => other.clone(),
+            };
+            deliver(answer);
         }
     }
 }
@@ -439,6 +466,65 @@ mod tests {
         data.extend(record_in(3, 5, &[(b"old", Some(b"5"))]));
         let records = read_records(&data);
         assert_eq!(records.iter().map(|r| r.id).collect::<Vec<_>>(), [4]);
+    }
+
+    /// The syncer's reply rule, in one round (every message queued before
+    /// it starts): replies whose record is durable already go out before
+    /// the write, replies waiting for a record only after it is on disk, a
+    /// record never sent is never acknowledged, and a checkpoint releases
+    /// what waits without writing it.
+    #[test]
+    fn replies_wait_for_their_record_and_no_longer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = dir.path().join("kb.redb");
+        let path = journal_path(&store);
+        type Seen = Vec<(&'static str, Result<(), String>, usize)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        // Each reply notes how many records were on disk when it went out.
+        let reply = |label: &'static str| -> Deliver {
+            let (path, seen) = (path.clone(), seen.clone());
+            Box::new(move |result| {
+                let on_disk = read_records(&std::fs::read(&path).expect("journal")).len();
+                seen.lock().expect("seen").push((label, result, on_disk));
+            })
+        };
+        let run = |messages: Vec<Sync>, synced: u64| {
+            let (journal, _) = Journal::recover(&store, synced).expect("journal");
+            let (queue, messages_in) = mpsc::channel();
+            for m in messages {
+                queue.send(m).expect("queued");
+            }
+            drop(queue);
+            syncer_loop(journal, messages_in, Arc::new(Health::default()), synced);
+            std::mem::take(&mut *seen.lock().expect("seen"))
+        };
+
+        let first = run(
+            vec![
+                Sync::Record { id: 1, bytes: record(1, &[(b"a", Some(b"1"))]) },
+                Sync::Replies { after: 1, deliver: vec![reply("waits for 1")] },
+                Sync::Replies { after: 0, deliver: vec![reply("durable already")] },
+                Sync::Replies { after: 7, deliver: vec![reply("never sent")] },
+            ],
+            0,
+        );
+        assert_eq!(first[0], ("durable already", Ok(()), 0));
+        assert_eq!(first[1], ("waits for 1", Ok(()), 1));
+        assert_eq!(first[2].0, "never sent");
+        assert!(first[2].1.as_ref().is_err_and(|e| e.contains("record 7 was never written")), "{first:?}");
+
+        let checkpoint = run(
+            vec![
+                Sync::Record { id: 2, bytes: record(2, &[(b"b", Some(b"2"))]) },
+                Sync::Replies { after: 2, deliver: vec![reply("waits for 2")] },
+                Sync::Checkpoint { through: 2, deliver: vec![reply("checkpoint")] },
+            ],
+            1,
+        );
+        let labels: Vec<_> = checkpoint.iter().map(|(l, r, _)| (*l, r.clone())).collect();
+        assert_eq!(labels, [("waits for 2", Ok(())), ("checkpoint", Ok(()))]);
+        // Record 2 was not written: redb holds it.
+        assert_eq!(read_records(&std::fs::read(&path).expect("journal")).iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
     }
 
     #[test]
