@@ -2819,28 +2819,37 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let entities = txn.open_table(ENTITIES).map_err(backend)?;
-        // A hash map: replay is one lookup per event, and order only
-        // matters for the report, which is sorted below.
-        let mut rebuilt: std::collections::HashMap<String, Entity> = Default::default();
+        // A hash map by entity: replay is one lookup per event (no key
+        // string built), and order only matters for the report, sorted
+        // below. A value is `None` only while its event is applied.
+        let mut rebuilt: std::collections::HashMap<EntityRef, Option<Entity>> = Default::default();
         let mut count = 0;
         for item in events.iter().map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
             let seq = k.value();
             let event: Event = decode(v.value(), || format!("event {seq}"))?;
-            let key = event.entity.key();
-            if let Some(next) = Entity::apply(rebuilt.remove(&key), &event) {
-                rebuilt.insert(key, next);
-            }
             count += 1;
+            match rebuilt.get_mut(&event.entity) {
+                Some(slot) => *slot = Entity::apply_owned(slot.take(), event),
+                None => {
+                    if let Some(created) = Entity::apply_owned(None, event) {
+                        rebuilt.insert(created.entity.clone(), Some(created));
+                    }
+                }
+            }
         }
         let mut differences = Vec::new();
         let mut stored_count = 0;
         for item in entities.iter().map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
-            let key = k.value().to_string();
+            let key = k.value();
             let stored: Entity = decode(v.value(), || format!("entity {key}"))?;
             stored_count += 1;
-            match rebuilt.remove(&key) {
+            if stored.entity.key() != key {
+                differences.push(format!("{key}: the projection stores {} under this key", stored.entity));
+                continue;
+            }
+            match rebuilt.remove(&stored.entity).flatten() {
                 None => differences
                     .push(format!("{key}: in the projection (version {}) but no event creates it", stored.version)),
                 Some(r) if r != stored => differences.push(format!(
@@ -2850,10 +2859,10 @@ impl Store for RedbStore {
                 Some(_) => {}
             }
         }
-        let mut missing: Vec<_> = rebuilt.into_iter().collect();
-        missing.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, r) in missing {
-            differences.push(format!("{key}: the events give version {}, but the projection lacks it", r.version));
+        let mut missing: Vec<_> = rebuilt.into_values().flatten().map(|r| (r.entity.key(), r.version)).collect();
+        missing.sort();
+        for (key, version) in missing {
+            differences.push(format!("{key}: the events give version {version}, but the projection lacks it"));
         }
         Ok(ReplayReport { events: count, entities: stored_count, differences })
     }
@@ -3266,6 +3275,48 @@ mod tests {
         assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
         assert_eq!(store.replay().expect("replay").differences, Vec::<String>::new());
         count_up(&store, 3, 2);
+    }
+
+    /// Replay rebuilds the projection from the events and reports every way
+    /// the stored one differs: a changed entity, a missing one, one no
+    /// event creates, and one stored under another entity's key.
+    #[test]
+    fn replay_reports_every_difference_from_the_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(&dir.path().join("kb.redb")).expect("store");
+        for c in 1..=4 {
+            count_up(&store, c, 3);
+        }
+        assert_eq!(store.replay().expect("replay"), ReplayReport { events: 12, entities: 4, differences: vec![] });
+        let entity = |c: &str| store.get(&EntityRef { kind: "c".into(), id: c.into() }).expect("get").expect("exists");
+        let (mut changed, mut moved) = (entity("1"), entity("3"));
+        changed.fields.insert("n".into(), Value::Integer(99));
+        changed.version = 7;
+        moved.entity.id = "4".into();
+        let mut unborn = entity("2");
+        unborn.entity.id = "9".into();
+        let txn = store.write().expect("write");
+        {
+            let mut table = txn.open_table(ENTITIES).expect("entities");
+            let bytes = |e: &Entity| serde_json::to_vec(e).expect("json");
+            table.insert("c/1", bytes(&changed).as_slice()).expect("insert");
+            table.remove("c/2").expect("remove");
+            table.insert("c/3", bytes(&moved).as_slice()).expect("insert");
+            table.insert("c/9", bytes(&unborn).as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        let report = store.replay().expect("replay");
+        assert_eq!((report.events, report.entities), (12, 4));
+        assert_eq!(
+            report.differences,
+            [
+                "c/1: the projection has version 7 by counter, the events give version 3 by counter",
+                "c/3: the projection stores c/4 under this key",
+                "c/9: in the projection (version 3) but no event creates it",
+                "c/2: the events give version 3, but the projection lacks it",
+                "c/3: the events give version 3, but the projection lacks it",
+            ]
+        );
     }
 
     /// The child half of `acknowledged_commits_survive_a_crash`: it commits,
