@@ -273,6 +273,10 @@ impl Journal {
             let size = (self.offset + len).div_ceil(GROW) * GROW;
             self.grow_to(size)?;
         }
+        #[cfg(test)]
+        if failing::is(&self.path) {
+            return Err(io_error(&self.path, "sync", std::io::Error::other("injected by a test")));
+        }
         for record in records {
             self.file.write_all_at(record, self.offset).map_err(|e| io_error(&self.path, "write", e))?;
             self.offset += record.len() as u64;
@@ -407,6 +411,28 @@ pub(super) fn syncer_loop(mut journal: Journal, queue: mpsc::Receiver<Sync>, hea
             };
             deliver(answer);
         }
+    }
+}
+
+/// Tests: journals whose writes fail (by path, since tests run side by
+/// side), as a disk that fails a write or an `fdatasync` would.
+#[cfg(test)]
+pub(super) mod failing {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(in crate::kb) fn set(path: &Path, fail: bool) {
+        let mut paths = PATHS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        paths.retain(|p| p != path);
+        if fail {
+            paths.push(path.to_path_buf());
+        }
+    }
+
+    pub(super) fn is(path: &Path) -> bool {
+        PATHS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|p| p == path)
     }
 }
 

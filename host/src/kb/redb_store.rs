@@ -3277,6 +3277,36 @@ mod tests {
         count_up(&store, 3, 2);
     }
 
+    /// A journal that cannot be written (a failed write or `fdatasync`)
+    /// acknowledges nothing more: the commit waiting for it is told it may
+    /// not be durable, every later write is refused until a restart, reads
+    /// go on, and the restart brings back exactly what was acknowledged.
+    #[test]
+    fn a_failed_journal_sync_acknowledges_nothing_and_stops_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        let store = RedbStore::open(&path).expect("store");
+        count_up(&store, 1, 2);
+        journal::failing::set(&journal::journal_path(&path), true);
+        let request = || counter_commit("1", Expect::Version(2));
+        let commit = |request| store.commit(request, Box::new(|_| None), Box::new(|_| draft("counter", "kb.commit")));
+        let err = commit(request()).expect_err("not acknowledged").to_string();
+        assert!(err.contains("the journal could not be written") && err.contains("injected by a test"), "{err}");
+        assert!(err.contains("may not be durable") && err.contains("restart the host"), "{err}");
+        journal::failing::set(&journal::journal_path(&path), false);
+        let refused = commit(request()).expect_err("writes are stopped").to_string();
+        assert!(refused.contains("writes are stopped since the journal failed"), "{refused}");
+        assert!(store.get(&EntityRef { kind: "c".into(), id: "1".into() }).expect("reads go on").is_some());
+        drop(store);
+
+        let store = RedbStore::open(&path).expect("restart");
+        let version = store.get(&EntityRef { kind: "c".into(), id: "1".into() }).expect("get").map(|e| e.version);
+        assert!(version >= Some(2), "an acknowledged commit was lost: {version:?}");
+        assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
+        assert_eq!(store.replay().expect("replay").differences, Vec::<String>::new());
+        count_up(&store, 2, 2);
+    }
+
     /// Replay rebuilds the projection from the events and reports every way
     /// the stored one differs: a changed entity, a missing one, one no
     /// event creates, and one stored under another entity's key.
