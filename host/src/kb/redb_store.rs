@@ -3182,6 +3182,11 @@ mod tests {
         }
     }
 
+    /// Commits [`counter_commit`] with no guard.
+    fn commit_counter(store: &RedbStore, id: &str, expect: Expect) -> Result<(CommitOutcome, AuditEntry), StoreError> {
+        store.commit(counter_commit(id, expect), Box::new(|_| None), Box::new(|_| draft("counter", "kb.commit")))
+    }
+
     /// Waits until the journal file holds `marker` (a record naming it has
     /// been written), or fails after 10 s.
     fn wait_for_journaled(path: &Path, marker: &str) {
@@ -3251,25 +3256,11 @@ mod tests {
                 wait_for_journaled(&for_hook, "unknown-marker");
                 Err("injected commit failure".into())
             }));
-        let err = store
-            .commit(
-                counter_commit("unknown-marker", Expect::Absent),
-                Box::new(|_| None),
-                Box::new(|_| draft("counter", "kb.commit")),
-            )
-            .expect_err("the commit failed")
-            .to_string();
+        let err = commit_counter(&store, "unknown-marker", Expect::Absent).expect_err("the commit failed").to_string();
         assert!(err.contains("injected commit failure") && err.contains("may be on disk already"), "{err}");
         assert!(err.contains("restart the host, then check whether this write is there"), "{err}");
         *store.writer.as_ref().expect("writer").shared.before_commit.lock().expect("hook") = None;
-        let refused = store
-            .commit(
-                counter_commit("2", Expect::Absent),
-                Box::new(|_| None),
-                Box::new(|_| draft("counter", "kb.commit")),
-            )
-            .expect_err("writes are stopped")
-            .to_string();
+        let refused = commit_counter(&store, "2", Expect::Absent).expect_err("writes are stopped").to_string();
         assert!(refused.contains("writes are stopped") && refused.contains("restart the host"), "{refused}");
         drop(store);
 
@@ -3295,13 +3286,11 @@ mod tests {
         let store = RedbStore::open(&path).expect("store");
         count_up(&store, 1, 2);
         journal::failing::set(&journal::journal_path(&path), true);
-        let request = || counter_commit("1", Expect::Version(2));
-        let commit = |request| store.commit(request, Box::new(|_| None), Box::new(|_| draft("counter", "kb.commit")));
-        let err = commit(request()).expect_err("not acknowledged").to_string();
+        let err = commit_counter(&store, "1", Expect::Version(2)).expect_err("not acknowledged").to_string();
         assert!(err.contains("the journal could not be written") && err.contains("injected by a test"), "{err}");
         assert!(err.contains("may not be durable") && err.contains("restart the host"), "{err}");
         journal::failing::set(&journal::journal_path(&path), false);
-        let refused = commit(request()).expect_err("writes are stopped").to_string();
+        let refused = commit_counter(&store, "1", Expect::Version(2)).expect_err("writes are stopped").to_string();
         assert!(refused.contains("writes are stopped since the journal failed"), "{refused}");
         assert!(store.get(&EntityRef { kind: "c".into(), id: "1".into() }).expect("reads go on").is_some());
         drop(store);
