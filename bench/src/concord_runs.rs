@@ -7,7 +7,7 @@ use crate::{CONTENDERS, LEVELS, Sizes};
 use anyhow::{Context, bail};
 use concord::audit::AuditFilter;
 use concord::gate::Caller;
-use concord::kb::{Expect, Write};
+use concord::kb::{Expect, RedbStore, Write};
 use concord::{Breakpoint, Config, EntityRef, Host, Message, Outcome, Value};
 use serde_json::{Value as Json, json};
 use std::path::Path;
@@ -59,6 +59,24 @@ impl Lab {
         let config = Config::load(&file)?;
         let host = Host::start(config)?;
         Ok(Lab { host: Arc::new(host), _dir: dir })
+    }
+
+    /// Closes the host, then times opening its store again: read-only, as
+    /// every `concord` command does, and for writing, as a host does.
+    fn reopen(self) -> anyhow::Result<Json> {
+        let path = self._dir.path().join("data/concord.redb");
+        let host = Arc::try_unwrap(self.host).map_err(|_| anyhow::anyhow!("the host is still in use"))?;
+        drop(host);
+        let bytes = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?.len();
+        let t = Instant::now();
+        drop(RedbStore::open_read_only(&path)?);
+        let read_only = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        drop(RedbStore::open(&path)?);
+        let read_write = t.elapsed().as_secs_f64() * 1000.0;
+        Ok(
+            json!({ "file_mib": bytes as f64 / (1 << 20) as f64, "read_only_ms": read_only, "read_write_ms": read_write }),
+        )
     }
 
     fn bench(guests: &Path) -> anyhow::Result<Lab> {
@@ -345,9 +363,10 @@ pub async fn replay(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
     } else {
         format!("{} events, differences: {:?}", report.events, report.differences.iter().take(5).collect::<Vec<_>>())
     };
+    let open = tokio::task::spawn_blocking(move || lab.reopen()).await??;
     Ok(json!({
         "events": report.events, "entities": report.entities, "seconds": seconds,
-        "events_per_s": report.events as f64 / seconds, "check": check,
+        "events_per_s": report.events as f64 / seconds, "check": check, "open": open,
     }))
 }
 
@@ -409,8 +428,9 @@ pub async fn audit_query(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
     })
     .await??;
     let (entries, times) = result;
+    let open = tokio::task::spawn_blocking(move || lab.reopen()).await??;
     Ok(json!({
         "entries": entries, "matches": expected, "queries": times.len(),
-        "ms_p50": median(&times), "ms_max": percentile(&times, 100.0), "check": "ok",
+        "ms_p50": median(&times), "ms_max": percentile(&times, 100.0), "check": "ok", "open": open,
     }))
 }

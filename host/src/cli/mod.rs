@@ -2,7 +2,8 @@
 //! the thing involved and what to do.
 //!
 //! Exit codes: 0 success; 1 the work ran but something in it failed (an
-//! invocation failed or trapped, the audit chain is broken); 2 bad usage;
+//! invocation failed or trapped, the audit chain is broken, `check` found
+//! damage); 2 bad usage;
 //! 3 bad input (config, agents, script, store); 4 not found.
 
 mod format;
@@ -35,8 +36,10 @@ Examples:
   concord revert 7 --by alice --reason 'wrong customer'
   concord conflicts                           who gets in whose way, and where
   concord actions                             the outbox: recorded and delivered actions
+  concord check                               read every record, to find damage
 
-Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain);
+Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain,
+the store's records);
 2 bad usage; 3 bad input (config, agents, script, store); 4 not found.
 Logs go to stderr; set CONCORD_LOG (e.g. CONCORD_LOG=debug) to see more.";
 
@@ -127,6 +130,9 @@ pub enum Command {
     },
     /// Rebuild the projection from the event log and report any difference.
     Replay,
+    /// Read every record of the knowledge base and report any damage (other
+    /// read commands read only the ends of each table). Changes nothing.
+    Check,
     /// Undo an event by appending a compensating event (history is never
     /// edited). Refuses if later events changed the same fields, unless
     /// --force. Needs the host stopped.
@@ -355,6 +361,32 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 for d in &report.differences {
                     println!("DIFFERS {d}");
                 }
+                Ok(1)
+            }
+        }
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            let started = std::time::Instant::now();
+            let report = RedbStore::check(&config.kb_path)?;
+            for table in &report.tables {
+                for problem in &table.problems {
+                    println!("DAMAGED {}: {problem}", table.table);
+                }
+                if table.unlisted > 0 {
+                    println!("DAMAGED {}: and {} more problems", table.table, table.unlisted);
+                }
+            }
+            println!(
+                "read {} records in {} tables in {:.1} s",
+                report.records(),
+                report.tables.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if report.is_clean() {
+                println!("no damage found");
+                Ok(0)
+            } else {
+                println!("the knowledge base is damaged: restore it from a backup (nothing was changed)");
                 Ok(1)
             }
         }

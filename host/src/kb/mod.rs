@@ -13,7 +13,7 @@ pub use model::{
     ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields,
     Lease, Pin, Value, Write, now_ms,
 };
-pub use redb_store::{RedbStore, Sharing, WriteHold, WriterStats};
+pub use redb_store::{CheckReport, RedbStore, Sharing, TableCheck, WriteHold, WriterStats};
 pub use store::{
     ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
     ReplayReport, Store, StoreError,

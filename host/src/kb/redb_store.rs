@@ -36,6 +36,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
+mod check;
+pub use check::{CheckReport, TableCheck};
+
 /// seq -> event (JSON). The truth; append-only.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `kind/id` -> current entity (JSON). The projection of `EVENTS`.
@@ -1399,7 +1402,7 @@ impl RedbStore {
         if let Layout::Old(old) = layout {
             store.upgrade(old)?;
         }
-        store.scan()?;
+        store.read_every_record()?;
         // The chain continues from the last entry on disk, and the index
         // rows of the entries after the indexes' reach wait again.
         let (next_seq, last_hash, index) = {
@@ -1477,6 +1480,14 @@ impl RedbStore {
     /// Like [`RedbStore::open_read_only`]; with [`Sharing::SharedReads`] it
     /// works while a host (opened the same way) writes.
     pub fn open_read_only_with(path: &Path, sharing: Sharing) -> Result<Self, StoreError> {
+        let store = Self::open_read_only_unchecked(path, sharing)?;
+        store.read_table_ends()?;
+        Ok(store)
+    }
+
+    /// A read-only open that reads no table (for [`RedbStore::check`],
+    /// which reads them all).
+    fn open_read_only_unchecked(path: &Path, sharing: Sharing) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing { path: path.to_path_buf() });
         }
@@ -1503,7 +1514,6 @@ impl RedbStore {
                 ),
             });
         }
-        store.scan()?;
         Ok(store)
     }
 
@@ -1681,56 +1691,8 @@ impl RedbStore {
         txn.commit().map_err(backend)
     }
 
-    /// Reads every record once, so that a damaged or truncated file is
-    /// refused at open with a clear error instead of failing some later
-    /// read. (It costs one pass over the file; see BENCHMARKS.md.)
-    fn scan(&self) -> Result<(), StoreError> {
-        let damaged = |e: &dyn std::fmt::Display| StoreError::Open {
-            path: self.path.clone(),
-            reason: format!(
-                "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
-            ),
-        };
-        let txn = self.read().map_err(|e| damaged(&e))?;
-        fn walk<K: redb::Key + 'static, V: redb::Value + 'static>(
-            txn: &ReadTransaction,
-            def: TableDefinition<K, V>,
-        ) -> Result<u64, redb::Error> {
-            let table = txn.open_table(def)?;
-            let mut n = 0;
-            for item in table.iter()? {
-                let (k, v) = item?;
-                std::hint::black_box((k.value(), v.value()));
-                n += 1;
-            }
-            Ok(n)
-        }
-        let result = walk(&txn, EVENTS)
-            .and_then(|_| walk(&txn, ENTITIES))
-            .and_then(|_| walk(&txn, HISTORY))
-            .and_then(|_| walk(&txn, AUDIT))
-            .and_then(|_| walk(&txn, AUDIT_BY_AGENT))
-            .and_then(|_| walk(&txn, AUDIT_BY_ENTITY))
-            .and_then(|_| walk(&txn, AUDIT_BY_INVOCATION))
-            .and_then(|_| walk(&txn, AUDIT_BY_AGENT_ENTITY))
-            .and_then(|_| walk(&txn, META))
-            .and_then(|_| walk(&txn, PINS))
-            .and_then(|_| walk(&txn, LEASES))
-            .and_then(|_| walk(&txn, ACTIONS))
-            .and_then(|_| walk(&txn, OUTBOX))
-            .and_then(|_| walk(&txn, ACTION_KEYS))
-            .and_then(|_| walk(&txn, REQUESTS))
-            .and_then(|_| walk(&txn, CURSORS));
-        result.map(|_| ()).map_err(|e| damaged(&e))
-    }
-
     fn check_schema_version(&self) -> Result<(), StoreError> {
-        let damaged = |e: &dyn std::fmt::Display| StoreError::Open {
-            path: self.path.clone(),
-            reason: format!(
-                "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
-            ),
-        };
+        let damaged = |e: &dyn std::fmt::Display| self.damaged(e);
         let txn = self.read().map_err(|e| damaged(&e))?;
         let meta = match txn.open_table(META) {
             Ok(m) => m,
@@ -3342,6 +3304,44 @@ mod tests {
                 "c/3: the events give version 3, but the projection lacks it",
             ]
         );
+    }
+
+    /// `check` decodes every record: a value that does not decode, an
+    /// entity under another's key and an audit index run cut short are each
+    /// named with their table and record, and the rest reads clean.
+    #[test]
+    fn check_names_every_record_that_does_not_decode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        let store = RedbStore::open(&path).expect("store");
+        for c in 1..=3 {
+            count_up(&store, c, 2);
+        }
+        drop(store);
+        let clean = RedbStore::check(&path).expect("check");
+        assert!(clean.is_clean(), "{clean:?}");
+        assert_eq!(clean.tables.len(), 16);
+        assert!(clean.records() > 6 + 3 + 6, "{clean:?}");
+
+        let store = RedbStore::open(&path).expect("store");
+        let c1 = store.get(&EntityRef { kind: "c".into(), id: "1".into() }).expect("get").expect("exists");
+        let txn = store.write().expect("write");
+        {
+            txn.open_table(EVENTS).expect("events").insert(2, b"{not json".as_slice()).expect("insert");
+            let c1 = serde_json::to_vec(&c1).expect("json");
+            txn.open_table(ENTITIES).expect("entities").insert("c/2", c1.as_slice()).expect("insert");
+            txn.open_table(AUDIT_BY_AGENT).expect("runs").insert(("x", 1), [0x81u8].as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        drop(store);
+        let report = RedbStore::check(&path).expect("check");
+        let problems: Vec<String> =
+            report.tables.iter().flat_map(|t| t.problems.iter().map(move |p| format!("{}: {p}", t.table))).collect();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("events: record 2: does not decode"), "{problems:?}");
+        assert_eq!(problems[1], "entities: record 2: holds c/1 under the key c/2");
+        assert!(problems[2].starts_with("audit_runs_by_agent: record "), "{problems:?}");
+        assert_eq!(report.records(), clean.records() + 1, "every record was read, the new run too");
     }
 
     /// The child half of `acknowledged_commits_survive_a_crash`: it commits,
