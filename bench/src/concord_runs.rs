@@ -62,7 +62,8 @@ impl Lab {
     }
 
     /// Closes the host, then times opening its store again: read-only, as
-    /// every `concord` command does, and for writing, as a host does.
+    /// every `concord` command does, and for writing, as a host does; and
+    /// `concord check`, which must find nothing.
     fn reopen(self) -> anyhow::Result<Json> {
         let path = self._dir.path().join("data/concord.redb");
         let host = Arc::try_unwrap(self.host).map_err(|_| anyhow::anyhow!("the host is still in use"))?;
@@ -74,9 +75,16 @@ impl Lab {
         let t = Instant::now();
         drop(RedbStore::open(&path)?);
         let read_write = t.elapsed().as_secs_f64() * 1000.0;
-        Ok(
-            json!({ "file_mib": bytes as f64 / (1 << 20) as f64, "read_only_ms": read_only, "read_write_ms": read_write }),
-        )
+        let t = Instant::now();
+        let check = RedbStore::check(&path)?;
+        let check_ms = t.elapsed().as_secs_f64() * 1000.0;
+        if !check.is_clean() {
+            bail!("`concord check` found damage in a store the bench just wrote: {check:?}");
+        }
+        Ok(json!({
+            "file_mib": bytes as f64 / (1 << 20) as f64, "read_only_ms": read_only, "read_write_ms": read_write,
+            "check_ms": check_ms, "check_records": check.records(),
+        }))
     }
 
     fn bench(guests: &Path) -> anyhow::Result<Lab> {

@@ -18,7 +18,8 @@
 //!   synchronous=FULL, optimistic `UPDATE … WHERE version=?` plus an audit
 //!   row in the same transaction) at the same concurrency. Every run checks
 //!   that no update was lost, on both sides;
-//! - `replay`: rebuilding the projection of a 1,000,000-event log;
+//! - `replay`: rebuilding the projection of a 1,000,000-event log (and,
+//!   like `audit`, reopening the store it wrote, and `concord check` on it);
 //! - `audit`: a query by agent and entity over 1,000,000 audit entries.
 //!
 //! Results go to `DIR` (default `target/bench`): `report.md` (the tables),
@@ -318,6 +319,7 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             num(f(p, &["events_per_s"]), 0),
             p["check"],
         ));
+        s.push_str(&reopened(p));
     }
     if let Some(a) = r.get("audit") {
         s.push_str(&format!(
@@ -328,6 +330,19 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             num(f(a, &["ms_max"]), 2),
             a["queries"],
         ));
+        s.push_str(&reopened(a));
     }
     s
+}
+
+/// The line on reopening a phase's store, once its host has closed it.
+fn reopened(phase: &Json) -> String {
+    format!(
+        "Reopening its store ({} MiB, host closed): read-only, as each `concord` read command does, {} ms; for writing, as a host does (reading every record), {} ms; `concord check` (every page's checksum, every record decoded, {} records) {} ms.\n\n",
+        num(f(phase, &["open", "file_mib"]), 0),
+        num(f(phase, &["open", "read_only_ms"]), 1),
+        num(f(phase, &["open", "read_write_ms"]), 0),
+        phase["open"]["check_records"],
+        num(f(phase, &["open", "check_ms"]), 0),
+    )
 }

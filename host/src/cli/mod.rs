@@ -36,11 +36,11 @@ Examples:
   concord revert 7 --by alice --reason 'wrong customer'
   concord conflicts                           who gets in whose way, and where
   concord actions                             the outbox: recorded and delivered actions
-  concord check                               read every record, to find damage
+  concord check                               every page's checksum, every record: damage?
 
 Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain,
-the store's records);
-2 bad usage; 3 bad input (config, agents, script, store); 4 not found.
+damage `check` found); 2 bad usage; 3 bad input (config, agents, script, store);
+4 not found.
 Logs go to stderr; set CONCORD_LOG (e.g. CONCORD_LOG=debug) to see more.";
 
 /// Concord: sandboxed WebAssembly agents sharing one versioned, owned,
@@ -130,8 +130,9 @@ pub enum Command {
     },
     /// Rebuild the projection from the event log and report any difference.
     Replay,
-    /// Read every record of the knowledge base and report any damage (other
-    /// read commands read only the ends of each table). Changes nothing.
+    /// Verify every page's checksum and decode every record of the knowledge
+    /// base, and report any damage (other read commands read only the ends
+    /// of each table). Changes nothing; needs the host stopped.
     Check,
     /// Undo an event by appending a compensating event (history is never
     /// edited). Refuses if later events changed the same fields, unless
