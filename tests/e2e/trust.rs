@@ -204,7 +204,8 @@ fn a_damaged_database_is_refused_at_open_and_left_alone() {
 /// Read commands read only the ends of each table, so `concord check` is
 /// what finds damage anywhere: with damaged pages in the audit table, redb's
 /// integrity check (run on a copy-on-write view) reports it, `check` exits
-/// 1 without a panic, and the file is left byte for byte.
+/// 1 without a panic, a host refuses to start on the file, and the file is
+/// left byte for byte.
 #[test]
 fn concord_check_finds_damaged_pages_and_changes_nothing() {
     let dir = demo();
@@ -232,6 +233,12 @@ fn concord_check_finds_damaged_pages_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("DAMAGED pages: redb's integrity check failed"), "{text}");
     assert!(text.contains("restore it from a backup"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    // A host verifies every page the same way before it writes.
+    let o = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
+    let text = out(&o);
+    assert_eq!(o.status.code(), Some(3), "{text}");
+    assert!(text.contains("the file is damaged (redb's integrity check failed"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
     assert_eq!(std::fs::read(&path).expect("db"), bytes, "the file was not repaired or changed");
 }

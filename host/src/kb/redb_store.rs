@@ -1356,6 +1356,9 @@ impl RedbStore {
                 reason: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
+        // Before redb opens the file for writing (it trusts a file it closed
+        // cleanly; a damaged page could make a read panic).
+        let verified = sharing == Sharing::Exclusive && Self::verify_before_writing(path)?;
         let shown = path.display().to_string();
         // Whether redb had to repair the file: the last writer did not close it.
         let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1402,7 +1405,10 @@ impl RedbStore {
         if let Layout::Old(old) = layout {
             store.upgrade(old)?;
         }
-        store.read_every_record()?;
+        // redb's repair of a file not closed cleanly verified every page too.
+        if !verified && !unclean {
+            store.read_every_record()?;
+        }
         // The chain continues from the last entry on disk, and the index
         // rows of the entries after the indexes' reach wait again.
         let (next_seq, last_hash, index) = {

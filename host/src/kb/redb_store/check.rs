@@ -5,8 +5,11 @@
 //!   every B-tree, a few pages. redb itself has already refused a truncated
 //!   file (its length no longer matches the layout in its header) and one
 //!   whose header is damaged.
-//! - A host's open (for writing) reads every record once, so that nothing is
-//!   written on top of a damaged tree.
+//! - A host's open (for writing) verifies every page's checksum first, as
+//!   `concord check` does, so that nothing is written on top of a damaged
+//!   tree (a file not closed cleanly is repaired by redb instead, which
+//!   verifies them itself). With `shared_reads`, where another process may
+//!   be writing the file, it reads every record instead.
 //! - `concord check` ([`RedbStore::check`]) runs redb's integrity check,
 //!   which verifies the checksum of every page, and then reads every record
 //!   and decodes the events, entities, audit entries and audit index runs.
@@ -30,6 +33,7 @@ use crate::audit::AuditEntry;
 use crate::kb::model::{Entity, Event};
 use crate::kb::store::StoreError;
 use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
+use std::path::Path;
 
 /// At most this many problems are listed per table; the rest are counted.
 const LISTED: usize = 10;
@@ -216,26 +220,40 @@ impl Visit for Ends<'_> {
     }
 }
 
+/// Verifies the checksum of every page of the file at `path` (redb's
+/// integrity check, on a [`ReadThrough`] view, so the file never changes):
+/// `Some(problem)` if one does not hold. The file must be closed cleanly,
+/// and held (a read-only redb handle) so that no host writes it meanwhile.
+fn verify_pages(path: &Path) -> Result<Option<String>, StoreError> {
+    let unreadable = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+    let pages = ReadThrough::new(std::fs::File::open(path).map_err(unreadable)?).map_err(unreadable)?;
+    let verified = redb::Database::builder().create_with_backend(pages).and_then(|mut db| db.check_integrity());
+    Ok(match verified {
+        Ok(true) => None,
+        Ok(false) => Some("redb's integrity check failed: a page does not match its checksum".to_string()),
+        Err(e) => Some(format!("redb's integrity check failed: {e}")),
+    })
+}
+
+/// The error for a damaged file.
+fn damaged_at(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        path: path.to_path_buf(),
+        reason: format!(
+            "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
+        ),
+    }
+}
+
 impl RedbStore {
-    /// Reads every record of the store once and decodes the events,
-    /// entities, audit entries and audit index runs (`concord check`).
-    /// Changes nothing. The file must be closed by any host, or shared
-    /// (`shared_reads`).
-    pub fn check(path: &std::path::Path) -> Result<CheckReport, StoreError> {
+    /// Verifies every page's checksum, then reads every record of the store
+    /// once and decodes the events, entities, audit entries and audit index
+    /// runs (`concord check`). Changes nothing. Needs the host stopped.
+    pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
         // Exclusive, whatever `shared_reads` says: a host writing meanwhile
         // would look like damage. The handle keeps a host from starting.
         let store = Self::open_read_only_unchecked(path, super::Sharing::Exclusive)?;
-        let file = std::fs::File::open(path)
-            .map_err(|e| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
-        let pages =
-            ReadThrough::new(file).map_err(|e| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
-        let verified = redb::Database::builder().create_with_backend(pages).and_then(|mut db| db.check_integrity());
-        let problem = match verified {
-            Ok(true) => None,
-            Ok(false) => Some("redb's integrity check failed: a page does not match its checksum".to_string()),
-            Err(e) => Some(format!("redb's integrity check failed: {e}")),
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = verify_pages(path)? {
             // Walking a damaged tree could panic: the page check is the report.
             let pages = TableCheck { table: "pages".into(), records: 0, problems: vec![problem], unlisted: 0 };
             return Ok(CheckReport { tables: vec![pages] });
@@ -244,6 +262,25 @@ impl RedbStore {
         let mut walk = Walk { txn: &txn, decode: true, stop: false, tables: Vec::new() };
         every_table(&mut walk);
         Ok(CheckReport { tables: walk.tables })
+    }
+
+    /// For a host's open, before it opens the file for writing: verifies
+    /// every page's checksum if the file was closed cleanly and nothing else
+    /// has it open. Returns whether it did; if not, redb's repair at the
+    /// open verifies them itself (a file not closed cleanly), or the open
+    /// reports why it cannot open the file.
+    pub(super) fn verify_before_writing(path: &Path) -> Result<bool, StoreError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        // Held while the check runs: no host can start writing meanwhile.
+        let Ok(held) = redb::Database::builder().open_read_only(path) else { return Ok(false) };
+        let problem = verify_pages(path)?;
+        drop(held);
+        match problem {
+            Some(problem) => Err(damaged_at(path, &problem)),
+            None => Ok(true),
+        }
     }
 
     /// For a host's open: every record readable, or the error that names
@@ -271,12 +308,7 @@ impl RedbStore {
 
     /// The error for a damaged file.
     pub(super) fn damaged(&self, e: &dyn std::fmt::Display) -> StoreError {
-        StoreError::Open {
-            path: self.path.clone(),
-            reason: format!(
-                "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
-            ),
-        }
+        damaged_at(&self.path, e)
     }
 }
 
