@@ -338,7 +338,7 @@ fn render(r: &Json, sizes: &Sizes) -> String {
 /// The line on reopening a phase's store, once its host has closed it.
 fn reopened(phase: &Json) -> String {
     format!(
-        "Reopening its store ({} MiB, host closed): read-only, as each `concord` read command does, {} ms; for writing, as a host does (reading every record), {} ms; `concord check` (every page's checksum, every record decoded, {} records) {} ms.\n\n",
+        "Reopening its store ({} MiB, host closed): read-only, as each `concord` read command does, {} ms; for writing, as a host does (verifying every page's checksum first), {} ms; `concord check` (every page's checksum, every record decoded, {} records) {} ms.\n\n",
         num(f(phase, &["open", "file_mib"]), 0),
         num(f(phase, &["open", "read_only_ms"]), 1),
         num(f(phase, &["open", "read_write_ms"]), 0),
