@@ -102,6 +102,10 @@ async fn by_default_a_running_host_has_the_store_to_itself() {
     let expected = format!("already in use by pid {}", std::process::id());
     assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
     assert!(stderr(&o).contains("shared_reads = true"), "the error says how to read alongside: {}", stderr(&o));
+    let o = concord(env.dir.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let expected = format!("a host is using it (pid {}); stop that `concord run` first", std::process::id());
+    assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
     // Once the host stops, reads work, and see what it wrote.
     let dir = env.dir;
     drop(env.host);
@@ -123,6 +127,10 @@ async fn reads_work_while_a_host_runs_and_a_second_host_is_refused() {
     assert!(stdout(&o).contains("version 1"), "{}", stdout(&o));
     let o = concord(env.dir.path(), &["audit", "verify"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // `check` needs the host stopped, shared reads or not.
+    let o = concord(env.dir.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`concord check` reads a file no host is writing"), "{}", stderr(&o));
 
     std::fs::write(
         env.dir.path().join("s.jsonl"),

@@ -252,7 +252,16 @@ impl RedbStore {
     pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
         // Exclusive, whatever `shared_reads` says: a host writing meanwhile
         // would look like damage. The handle keeps a host from starting.
-        let store = Self::open_read_only_unchecked(path, super::Sharing::Exclusive)?;
+        let store = Self::open_read_only_unchecked(path, super::Sharing::Exclusive).map_err(|e| match e {
+            StoreError::InUse { path, pid } => StoreError::Open {
+                path,
+                reason: format!(
+                    "a host is using it{}; stop that `concord run` first: `concord check` reads a file no host is writing",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                ),
+            },
+            e => e,
+        })?;
         if let Some(problem) = verify_pages(path)? {
             // Walking a damaged tree could panic: the page check is the report.
             let pages = TableCheck { table: "pages".into(), records: 0, problems: vec![problem], unlisted: 0 };
