@@ -135,15 +135,8 @@ impl Visit for Walk<'_> {
             return;
         }
         let mut check = TableCheck { table: def.name().to_string(), records: 0, problems: vec![], unlisted: 0 };
-        let table = match self.txn.open_table(def) {
-            Ok(table) => table,
-            Err(e) => {
-                check.note(format!("cannot be read: {e}"));
-                self.tables.push(check);
-                return;
-            }
-        };
-        let iter = match table.iter() {
+        let table = self.txn.open_table(def).map_err(redb::Error::from);
+        let iter = match table.as_ref().map_err(ToString::to_string).and_then(|t| t.iter().map_err(|e| e.to_string())) {
             Ok(iter) => iter,
             Err(e) => {
                 check.note(format!("cannot be read: {e}"));
