@@ -11,7 +11,10 @@
 //! sees of the transaction; every change is recorded), and, with exclusive
 //! sharing, the write-ahead journal ([`super::journal`]) that makes each
 //! batch durable with one sequential write instead of a durable redb commit.
-//! The [`Store`] methods follow, then the tests.
+//! Point reads share a snapshot and the entities decoded from it
+//! ([`PointReads`]). The [`Store`] methods follow, then the tests; the
+//! checks for a damaged file (at open, and `concord check`) are in
+//! [`check`].
 
 use super::journal::{self, Changes, Deliver, Health, Journal, Op, Sync};
 use super::model::{
