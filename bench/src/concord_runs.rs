@@ -40,7 +40,7 @@ n = { type = "integer", owner = "bench" }
 #[derive(Debug)]
 pub struct Lab {
     pub host: Arc<Host>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -58,14 +58,14 @@ impl Lab {
         std::fs::write(&file, config)?;
         let config = Config::load(&file)?;
         let host = Host::start(config)?;
-        Ok(Lab { host: Arc::new(host), _dir: dir })
+        Ok(Lab { host: Arc::new(host), dir })
     }
 
     /// Closes the host, then times opening its store again: read-only, as
     /// every `concord` command does, and for writing, as a host does; and
     /// `concord check`, which must find nothing.
     fn reopen(self) -> anyhow::Result<Json> {
-        let path = self._dir.path().join("data/concord.redb");
+        let path = self.dir.path().join("data/concord.redb");
         let host = Arc::try_unwrap(self.host).map_err(|_| anyhow::anyhow!("the host is still in use"))?;
         drop(host);
         let bytes = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?.len();

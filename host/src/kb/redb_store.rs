@@ -208,33 +208,34 @@ struct PointReads {
     /// clones it instead of decoding its JSON again (the decoding was about
     /// two thirds of a wasm `kb.get`'s host call, measured with perf). It
     /// holds what the snapshot holds, so it goes with the snapshot, at the
-    /// next commit; at most [`DECODED_MAX`] entities.
-    decoded: std::sync::Mutex<std::collections::HashMap<String, Entity>>,
+    /// next commit; at most [`DECODED_MAX`] entities. `None` for a
+    /// read-only store, whose reads do not share a snapshot.
+    decoded: Option<std::sync::Mutex<std::collections::HashMap<String, Entity>>>,
 }
 
 /// The most entities a snapshot keeps decoded.
 const DECODED_MAX: usize = 4096;
 
 impl PointReads {
-    fn new(table: redb::ReadOnlyTable<&'static str, &'static [u8]>) -> Self {
-        Self { table, decoded: Default::default() }
+    /// `shared`: kept as the snapshot of later reads, so worth decoding for.
+    fn new(table: redb::ReadOnlyTable<&'static str, &'static [u8]>, shared: bool) -> Self {
+        Self { table, decoded: shared.then(Default::default) }
     }
 
-    fn decoded(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Entity>> {
+    fn decoded(&self) -> Option<std::sync::MutexGuard<'_, std::collections::HashMap<String, Entity>>> {
         // Only a cache of what the table holds: whatever a panic left is valid.
-        self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        Some(self.decoded.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn get(&self, key: String) -> Result<Option<Entity>, StoreError> {
-        if let Some(entity) = self.decoded().get(&key) {
-            return Ok(Some(entity.clone()));
+        if let Some(entity) = self.decoded().and_then(|d| d.get(&key).cloned()) {
+            return Ok(Some(entity));
         }
         let found = load_entity(&self.table, &key)?;
-        if let Some(entity) = &found {
-            let mut decoded = self.decoded();
-            if decoded.len() < DECODED_MAX {
-                decoded.insert(key, entity.clone());
-            }
+        if let (Some(entity), Some(mut decoded)) = (&found, self.decoded())
+            && decoded.len() < DECODED_MAX
+        {
+            decoded.insert(key, entity.clone());
         }
         Ok(found)
     }
@@ -1785,17 +1786,17 @@ impl RedbStore {
     /// snapshot pins the pages it sees only until the next commit drops it.
     /// Read-only stores (another process may write) always read afresh.
     fn entities(&self) -> Result<Arc<PointReads>, StoreError> {
-        let open = || -> Result<_, StoreError> {
-            Ok(Arc::new(PointReads::new(self.read()?.open_table(ENTITIES).map_err(backend)?)))
+        let open = |shared| -> Result<_, StoreError> {
+            Ok(Arc::new(PointReads::new(self.read()?.open_table(ENTITIES).map_err(backend)?, shared)))
         };
-        let Some(w) = &self.writer else { return open() };
+        let Some(w) = &self.writer else { return open(false) };
         let commits = w.shared.commits.load(std::sync::atomic::Ordering::SeqCst);
         if let Some(s) = &*w.shared.snapshot()
             && s.commits == commits
         {
             return Ok(s.entities.clone());
         }
-        let entities = open()?;
+        let entities = open(true)?;
         let mut cached = w.shared.snapshot();
         // Not over a newer one another reader took meanwhile.
         if cached.as_ref().is_none_or(|s| s.commits < commits) {
@@ -3172,7 +3173,8 @@ mod tests {
         let one = EntityRef { kind: "c".into(), id: "1".into() };
         let read = |store: &RedbStore| store.get(&one).expect("get").map(|e| e.version);
         assert_eq!((read(&store), read(&store)), (Some(1), Some(1)));
-        assert!(store.entities().expect("snapshot").decoded().contains_key("c/1"), "the second read was a clone");
+        let kept = store.entities().expect("snapshot").decoded().is_some_and(|d| d.contains_key("c/1"));
+        assert!(kept, "the second read was a clone");
         commit_counter(&store, "1", Expect::Version(1)).expect("commit");
         assert_eq!(read(&store), Some(2), "a read sees the commit answered before it, not the decoded entity");
     }

@@ -115,7 +115,7 @@ fn every_table(v: &mut impl Visit) {
 }
 
 /// Reads every record of every table; with `decode`, also decodes them.
-/// With `stop`, stops at the first problem.
+/// With `stop`, skips the tables after the first one with a problem.
 struct Walk<'t> {
     txn: &'t ReadTransaction,
     decode: bool,
@@ -161,9 +161,6 @@ impl Visit for Walk<'_> {
             if let Some(problem) = problem {
                 let at = check.records;
                 check.note(format!("record {at}: {problem}"));
-                if self.stop {
-                    break;
-                }
             }
         }
         self.tables.push(check);
