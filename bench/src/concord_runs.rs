@@ -1,7 +1,7 @@
 //! The Concord side of each benchmark. Every run gets a fresh host in its
 //! own folder under `target/` (the same disk as the SQLite baseline).
 
-use crate::machine::rss_bytes;
+use crate::machine::{Threads, rss_bytes};
 use crate::stats::{median, percentile};
 use crate::{CONTENDERS, LEVELS, Sizes};
 use anyhow::{Context, bail};
@@ -281,6 +281,30 @@ fn summary(reports: &[Report], seconds: f64, lost: i64) -> Json {
     })
 }
 
+/// Where the CPU went, per acknowledged commit, by kind of thread: the
+/// writer, the syncer, the invocations (tokio's workers: wasm, the host
+/// calls, the replies) and the rest; and how many cores were busy on
+/// average. On a machine whose cores are all busy, this is what bounds
+/// the throughput, whatever the disk does.
+fn cpu_per_commit(ns_by_thread: &std::collections::BTreeMap<String, u64>, line: &Json, seconds: f64) -> Json {
+    let commits = line["commits"].as_u64().unwrap_or(0).max(1) as f64;
+    let (mut writer, mut syncer, mut invocations, mut other) = (0u64, 0u64, 0u64, 0u64);
+    for (name, ns) in ns_by_thread {
+        match name.as_str() {
+            "concord-writer" => writer += ns,
+            "concord-syncer" => syncer += ns,
+            "tokio-rt-worker" => invocations += ns,
+            _ => other += ns,
+        }
+    }
+    let us = |ns: u64| ns as f64 / 1000.0 / commits;
+    let total = writer + syncer + invocations + other;
+    json!({
+        "writer_us": us(writer), "syncer_us": us(syncer), "invocations_us": us(invocations), "other_us": us(other),
+        "total_us": us(total), "cores_busy": total as f64 / 1e9 / seconds,
+    })
+}
+
 /// Durable commits at each concurrency level on distinct entities, and
 /// [`CONTENDERS`] invocations incrementing one. Each run checks that every
 /// acknowledged commit is in the store.
@@ -292,14 +316,19 @@ pub async fn commits(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
         eprintln!("   concord: {level} invocations × {per} commits");
         let keys: Vec<String> = (0..level).map(|i| format!("counter/c{i}")).collect();
         let bodies = keys.iter().map(|k| json!({ "op": "commits", "entity": k, "n": per })).collect();
+        let threads = Threads::now()?;
         let (reports, seconds) = concurrently(&lab.host, bodies).await?;
+        // Taken before the lab (and its writer and syncer threads) goes.
+        let cpu = Threads::now()?.since(&threads);
         // Each entity: created at version 1, then `per` commits.
         let mut lost = 0i64;
         for k in &keys {
             let (n, version) = counter(&lab.host, k)?;
             lost += (per as i64 + 1 - version as i64) + (per as i64 - 1 - n);
         }
-        distinct.insert(level.to_string(), summary(&reports, seconds, lost));
+        let mut line = summary(&reports, seconds, lost);
+        line["cpu"] = cpu_per_commit(&cpu, &line, seconds);
+        distinct.insert(level.to_string(), line);
     }
     let lab = Lab::bench(guests)?;
     let hot = "counter/hot";

@@ -295,6 +295,19 @@ fn render(r: &Json, sizes: &Sizes) -> String {
                 num(f(cc, &["per_s"]).map(|x| x / best), 2),
             ));
         }
+        s.push_str("\nConcord's CPU per commit, by thread (µs), and the cores busy on average:\n\n| concurrency | writer | syncer | invocations | other | total | cores busy |\n|---|---|---|---|---|---|---|\n");
+        for level in LEVELS {
+            let cpu = &c["concord"]["distinct"][level.to_string()]["cpu"];
+            s.push_str(&format!(
+                "| {level} | {} | {} | {} | {} | {} | {} |\n",
+                num(f(cpu, &["writer_us"]), 1),
+                num(f(cpu, &["syncer_us"]), 1),
+                num(f(cpu, &["invocations_us"]), 1),
+                num(f(cpu, &["other_us"]), 1),
+                num(f(cpu, &["total_us"]), 1),
+                num(f(cpu, &["cores_busy"]), 2),
+            ));
+        }
         let hot = |v: &Json| {
             format!(
                 "{} commits/s, {}% conflicts, lost updates: {}",

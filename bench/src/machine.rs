@@ -98,3 +98,79 @@ pub fn redb_commit_by_tables() -> anyhow::Result<Json> {
     }
     Ok(Json::Object(out))
 }
+
+/// The CPU time each live thread of this process has run so far, in ns, by
+/// thread id, with the thread's name (`/proc/self/task/*/schedstat`).
+#[derive(Debug, Clone, Default)]
+pub struct Threads(std::collections::HashMap<u32, (String, u64)>);
+
+impl Threads {
+    pub fn now() -> anyhow::Result<Threads> {
+        let mut threads = std::collections::HashMap::new();
+        for task in std::fs::read_dir("/proc/self/task").context("listing /proc/self/task")? {
+            let task = task?;
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
+            // A thread can end between the listing and the reads: skip it
+            // (its time is then not counted, which the caller accepts).
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("schedstat")),
+            ) else {
+                continue;
+            };
+            let ns = stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("/proc/self/task/{tid}/schedstat has no run time: {stat:?}"))?;
+            threads.insert(tid, (name.trim().to_string(), ns));
+        }
+        Ok(Threads(threads))
+    }
+
+    /// The CPU time, in ns, each thread name has spent since `before` (a
+    /// thread new since then counts from zero; one that has ended since is
+    /// lost, so take `self` while the threads measured still run).
+    pub fn since(&self, before: &Threads) -> std::collections::BTreeMap<String, u64> {
+        let mut by_name = std::collections::BTreeMap::new();
+        for (tid, (name, ns)) in &self.0 {
+            let was = before.0.get(tid).filter(|(n, _)| n == name).map_or(0, |(_, ns)| *ns);
+            *by_name.entry(name.clone()).or_insert(0) += ns.saturating_sub(was);
+        }
+        by_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Threads;
+
+    #[test]
+    fn a_busy_thread_is_counted_under_its_name() {
+        let before = Threads::now().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let busy = std::thread::Builder::new()
+            .name("bench-busy".into())
+            .spawn(move || {
+                // Spin until this thread itself has run 30 ms of CPU.
+                let own = || -> u64 {
+                    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+                    stat.split_whitespace().next().unwrap().parse().unwrap()
+                };
+                let start = own();
+                let mut x = 0u64;
+                while own() - start < 30_000_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                tx.send(()).unwrap();
+                // Stay alive until measured.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        let spent = Threads::now().unwrap().since(&before);
+        busy.join().unwrap();
+        let ns = spent.get("bench-busy").copied().unwrap_or(0);
+        assert!(ns >= 30_000_000, "the busy thread ran 30 ms of CPU but was counted {ns} ns: {spent:?}");
+    }
+}
