@@ -192,6 +192,8 @@ pub fn concord(dir: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .env_remove("CONCORD_CONFIG")
         .env_remove("CONCORD_AUDIT_KEY")
+        // What a user sees by default, whatever the developer's shell sets.
+        .env_remove("RUST_BACKTRACE")
         .env("CONCORD_LOG", "warn")
         .output()
         .expect("concord runs")

@@ -4,7 +4,9 @@
 //! Exit codes: 0 success; 1 the work ran but something in it failed (an
 //! invocation failed or trapped, the audit chain is broken, `check` found
 //! damage); 2 bad usage;
-//! 3 bad input (config, agents, script, store); 4 not found.
+//! 3 bad input (config, agents, script, store); 4 not found; 5 an internal
+//! fault (a panic on the main thread, such as redb's on a page damaged
+//! behind its back: reported as an error that says what to do).
 
 mod format;
 
@@ -40,7 +42,7 @@ Examples:
 
 Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain,
 damage `check` found); 2 bad usage; 3 bad input (config, agents, script, store);
-4 not found.
+4 not found; 5 an internal fault (a damaged store: run `concord check`; or a bug).
 Logs go to stderr; set CONCORD_LOG (e.g. CONCORD_LOG=debug) to see more.";
 
 /// Concord: sandboxed WebAssembly agents sharing one versioned, owned,
@@ -287,13 +289,54 @@ pub fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    match dispatch(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
+    let fault = catch_faults();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli))) {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(f)) => {
             eprintln!("error: {:#}", f.error);
             ExitCode::from(f.code)
         }
+        Err(_) => {
+            let what = fault.lock().map(|m| m.clone()).unwrap_or_default().unwrap_or_else(|| "no message".into());
+            eprintln!(
+                "error: concord stopped on an internal fault: {what}\n\
+                 If the store may be damaged (a disk fault, or the file changed while a host was writing it), \
+                 run `concord check`: it reads every page and names what is damaged, and a read command changes nothing. \
+                 Otherwise this is a bug in concord: please report it with the command you ran \
+                 (RUST_BACKTRACE=1 shows where it happened)."
+            );
+            ExitCode::from(5)
+        }
     }
+}
+
+/// Turns a panic on the main thread into an error line instead of Rust's
+/// panic report. A read command checks only the ends of each table at open,
+/// and redb trusts a file it closed cleanly: a page damaged since then makes
+/// redb panic (`unreachable!()` in its cursor), which is its documented
+/// limit. `main` catches that unwind and says what to do; this hook keeps
+/// its message and place for that line. Panics on other threads (a host's
+/// writer, tokio's workers) still get the default report, as does every
+/// panic when `RUST_BACKTRACE` is set.
+fn catch_faults() -> &'static std::sync::Mutex<Option<String>> {
+    static FAULT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let default = std::panic::take_hook();
+    let verbose = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    std::panic::set_hook(Box::new(move |info| {
+        if verbose || std::thread::current().name() != Some("main") {
+            return default(info);
+        }
+        let message = match (info.payload().downcast_ref::<&str>(), info.payload().downcast_ref::<String>()) {
+            (Some(s), _) => (*s).to_string(),
+            (_, Some(s)) => s.clone(),
+            _ => "no message".into(),
+        };
+        let place = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        if let Ok(mut fault) = FAULT.lock() {
+            *fault = Some(format!("{message}{place}"));
+        }
+    }));
+    &FAULT
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Failure> {
