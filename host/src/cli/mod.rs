@@ -316,15 +316,18 @@ pub fn main() -> ExitCode {
 /// redb panic (`unreachable!()` in its cursor), which is its documented
 /// limit. `main` catches that unwind and says what to do; this hook keeps
 /// its message and place for that line. Panics on other threads (a host's
-/// writer, tokio's workers) still get the default report, as does every
-/// panic when `RUST_BACKTRACE` is set.
+/// writer, tokio's workers) still get the default report; with
+/// `RUST_BACKTRACE` set, a main-thread panic gets both.
 fn catch_faults() -> &'static std::sync::Mutex<Option<String>> {
     static FAULT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let default = std::panic::take_hook();
     let verbose = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
     std::panic::set_hook(Box::new(move |info| {
-        if verbose || std::thread::current().name() != Some("main") {
+        if std::thread::current().name() != Some("main") {
             return default(info);
+        }
+        if verbose {
+            default(info);
         }
         let message = match (info.payload().downcast_ref::<&str>(), info.payload().downcast_ref::<String>()) {
             (Some(s), _) => (*s).to_string(),
