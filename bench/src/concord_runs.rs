@@ -286,8 +286,8 @@ fn summary(reports: &[Report], seconds: f64, lost: i64) -> Json {
 /// calls, the replies) and the rest; and how many cores were busy on
 /// average. On a machine whose cores are all busy, this is what bounds
 /// the throughput, whatever the disk does.
-fn cpu_per_commit(ns_by_thread: &std::collections::BTreeMap<String, u64>, line: &Json, seconds: f64) -> Json {
-    let commits = line["commits"].as_u64().unwrap_or(0).max(1) as f64;
+fn cpu_per_commit(ns_by_thread: &std::collections::BTreeMap<String, u64>, commits: u64, seconds: f64) -> Json {
+    let commits = commits.max(1) as f64;
     let (mut writer, mut syncer, mut invocations, mut other) = (0u64, 0u64, 0u64, 0u64);
     for (name, ns) in ns_by_thread {
         match name.as_str() {
@@ -327,7 +327,8 @@ pub async fn commits(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
             lost += (per as i64 + 1 - version as i64) + (per as i64 - 1 - n);
         }
         let mut line = summary(&reports, seconds, lost);
-        line["cpu"] = cpu_per_commit(&cpu, &line, seconds);
+        let acknowledged = reports.iter().map(|r| r.ok).sum();
+        line["cpu"] = cpu_per_commit(&cpu, acknowledged, seconds);
         distinct.insert(level.to_string(), line);
     }
     let lab = Lab::bench(guests)?;
