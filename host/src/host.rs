@@ -2,6 +2,7 @@
 //! an order that never leaves anything half-done.
 
 use crate::coord::cascade::{self, FollowUp};
+use crate::coord::conflicts::{Report, Tracker};
 use crate::coord::outbox::{self, Delivery, Sink, SinkError};
 use crate::gate::{Breakpoint, Gate};
 use crate::kb::{RedbStore, Store, StoreError};
@@ -46,6 +47,9 @@ pub struct Host {
     runtime: Runtime,
     warnings: Vec<String>,
     sink: Box<dyn Sink>,
+    /// The conflicts report, counted as the logs grow (see
+    /// [`Host::conflicts`]).
+    tracker: std::sync::Mutex<Tracker>,
 }
 
 impl Host {
@@ -71,7 +75,8 @@ impl Host {
         let policy = Arc::new(Policy::new(config.schema.clone()));
         let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.clone()));
         record_start(store_of(&gate), &config, &runtime)?;
-        let host = Host { config, gate, runtime, warnings, sink };
+        let tracker = std::sync::Mutex::new(Tracker::load(store_of(&gate))?);
+        let host = Host { config, gate, runtime, warnings, sink, tracker };
         let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
         if !leftover.delivered.is_empty() {
             tracing::info!("delivered {} action(s) left in the outbox by the last run", leftover.delivered.len());
@@ -138,6 +143,21 @@ impl Host {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The conflicts report (see [`crate::coord::conflicts`]), counted up
+    /// to the latest audit entry and event: only what was written since the
+    /// last report is read. Stores the count now and then, so that the
+    /// next start (or a read command) starts from there. This reads the
+    /// store and may write it: call it off the async threads.
+    pub fn conflicts(&self, window_ms: u64) -> Result<Report, StoreError> {
+        let store = self.store().as_ref();
+        let mut tracker = self.tracker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tracker.catch_up(store)?;
+        if tracker.worth_saving() {
+            tracker.save(store)?;
+        }
+        tracker.report(store, window_ms)
     }
 
     /// Problems found at start that do not stop it (an owner that matches no
@@ -247,6 +267,14 @@ fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result
 impl Drop for Host {
     fn drop(&mut self) {
         use crate::audit::{AuditDraft, calls};
+        // The count goes with the store, so the next start (or `concord
+        // conflicts`) reads only what comes after it.
+        let tracker = self.tracker.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) =
+            tracker.catch_up(self.gate.store().as_ref()).and_then(|()| tracker.save(self.gate.store().as_ref()))
+        {
+            tracing::warn!("could not store the conflicts report's count (the next report counts again): {e}");
+        }
         let pending = self.store().pending_actions(usize::MAX).map(|p| p.len()).unwrap_or(0);
         let draft = AuditDraft::host(
             calls::HOST_STOP,

@@ -359,13 +359,33 @@ pub struct AuditFilter {
     pub trace: Option<std::collections::BTreeSet<u64>>,
     pub since_ms: Option<u64>,
     pub until_ms: Option<u64>,
-    /// Keep only the newest `limit` matches (still printed oldest first).
+    /// Only entries with a seq above this one: a cursor for reading
+    /// forward. With it, `limit` keeps the *oldest* matches after it (the
+    /// next page); the last one's seq is the next cursor.
+    pub after: Option<u64>,
+    /// Only entries with a seq below this one: a cursor for reading back
+    /// (`limit` keeps the newest matches before it).
+    pub before: Option<u64>,
+    /// At most this many matches: the newest ones, or with `after` the
+    /// oldest after it. Always returned oldest first.
     pub limit: Option<usize>,
 }
 
 impl AuditFilter {
+    /// The seqs the filter allows, as a half-open range.
+    pub fn seqs(&self) -> std::ops::Range<u64> {
+        self.after.map_or(1, |a| a.saturating_add(1))..self.before.unwrap_or(u64::MAX)
+    }
+
+    /// Whether the query reads forward from `after` (else back from the
+    /// newest entry, or from `before`).
+    pub fn forward(&self) -> bool {
+        self.after.is_some()
+    }
+
     pub fn matches(&self, e: &AuditEntry) -> bool {
-        self.agent.as_ref().is_none_or(|a| &e.agent == a)
+        self.seqs().contains(&e.seq)
+            && self.agent.as_ref().is_none_or(|a| &e.agent == a)
             && self.entity.as_ref().is_none_or(|x| e.entities.iter().any(|y| y == x))
             && self.call.as_ref().is_none_or(|c| &e.call == c)
             && self.decision.is_none_or(|d| e.decision == d)

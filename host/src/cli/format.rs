@@ -86,18 +86,20 @@ pub fn print_conflicts(r: &Report, as_json: bool) {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
         return;
     }
-    let seqs = |s: &[u64]| {
+    // The first 12 seqs, and how many more there are in all.
+    let listed = |s: &[u64], count: usize| {
         let shown: Vec<String> = s.iter().take(12).map(u64::to_string).collect();
-        let more = if s.len() > 12 { format!(" (+{} more)", s.len() - 12) } else { String::new() };
+        let more = if count > shown.len() { format!(" (+{} more)", count - shown.len()) } else { String::new() };
         format!("{}{more}", shown.join(", "))
     };
+    let seqs = |s: &[u64]| listed(s, s.len());
     let section = |title: &str, map: &std::collections::BTreeMap<String, crate::coord::conflicts::Tally>| {
         println!("{title}:");
         if map.is_empty() {
             println!("  none");
         }
         for (k, t) in map {
-            println!("  {k:<48} {:>4}   audit seqs {}", t.count, seqs(&t.seqs));
+            println!("  {k:<48} {:>4}   audit seqs {}", t.count, listed(&t.seqs, t.count));
         }
     };
     section("refusals by agent pair (agent vs the other party)", &r.by_pair);
@@ -127,7 +129,7 @@ pub fn print_conflicts(r: &Report, as_json: bool) {
     println!(
         "  stopped at the depth limit: {}   audit seqs {}",
         r.stopped_cascades.count,
-        seqs(&r.stopped_cascades.seqs)
+        listed(&r.stopped_cascades.seqs, r.stopped_cascades.count)
     );
     if !r.deepest_chain.is_empty() {
         println!(

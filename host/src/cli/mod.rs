@@ -450,7 +450,9 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Conflicts { window_ms, json } => {
             let store = open_store(&cli.config)?;
-            let report = conflicts::analyze(&store, window_ms)?;
+            let window_ms =
+                conflicts::check_window(window_ms).map_err(|e| Failure { code: 2, error: anyhow::anyhow!(e) })?;
+            let report = conflicts::stored(&store, window_ms)?;
             format::print_conflicts(&report, json);
             Ok(0)
         }
@@ -559,6 +561,8 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
         trace,
         since_ms: args.since,
         until_ms: args.until,
+        after: None,
+        before: None,
         limit: args.limit,
     };
     let entries = store.audit(&filter)?;
@@ -641,12 +645,8 @@ fn run(config_path: &std::path::Path, script_path: &std::path::Path) -> Result<u
     let trapped = results.iter().filter(|i| matches!(i.outcome, Outcome::Trapped(_))).count();
     println!();
     println!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
-    let refused = host.store().audit(&AuditFilter::default())?;
-    let mut counts = std::collections::BTreeMap::new();
-    for e in refused.iter().filter(|e| e.decision.is_refusal()) {
-        *counts.entry(e.decision.as_str()).or_insert(0) += 1;
-    }
-    let counts: Vec<String> = counts.iter().map(|(d, n)| format!("{n} {d}")).collect();
+    let report = host.conflicts(conflicts::MAX_WINDOW_MS)?;
+    let counts: Vec<String> = report.refused.iter().map(|(d, n)| format!("{n} {d}")).collect();
     println!(
         "         refused by the host in this knowledge base: {}",
         if counts.is_empty() { "nothing".to_string() } else { counts.join(", ") }

@@ -22,8 +22,8 @@ use super::model::{
     Pin, Value,
 };
 use super::store::{
-    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
-    READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
+    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, Guard, GuardInput,
+    LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
 };
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, GENESIS_HASH, Verification};
 use redb::{
@@ -91,6 +91,14 @@ const ACTION_KEYS: TableDefinition<&str, u64> = TableDefinition::new("action_key
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("change_requests");
 /// (agent, `kind/id`) -> the last event seq the agent has seen.
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
+/// Idempotency key -> when it was stored (ms, u64 little-endian) and the
+/// request's record (the API's, opaque here). See [`Store::request_key`].
+const REQUEST_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("request_keys");
+/// (stored at ms, key) -> (). What expires first, for [`REQUEST_KEYS`].
+const REQUEST_KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("request_keys_by_time");
+/// name -> bytes: state the host derives from the logs and keeps to save
+/// work (the conflicts report's counts). See [`Store::host_state`].
+const HOST_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("host_state");
 
 /// How far back guards look for `recent` events.
 pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
@@ -100,7 +108,8 @@ pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// 3: the audit indexes are written in bulk and cover the entries up to
 /// `meta.audit_indexed` (see [`IndexRow`]).
 /// 4: the audit indexes hold runs of seqs, not a row per seq (see [`Run`]).
-const SCHEMA_VERSION: u64 = 4;
+/// 5: request keys (idempotency) and host state.
+const SCHEMA_VERSION: u64 = 5;
 
 /// What [`RedbStore::init`] found.
 enum Layout {
@@ -183,6 +192,14 @@ struct WriterShared {
     jobs: std::sync::atomic::AtomicU64,
     /// Transactions committed since the open: a snapshot's age.
     commits: std::sync::atomic::AtomicU64,
+    /// Batches handed to redb's commit since the open, counted *before*
+    /// each commit, so a reader can never see a batch this count lacks
+    /// (see [`RedbStore::sync_then`]).
+    shown: std::sync::atomic::AtomicU64,
+    /// The last of those batches known to be durable (with every one
+    /// before it), and a wake-up for whoever waits for more (the API's
+    /// streams). It only grows.
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
     snapshot: std::sync::Mutex<Option<Snapshot>>,
     /// Tests: runs just before each batch's redb commit; an error makes the
     /// commit fail (see [`commit`]).
@@ -644,6 +661,9 @@ journaled! {
     17 => AUDIT_BY_ENTITY, audit_by_entity: (&'static str, u64), &'static [u8];
     18 => AUDIT_BY_INVOCATION, audit_by_invocation: (u64, u64), &'static [u8];
     19 => AUDIT_BY_AGENT_ENTITY, audit_by_agent_entity: (&'static str, &'static str, u64), &'static [u8];
+    20 => REQUEST_KEYS, request_keys: &'static str, &'static [u8];
+    21 => REQUEST_KEYS_BY_TIME, request_keys_by_time: (u64, &'static str), ();
+    22 => HOST_STATE, host_state: &'static str, &'static [u8];
     // Layout versions 1 to 3: a journal they left may name these; the
     // upgrade that follows its recovery deletes them.
     retired:
@@ -1056,9 +1076,10 @@ fn run_batch(
             return false;
         }
     };
-    let durable_commit = if journal.is_some() { checkpoint } else { durable };
+    let mut durable_commit = if journal.is_some() { checkpoint } else { durable };
     if !durable_commit && let Err(e) = txn.set_durability(Durability::None) {
         tracing::warn!("committing durably: {e}");
+        durable_commit = true;
     }
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut failed: Option<String> = None;
@@ -1176,6 +1197,9 @@ fn run_batch(
         }
         journaled = true;
     }
+    // Counted before the commit: from the moment redb shows the batch to
+    // readers, `sync` knows there is something to wait for.
+    let shown = shared.shown.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     if let Err(e) = commit(txn, shared) {
         tracing::error!("a write batch did not commit: {e}");
         let why = match journal.as_deref() {
@@ -1207,6 +1231,9 @@ fn run_batch(
     }
     chain.index_committed = chain.index.len();
     let Some(j) = journal else {
+        if durable_commit {
+            mark_durable(&shared.durable, shown);
+        }
         for (reply, _, answer) in results {
             if let Some(answer) = answer {
                 reply(answer);
@@ -1216,7 +1243,14 @@ fn run_batch(
     };
     // Non-durable jobs are answered now; durable ones once the syncer has
     // the record on disk (or, after a checkpoint, at once: redb has it).
-    let mut deferred: Vec<Deliver> = Vec::new();
+    // The first reply the syncer delivers marks the batch durable, for
+    // `sync` and the streams.
+    let durable_mark = shared.durable.clone();
+    let mut deferred: Vec<Deliver> = vec![Box::new(move |synced: Result<(), String>| {
+        if synced.is_ok() {
+            mark_durable(&durable_mark, shown);
+        }
+    })];
     for (reply, durable, answer) in results {
         match answer {
             Some(answer) if durable => deferred.push(Box::new(move |synced: Result<(), String>| {
@@ -1249,9 +1283,6 @@ fn run_batch(
             j.since_checkpoint += len;
             j.dirty = true;
         }
-        if deferred.is_empty() {
-            return true;
-        }
         Sync::Replies { after, deliver: deferred }
     };
     if j.syncer.send(message).is_err() {
@@ -1261,6 +1292,19 @@ fn run_batch(
         j.health.fail("the journal's syncer has stopped".into());
     }
     true
+}
+
+/// Records that batch `shown` (and every one before it) is durable, and
+/// wakes whoever waits for more. Batches become durable in order, and the
+/// mark only grows.
+fn mark_durable(durable: &tokio::sync::watch::Sender<u64>, shown: u64) {
+    durable.send_if_modified(|d| {
+        let newer = shown > *d;
+        if newer {
+            *d = shown;
+        }
+        newer
+    });
 }
 
 /// Commits a batch's transaction. Tests can make it fail first
@@ -1684,6 +1728,9 @@ impl RedbStore {
             txn.open_table(ACTION_KEYS).map_err(backend)?;
             txn.open_table(REQUESTS).map_err(backend)?;
             txn.open_table(CURSORS).map_err(backend)?;
+            txn.open_table(REQUEST_KEYS).map_err(backend)?;
+            txn.open_table(REQUEST_KEYS_BY_TIME).map_err(backend)?;
+            txn.open_table(HOST_STATE).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             let found = meta.get("schema_version").map_err(backend)?.map(|v| v.value());
             match found {
@@ -1702,14 +1749,22 @@ impl RedbStore {
         Ok(layout)
     }
 
-    /// Brings a layout of an older version (1 to 3) to this one, in one
+    /// Brings a layout of an older version (1 to 4) to this one, in one
     /// transaction: a crash leaves the old version, upgraded again at the
-    /// next open. Their audit indexes (a row per seq; version 1 lacked the
-    /// one by agent and entity) are deleted, and the runs rebuilt from the
-    /// log, a chunk of entries at a time.
+    /// next open. The tables version 5 added are created by [`init`](Self::init)
+    /// before this runs. Versions 1 to 3 also had audit indexes of a row
+    /// per seq (version 1 lacked the one by agent and entity): they are
+    /// deleted, and the runs rebuilt from the log, a chunk of entries at a
+    /// time.
     fn upgrade(&self, old: u64) -> Result<(), StoreError> {
         const CHUNK: usize = 65_536;
         let txn = self.write()?;
+        if old >= 4 {
+            txn.open_table(META).map_err(backend)?.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            tracing::info!("{}: upgraded the layout from version {old} to {SCHEMA_VERSION}", self.path.display());
+            return Ok(());
+        }
         {
             txn.delete_table(retired::AUDIT_BY_AGENT).map_err(backend)?;
             txn.delete_table(retired::AUDIT_BY_ENTITY).map_err(backend)?;
@@ -2162,6 +2217,18 @@ impl RedbStore {
         Ok(seq)
     }
 
+    /// Whether everything readers may see, and every audit entry numbered,
+    /// is durable already: nothing waits in the tail, and the last batch
+    /// shown to readers is marked durable.
+    fn all_durable(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(w) = &self.writer else { return true };
+        // The tail first: an entry leaves it only into a batch that is
+        // counted in `shown` before readers can see it.
+        w.shared.tail().pending.is_empty()
+            && *tokio::sync::watch::Sender::borrow(&w.shared.durable) >= w.shared.shown.load(SeqCst)
+    }
+
     /// Waits until every read entry numbered so far is written (visible to
     /// this process's reads; durable within [`READ_AUDIT_FLUSH`]). Audit
     /// queries call this first, so a caller always reads its own entries.
@@ -2173,20 +2240,48 @@ impl RedbStore {
     }
 }
 
-/// Gives `take` the seqs of an index's `runs` (one key's, each keyed by its
-/// first seq, so a range up to `indexed` holds every run with a seq up
-/// to it), newest first and up to `indexed`, until it returns false.
-fn newest_first<K: Key + 'static>(
-    runs: redb::Range<'_, K, &'static [u8]>,
-    indexed: u64,
+/// Gives `take` the seqs in `seqs` that one key's runs of an index hold,
+/// in order (`forward`) or newest first, until it returns false. `open(lo,
+/// hi)` ranges over the key's runs whose first seq is in `lo..=hi`; a run
+/// holds only seqs at or after its first, so a forward walk starts at the
+/// run holding `seqs.start` (the last to begin at or before it).
+fn walk_runs<'t, K: Key + 'static>(
+    open: impl Fn(u64, u64) -> Result<redb::Range<'t, K, &'static [u8]>, StoreError>,
+    seqs: std::ops::Range<u64>,
+    forward: bool,
     index: &str,
     mut take: impl FnMut(u64) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
-    for item in runs.rev() {
-        let (_, run) = item.map_err(backend)?;
-        for seq in Run::decode(run.value(), index)?.into_iter().rev() {
-            if seq <= indexed && !take(seq)? {
-                return Ok(());
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let last = seqs.end - 1;
+    if forward {
+        let begin = match open(0, seqs.start)?.next_back() {
+            Some(item) => Run::decode(item.map_err(backend)?.1.value(), index)?.first().copied().unwrap_or(0),
+            None => 0,
+        };
+        for item in open(begin, last)? {
+            let (_, run) = item.map_err(backend)?;
+            for seq in Run::decode(run.value(), index)? {
+                if seq > last {
+                    return Ok(());
+                }
+                if seq >= seqs.start && !take(seq)? {
+                    return Ok(());
+                }
+            }
+        }
+    } else {
+        for item in open(0, last)?.rev() {
+            let (_, run) = item.map_err(backend)?;
+            for seq in Run::decode(run.value(), index)?.into_iter().rev() {
+                if seq < seqs.start {
+                    return Ok(());
+                }
+                if seq <= last && !take(seq)? {
+                    return Ok(());
+                }
             }
         }
     }
@@ -2338,6 +2433,24 @@ impl Store for RedbStore {
         self.entities()?.get(entity.key())
     }
 
+    fn sync_then(&self, done: Done<()>) {
+        if self.all_durable() {
+            return done(Ok(()));
+        }
+        // A durable job that does nothing: its batch takes in the tail, and
+        // it is answered once that batch, and so every one before it, is on
+        // disk.
+        self.submit(true, |_| Ok(()), done);
+    }
+
+    fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.writer {
+            Some(w) => w.shared.durable.subscribe(),
+            // Nothing more becomes durable through a read-only store.
+            None => tokio::sync::watch::Sender::new(0).subscribe(),
+        }
+    }
+
     fn get_at(&self, entity: &EntityRef, at: AtPoint) -> Result<Option<Entity>, StoreError> {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
@@ -2353,6 +2466,19 @@ impl Store for RedbStore {
         let start = after_seq.saturating_add(1);
         let mut out = Vec::new();
         for item in history.range((key.as_str(), start)..=(key.as_str(), u64::MAX)).map_err(backend)?.take(limit) {
+            let (k, _) = item.map_err(backend)?;
+            out.push(load_event(&events, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    fn history_back(&self, entity: &EntityRef, before_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let history = txn.open_table(HISTORY).map_err(backend)?;
+        let key = entity.key();
+        let mut out = Vec::new();
+        for item in history.range((key.as_str(), 0)..(key.as_str(), before_seq)).map_err(backend)?.rev().take(limit) {
             let (k, _) = item.map_err(backend)?;
             out.push(load_event(&events, k.value().1)?);
         }
@@ -2903,7 +3029,49 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let audit = txn.open_table(AUDIT).map_err(backend)?;
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let seqs = filter.seqs();
+        let forward = filter.forward();
         let mut out = Vec::new();
+        if seqs.is_empty() || limit == 0 {
+            return Ok(out);
+        }
+        // Every match is pushed in the reading direction; backward reads
+        // are put back in order at the end.
+        let done = |mut out: Vec<AuditEntry>| {
+            if !forward {
+                out.reverse();
+            }
+            Ok(out)
+        };
+        let scan = |range: std::ops::Range<u64>, out: &mut Vec<AuditEntry>| -> Result<(), StoreError> {
+            if range.is_empty() {
+                return Ok(());
+            }
+            let items = audit.range(range).map_err(backend)?;
+            let mut step = |item: Result<(redb::AccessGuard<'_, u64>, redb::AccessGuard<'_, &[u8]>), _>| {
+                let (k, v) = item.map_err(backend)?;
+                let seq = k.value();
+                let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
+                if filter.matches(&entry) {
+                    out.push(entry);
+                }
+                Ok::<bool, StoreError>(out.len() < limit)
+            };
+            if forward {
+                for item in items {
+                    if !step(item)? {
+                        break;
+                    }
+                }
+            } else {
+                for item in items.rev() {
+                    if !step(item)? {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        };
         let take = |seq: u64, out: &mut Vec<AuditEntry>| -> Result<bool, StoreError> {
             let Some(bytes) = audit.get(seq).map_err(backend)? else {
                 return Err(StoreError::Corrupt {
@@ -2928,74 +3096,131 @@ impl Store for RedbStore {
             (None, None) => None,
         };
         if invocations.is_none() && index.is_none() {
-            // No index narrows it: the whole log, newest first.
-            for item in audit.iter().map_err(backend)?.rev() {
-                let (k, v) = item.map_err(backend)?;
-                let seq = k.value();
-                let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
-                if filter.matches(&entry) {
-                    out.push(entry);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            out.reverse();
-            return Ok(out);
+            // No index narrows it: the log itself, in the reading direction.
+            scan(seqs, &mut out)?;
+            return done(out);
         }
-        // The newest entries, past the indexes' reach, from the log itself
-        // (at most a flush's worth; see IndexRow); then the indexes, up to
-        // their reach, so no entry is counted twice.
+        // The newest entries, past the indexes' reach, come from the log
+        // itself (at most a flush's worth; see IndexRow); the others from
+        // the indexes, so no entry is counted twice. Backward reads take
+        // the newest first, forward reads the indexed ones first.
         let indexed = audit_indexed(&txn)?;
-        for item in audit.range(indexed.saturating_add(1)..).map_err(backend)?.rev() {
-            let (k, v) = item.map_err(backend)?;
-            let seq = k.value();
-            let entry: AuditEntry = decode(v.value(), || format!("audit entry {seq}"))?;
-            if filter.matches(&entry) {
-                out.push(entry);
-                if out.len() >= limit {
-                    out.reverse();
-                    return Ok(out);
-                }
+        let past = seqs.start.max(indexed.saturating_add(1))..seqs.end;
+        let in_index = seqs.start..seqs.end.min(indexed.saturating_add(1));
+        if !forward {
+            scan(past.clone(), &mut out)?;
+            if out.len() >= limit {
+                return done(out);
             }
         }
-        // An invocation (or a trace: a set of them) has its own index.
         if let Some(invocations) = invocations {
+            // An invocation (or a trace: a set of them) has its own index.
             let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
-            let mut seqs = Vec::new();
+            let mut found = Vec::new();
             for inv in invocations {
-                let runs = index.range((inv, 0)..=(inv, indexed)).map_err(backend)?;
-                newest_first(runs, indexed, AUDIT_BY_INVOCATION.name(), |seq| {
-                    seqs.push(seq);
+                let open = |lo: u64, hi: u64| index.range((inv, lo)..=(inv, hi)).map_err(backend);
+                walk_runs(open, in_index.clone(), true, AUDIT_BY_INVOCATION.name(), |seq| {
+                    found.push(seq);
                     Ok(true)
                 })?;
             }
-            seqs.sort_unstable();
-            for seq in seqs.into_iter().rev() {
+            found.sort_unstable();
+            if !forward {
+                found.reverse();
+            }
+            for seq in found {
                 if !take(seq, &mut out)? {
-                    break;
+                    return done(out);
                 }
             }
-            out.reverse();
-            return Ok(out);
-        }
-        // Agent and entity: their own index, exactly the matches.
-        if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
+        } else if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
+            // Agent and entity: their own index, exactly the matches.
             let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
-            let range = (agent.as_str(), entity.as_str(), 0)..=(agent.as_str(), entity.as_str(), indexed);
-            let runs = index.range(range).map_err(backend)?;
-            newest_first(runs, indexed, AUDIT_BY_AGENT_ENTITY.name(), |seq| take(seq, &mut out))?;
-            out.reverse();
-            return Ok(out);
-        }
-        // Newest first through the narrowest index, then put back in order.
-        if let Some((table, key)) = index {
+            let open = |lo: u64, hi: u64| {
+                index
+                    .range((agent.as_str(), entity.as_str(), lo)..=(agent.as_str(), entity.as_str(), hi))
+                    .map_err(backend)
+            };
+            walk_runs(open, in_index, forward, AUDIT_BY_AGENT_ENTITY.name(), |seq| take(seq, &mut out))?;
+        } else if let Some((table, key)) = index {
+            // The narrowest index, checking each entry against the rest.
             let index = txn.open_table(table).map_err(backend)?;
-            let runs = index.range((key, 0)..=(key, indexed)).map_err(backend)?;
-            newest_first(runs, indexed, table.name(), |seq| take(seq, &mut out))?;
+            let open = |lo: u64, hi: u64| index.range((key, lo)..=(key, hi)).map_err(backend);
+            walk_runs(open, in_index, forward, table.name(), |seq| take(seq, &mut out))?;
         }
-        out.reverse();
-        Ok(out)
+        if forward && out.len() < limit {
+            scan(past, &mut out)?;
+        }
+        done(out)
+    }
+
+    fn request_key(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.read()?;
+        let keys = txn.open_table(REQUEST_KEYS).map_err(backend)?;
+        let Some(v) = keys.get(key).map_err(backend)? else { return Ok(None) };
+        let bytes = v.value();
+        let (at, record) = bytes.split_at_checked(8).ok_or_else(|| StoreError::Corrupt {
+            what: format!("request key {key}"),
+            reason: format!("{} bytes, less than its 8-byte time", bytes.len()),
+        })?;
+        let at = u64::from_le_bytes(at.try_into().map_err(backend)?);
+        Ok(Some((at, record.to_vec())))
+    }
+
+    fn put_request_key(
+        &self,
+        key: String,
+        at_ms: u64,
+        record: Vec<u8>,
+        expire_before_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.run(true, move |tx| {
+            let mut keys = tx.request_keys().map_err(backend)?;
+            let mut by_time = tx.request_keys_by_time().map_err(backend)?;
+            let expired: Vec<(u64, String)> = by_time
+                .range((0, "")..(expire_before_ms, ""))
+                .map_err(backend)?
+                .take(super::store::EXPIRED_PER_PUT)
+                .map(|item| item.map(|(k, _)| (k.value().0, k.value().1.to_string())).map_err(backend))
+                .collect::<Result<_, _>>()?;
+            for (at, old) in &expired {
+                by_time.remove((*at, old.as_str())).map_err(backend)?;
+                // Only if it was not stored again since.
+                let stored_at = keys
+                    .get(old.as_str())
+                    .map_err(backend)?
+                    .and_then(|v| v.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes));
+                if stored_at == Some(*at) {
+                    keys.remove(old.as_str()).map_err(backend)?;
+                }
+            }
+            let previous = keys
+                .get(key.as_str())
+                .map_err(backend)?
+                .and_then(|v| v.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes));
+            if let Some(previous) = previous {
+                by_time.remove((previous, key.as_str())).map_err(backend)?;
+            }
+            let mut value = Vec::with_capacity(8 + record.len());
+            value.extend_from_slice(&at_ms.to_le_bytes());
+            value.extend_from_slice(&record);
+            keys.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            by_time.insert((at_ms, key.as_str()), ()).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn host_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.read()?;
+        let state = txn.open_table(HOST_STATE).map_err(backend)?;
+        Ok(state.get(name).map_err(backend)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put_host_state(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
+        self.run(true, move |tx| {
+            tx.host_state().map_err(backend)?.insert(name.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(())
+        })
     }
 
     fn verify_audit(&self) -> Result<Verification, StoreError> {
@@ -3379,7 +3604,7 @@ mod tests {
         drop(store);
         let clean = RedbStore::check(&path).expect("check");
         assert!(clean.is_clean(), "{clean:?}");
-        assert_eq!(clean.tables.len(), 16);
+        assert_eq!(clean.tables.len(), 19);
         assert!(clean.records() > 6 + 3 + 6, "{clean:?}");
 
         let store = RedbStore::open(&path).expect("store");
@@ -3530,14 +3755,83 @@ mod tests {
             filters.push(AuditFilter { invocation: Some(2), limit, ..Default::default() });
             filters.push(AuditFilter { trace: Some([1, 3].into()), limit, ..Default::default() });
         }
+        // Each also as a page: forward from a cursor, back from one, or
+        // between two, on either side of the indexes' reach (30 in the
+        // test below) and across it.
+        let cursors = [(None, None), (Some(10), None), (Some(29), None), (Some(45), None), (None, Some(31))];
+        let cursors = cursors.into_iter().chain([(None, Some(50)), (Some(12), Some(40)), (Some(40), Some(41))]);
+        let filters: Vec<AuditFilter> = cursors
+            .flat_map(|(after, before)| filters.iter().map(move |f| AuditFilter { after, before, ..f.clone() }))
+            .collect();
         for filter in filters {
             let mut expected: Vec<u64> = log.iter().filter(|e| filter.matches(e)).map(|e| e.seq).collect();
-            if let Some(limit) = filter.limit {
-                expected = expected.split_off(expected.len().saturating_sub(limit));
+            match (filter.limit, filter.forward()) {
+                (Some(limit), true) => expected.truncate(limit),
+                (Some(limit), false) => expected = expected.split_off(expected.len().saturating_sub(limit)),
+                (None, _) => {}
             }
             let found: Vec<u64> = store.audit(&filter).expect("audit").iter().map(|e| e.seq).collect();
             assert_eq!(found, expected, "{filter:?}");
         }
+    }
+
+    /// `sync` answers once everything readers can see is durable: after
+    /// it, a kill loses nothing that was read (here: an audit entry only
+    /// numbered, and a commit's effects), and with nothing waiting it
+    /// answers at once.
+    #[test]
+    fn sync_waits_until_what_was_shown_is_durable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kb.redb");
+        let store = RedbStore::open(&path).expect("store");
+        let sync = |store: &RedbStore| {
+            let (tx, rx) = mpsc::channel();
+            store.sync_then(Box::new(move |r| tx.send(r).expect("send")));
+            rx.recv().expect("answered").expect("synced");
+        };
+        let mut changes = store.durable_changes();
+        let seen = *changes.borrow_and_update();
+        store.append_read_audit(draft("a", "kb.get")).expect("read");
+        assert!(!store.all_durable(), "an entry in the tail is not durable yet");
+        sync(&store);
+        assert!(store.all_durable());
+        assert!(changes.has_changed().expect("open"), "the wake-up fired");
+        assert!(*changes.borrow() > seen);
+        sync(&store);
+        // What a kill leaves: the journal and the file, as they are.
+        let copy = dir.path().join("copy.redb");
+        std::fs::copy(&path, &copy).expect("copy");
+        std::fs::copy(journal::journal_path(&path), journal::journal_path(&copy)).expect("copy journal");
+        drop(store);
+        let restarted = RedbStore::open(&copy).expect("reopens");
+        assert_eq!(all(&restarted).len(), 1, "the synced entry survived");
+    }
+
+    /// Request keys are kept until they expire, each put forgets a few
+    /// expired ones, and a key stored again is not forgotten by its old
+    /// time.
+    #[test]
+    fn request_keys_expire_a_few_at_a_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(&dir.path().join("kb.redb")).expect("store");
+        for i in 0..40u64 {
+            store.put_request_key(format!("k{i}"), 1000 + i, format!("r{i}").into_bytes(), 0).expect("put");
+        }
+        assert_eq!(store.request_key("k3").expect("get"), Some((1003, b"r3".to_vec())));
+        // k0 is stored again later: its old time no longer expires it.
+        store.put_request_key("k0".into(), 5000, b"again".to_vec(), 0).expect("put");
+        store.put_request_key("new".into(), 6000, b"n".to_vec(), 1030).expect("put");
+        let left = (0..40).filter(|i| store.request_key(&format!("k{i}")).expect("get").is_some()).count();
+        assert_eq!(left, 40 - super::super::store::EXPIRED_PER_PUT, "one put forgets a bounded number");
+        assert_eq!(store.request_key("k0").expect("get"), Some((5000, b"again".to_vec())));
+        for _ in 0..4 {
+            store.put_request_key("new".into(), 6000, b"n".to_vec(), 1030).expect("put");
+        }
+        let left: Vec<u64> = (0..40).filter(|i| store.request_key(&format!("k{i}")).expect("get").is_some()).collect();
+        assert_eq!(left, [0].into_iter().chain(30..40).collect::<Vec<_>>(), "everything stored before 1030 is gone");
+        store.put_host_state("x".into(), b"state".to_vec()).expect("put");
+        assert_eq!(store.host_state("x").expect("get"), Some(b"state".to_vec()));
+        assert_eq!(store.host_state("y").expect("get"), None);
     }
 
     /// The audit indexes are written in bulk (see IndexRow): a query
@@ -3645,11 +3939,19 @@ mod tests {
     }
 
     /// Turns the store at `path` (holding `log`) into a file of layout
-    /// version `old`, as that version wrote it: an index row per seq (and
-    /// none by agent and entity in version 1), no runs.
+    /// version `old`, as that version wrote it: without the tables of
+    /// version 5; before version 4, an index row per seq (and none by
+    /// agent and entity in version 1), no runs.
     fn make_layout(path: &Path, old: u64, log: &[AuditEntry]) {
         let db = Database::create(path).expect("db");
         let txn = db.begin_write().expect("write");
+        txn.delete_table(REQUEST_KEYS).expect("delete");
+        txn.delete_table(REQUEST_KEYS_BY_TIME).expect("delete");
+        txn.delete_table(HOST_STATE).expect("delete");
+        if old == 4 {
+            txn.open_table(META).expect("meta").insert("schema_version", old).expect("version");
+            return txn.commit().expect("commit");
+        }
         txn.delete_table(AUDIT_BY_AGENT).expect("delete");
         txn.delete_table(AUDIT_BY_ENTITY).expect("delete");
         txn.delete_table(AUDIT_BY_INVOCATION).expect("delete");
@@ -3765,6 +4067,9 @@ mod tests {
             let db = Database::create(&path).expect("db");
             let txn = db.begin_read().expect("read");
             let tables: Vec<String> = txn.list_tables().expect("tables").map(|t| t.name().to_string()).collect();
+            for added in [REQUEST_KEYS.name(), REQUEST_KEYS_BY_TIME.name(), HOST_STATE.name()] {
+                assert!(tables.iter().any(|t| t == added), "{added} is created (version {old})");
+            }
             for gone in [retired::AUDIT_BY_AGENT.name(), retired::AUDIT_BY_ENTITY.name()] {
                 assert!(!tables.iter().any(|t| t == gone), "{gone} is deleted (version {old})");
             }

@@ -166,11 +166,28 @@ pub trait Store: Send + Sync + 'static {
     /// disk beyond a point read (redb reads an MVCC snapshot).
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
 
+    /// Calls `done` once everything this store has let anyone see (through
+    /// any read, in any thread) and every audit entry it has numbered is
+    /// durable: a crash can no longer take it back. Reads run first, then
+    /// this, then the answer leaves the host (the API's rule).
+    ///
+    /// Never blocks the caller: a store that must wait answers from another
+    /// thread. Cheap when nothing is waiting for the disk.
+    fn sync_then(&self, done: Done<()>);
+
+    /// Changes whenever more of the store becomes durable: new events or
+    /// audit entries may be there to read (the API's streams wait on it).
+    fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// An entity as it was at a point in the past.
     fn get_at(&self, entity: &EntityRef, at: AtPoint) -> Result<Option<Entity>, StoreError>;
 
     /// Events of one entity with `seq > after_seq`, oldest first.
     fn history(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Events of one entity with `seq < before_seq`, newest first, at most
+    /// `limit`.
+    fn history_back(&self, entity: &EntityRef, before_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
     /// Events of one entity at or after `since_ms`, oldest first.
     fn recent(&self, entity: &EntityRef, since_ms: u64) -> Result<Vec<Event>, StoreError>;
@@ -331,7 +348,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Recomputes the audit hash chain.
     fn verify_audit(&self) -> Result<Verification, StoreError>;
+
+    /// The record stored under an idempotency key, with when it was
+    /// stored (ms since the epoch). The record is the API's; the store
+    /// keeps it as bytes.
+    fn request_key(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Stores `record` under `key` (replacing what was there), durably,
+    /// and forgets some keys stored before `expire_before_ms` (at most
+    /// [`EXPIRED_PER_PUT`] per call, so that expiry costs little each time
+    /// and keeps up with the puts).
+    fn put_request_key(
+        &self,
+        key: String,
+        at_ms: u64,
+        record: Vec<u8>,
+        expire_before_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// State the host derives from the logs and keeps to save work (see
+    /// [`crate::coord::conflicts::Tracker`]), by name.
+    fn host_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores host state, durably.
+    fn put_host_state(&self, name: String, value: Vec<u8>) -> Result<(), StoreError>;
 }
+
+/// How many expired request keys one [`Store::put_request_key`] forgets.
+pub const EXPIRED_PER_PUT: usize = 16;
 
 impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -27,7 +27,8 @@
 
 use super::{
     ACTION_KEYS, ACTIONS, AUDIT, AUDIT_BY_AGENT, AUDIT_BY_AGENT_ENTITY, AUDIT_BY_ENTITY, AUDIT_BY_INVOCATION, CURSORS,
-    ENTITIES, EVENTS, HISTORY, LEASES, META, OUTBOX, PINS, REQUESTS, RedbStore, Run,
+    ENTITIES, EVENTS, HISTORY, HOST_STATE, LEASES, META, OUTBOX, PINS, REQUEST_KEYS, REQUEST_KEYS_BY_TIME, REQUESTS,
+    RedbStore, Run,
 };
 use crate::audit::AuditEntry;
 use crate::kb::model::{Entity, Event};
@@ -112,6 +113,9 @@ fn every_table(v: &mut impl Visit) {
     v.visit(ACTION_KEYS, Decode::Nothing);
     v.visit(REQUESTS, Decode::Nothing);
     v.visit(CURSORS, Decode::Nothing);
+    v.visit(REQUEST_KEYS, Decode::Nothing);
+    v.visit(REQUEST_KEYS_BY_TIME, Decode::Nothing);
+    v.visit(HOST_STATE, Decode::Nothing);
 }
 
 /// Reads every record of every table; with `decode`, also decodes them.
