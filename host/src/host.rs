@@ -8,7 +8,7 @@ use crate::gate::{Breakpoint, Gate};
 use crate::kb::{RedbStore, Store, StoreError};
 use crate::policy::Policy;
 use crate::policy::config::Config;
-use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Runtime};
+use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Origin, Runtime};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -131,7 +131,7 @@ impl Host {
                 self.gate.record_stopped(&f.agent, &digest, parent, f.message.entity.as_ref(), outcome).await?;
                 continue;
             }
-            let inv = self.invoke_inner(&f.agent, f.message, None, Some(parent), depth).await?;
+            let inv = self.invoke_inner(&f.agent, f.message, None, Some(parent), depth, Origin::default()).await?;
             enqueue(&mut queue, &inv, &chain);
             done.push(inv);
         }
@@ -190,7 +190,29 @@ impl Host {
     /// This runs the one invocation; what it causes (subscriptions,
     /// handoffs) and its actions' delivery are [`Host::dispatch`]'s.
     pub async fn invoke(&self, agent: &str, message: Message) -> Result<Invocation, InvokeError> {
-        self.invoke_inner(agent, message, None, None, 0).await
+        self.invoke_inner(agent, message, None, None, 0, Origin::default()).await
+    }
+
+    /// Runs a trigger from outside (the API's): the invocation, with who
+    /// asked for it and its idempotency key in its start entry, and what
+    /// it causes, as [`Host::dispatch`]. `origin.started` gets the
+    /// invocation id as soon as it has one; with a breakpoint, the
+    /// invocation pauses there until released.
+    pub async fn trigger(
+        &self,
+        agent: &str,
+        message: Message,
+        breakpoint: Option<Breakpoint>,
+        origin: Origin,
+    ) -> Result<Vec<Invocation>, InvokeError> {
+        let root = self.invoke_inner(agent, message, breakpoint, None, 0, origin).await?;
+        self.finish(root).await
+    }
+
+    /// Stops every invocation in flight (and any started after), each
+    /// audited as stopped with `why`: the end of a shutdown's drain.
+    pub fn stop_invocations(&self, why: &str) {
+        self.runtime.stop(why);
     }
 
     /// Like [`Host::invoke`], pausing the invocation at `breakpoint`.
@@ -200,7 +222,7 @@ impl Host {
         message: Message,
         breakpoint: Breakpoint,
     ) -> Result<Invocation, InvokeError> {
-        self.invoke_inner(agent, message, Some(breakpoint), None, 0).await
+        self.invoke_inner(agent, message, Some(breakpoint), None, 0, Origin::default()).await
     }
 
     async fn invoke_inner(
@@ -210,6 +232,7 @@ impl Host {
         breakpoint: Option<Breakpoint>,
         causation: Option<u64>,
         depth: u32,
+        origin: Origin,
     ) -> Result<Invocation, InvokeError> {
         if let Some(entity) = &message.entity {
             self.gate.policy().check_read(entity).map_err(|e| InvokeError::BadMessage(e.to_string()))?;
@@ -217,7 +240,7 @@ impl Host {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&message.body) {
             return Err(InvokeError::BadMessage(format!("the body is not JSON: {e}")));
         }
-        self.runtime.invoke(&self.gate, agent, &message, breakpoint, causation, depth).await?.ok_or_else(|| {
+        self.runtime.invoke(&self.gate, agent, &message, breakpoint, causation, depth, origin).await?.ok_or_else(|| {
             InvokeError::UnknownAgent {
                 name: agent.to_string(),
                 known: self.runtime.agents().map(|a| a.name.clone()).collect(),

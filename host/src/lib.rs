@@ -41,6 +41,6 @@ pub use gate::Breakpoint;
 pub use host::{Host, InvokeError, StartError};
 pub use kb::{Entity, EntityRef, Event, Value};
 pub use policy::config::Config;
-pub use runtime::{Invocation, Message, Outcome};
+pub use runtime::{Invocation, Message, Origin, Outcome};
 /// The wasmtime this crate is built on, so embedders stay on one version.
 pub use wasmtime;

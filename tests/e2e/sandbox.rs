@@ -202,3 +202,44 @@ async fn hostile_flooding_hits_the_host_call_limit() {
     let logged = entries.iter().filter(|e| e.call == calls::LOG).count();
     assert_eq!(logged, 501, "500 calls served, the 501st refused and audited, then the stop");
 }
+
+/// A shutdown that runs out of time stops what is still running: an agent
+/// spinning in wasm (it yields at every tick) and one paused before a host
+/// call both end as `stopped`, audited so, and the other agents' work is
+/// unaffected. Invocations started after the stop are stopped at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_stops_invocations_in_flight_and_audits_them() {
+    let limits = "fuel = 1_000_000_000_000_000\ntimeout_ms = 60_000\n";
+    let env = Env::with_limits(&[("hostile", "hostile"), ("sales", "sales")], limits);
+    onboard(&env, "acme").await;
+    let spinning = {
+        let host = env.host.clone();
+        tokio::spawn(
+            async move { host.invoke("hostile", crate::common::message("loop", "customer/acme", json!({}))).await },
+        )
+    };
+    let bp = concord::Breakpoint::before("kb.get", 1);
+    let paused = {
+        let (host, bp) = (env.host.clone(), bp.clone());
+        let message = crate::common::message("upsell", "customer/acme", json!({}));
+        tokio::spawn(async move { host.invoke_with("sales", message, bp).await })
+    };
+    bp.reached().await;
+    env.host.stop_invocations("the host is shutting down (server.drain_ms ran out)");
+    let started = std::time::Instant::now();
+    for task in [spinning, paused] {
+        let inv = task.await.expect("task").expect("invocation");
+        assert_eq!(inv.outcome.decision(), Decision::Stopped, "{}", inv.outcome);
+        assert!(matches!(&inv.outcome, Outcome::Stopped(why) if why.contains("drain_ms")), "{}", inv.outcome);
+        let end = env.audit(AuditFilter {
+            invocation: Some(inv.id),
+            call: Some(calls::INVOCATION_END.into()),
+            ..Default::default()
+        });
+        assert_eq!(end.len(), 1);
+        assert_eq!(end[0].decision, Decision::Stopped);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "stopped long before the time limit");
+    let late = env.send("sales", "upsell", "customer/acme", json!({})).await;
+    assert_eq!(late.outcome.decision(), Decision::Stopped, "{}", late.outcome);
+}

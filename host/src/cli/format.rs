@@ -255,6 +255,7 @@ pub fn print_step(step: &StepReport) {
                 Outcome::Ok(s) => ("ok", s),
                 Outcome::Failed(s) => ("FAILED", s),
                 Outcome::Trapped(s) => ("TRAPPED", s),
+                Outcome::Stopped(s) => ("STOPPED", s),
             };
             println!(
                 "[{line:>8}] {:<8} invocation {:<4} {tag}: {text}  ({} host calls)",

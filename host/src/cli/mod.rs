@@ -642,7 +642,7 @@ fn run(config_path: &std::path::Path, script_path: &std::path::Path) -> Result<u
 
     let ok = results.iter().filter(|i| i.outcome.is_ok()).count();
     let failed = results.iter().filter(|i| matches!(i.outcome, Outcome::Failed(_))).count();
-    let trapped = results.iter().filter(|i| matches!(i.outcome, Outcome::Trapped(_))).count();
+    let trapped = results.iter().filter(|i| matches!(i.outcome, Outcome::Trapped(_) | Outcome::Stopped(_))).count();
     println!();
     println!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
     let report = host.conflicts(conflicts::MAX_WINDOW_MS)?;

@@ -102,6 +102,9 @@ pub enum Outcome {
     Failed(String),
     /// The invocation was stopped: a trap, a limit, or a failed instantiation.
     Trapped(String),
+    /// The host stopped it from outside (a shutdown's drain ran out), at
+    /// its next host call or within a tick of wasm.
+    Stopped(String),
 }
 
 impl Outcome {
@@ -110,12 +113,23 @@ impl Outcome {
             Outcome::Ok(_) => Decision::Allowed,
             Outcome::Failed(_) => Decision::Failed,
             Outcome::Trapped(_) => Decision::Trapped,
+            Outcome::Stopped(_) => Decision::Stopped,
         }
     }
 
     pub fn text(&self) -> &str {
         match self {
-            Outcome::Ok(s) | Outcome::Failed(s) | Outcome::Trapped(s) => s,
+            Outcome::Ok(s) | Outcome::Failed(s) | Outcome::Trapped(s) | Outcome::Stopped(s) => s,
+        }
+    }
+
+    /// `ok`, `failed`, `trapped` or `stopped`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Failed(_) => "failed",
+            Outcome::Trapped(_) => "trapped",
+            Outcome::Stopped(_) => "stopped",
         }
     }
 
@@ -130,8 +144,21 @@ impl fmt::Display for Outcome {
             Outcome::Ok(s) => write!(f, "ok: {s}"),
             Outcome::Failed(s) => write!(f, "failed: {s}"),
             Outcome::Trapped(s) => write!(f, "trapped: {s}"),
+            Outcome::Stopped(s) => write!(f, "stopped: {s}"),
         }
     }
+}
+
+/// Where a trigger came from, for the invocation's start entry, and who
+/// wants its id as soon as it has one.
+#[derive(Debug, Default)]
+pub struct Origin {
+    /// Who asked for it, such as `http:alice` (a token's name).
+    pub by: Option<String>,
+    /// The request's idempotency key.
+    pub key: Option<String>,
+    /// Gets the invocation id once the start is audited.
+    pub started: Option<tokio::sync::oneshot::Sender<u64>>,
 }
 
 /// The result of one invocation.
@@ -191,6 +218,9 @@ pub struct Runtime {
     /// One permit per pool slot: a full pool fails at once, so invocations
     /// past it wait here instead.
     slots: tokio::sync::Semaphore,
+    /// Set (with the reason) to stop every invocation in flight, and any
+    /// that starts after (see [`Runtime::stop`]).
+    stop: tokio::sync::watch::Sender<Option<String>>,
     _ticker: EpochTicker,
 }
 
@@ -314,7 +344,21 @@ impl Runtime {
             limits,
             cache,
             slots: tokio::sync::Semaphore::new(MAX_LIVE_INVOCATIONS as usize),
+            stop: tokio::sync::watch::Sender::new(None),
         })
+    }
+
+    /// Stops every invocation in flight, and every one started after:
+    /// each ends as [`Outcome::Stopped`] with `why`, at its next host call
+    /// or wasm tick, and is audited so. For a shutdown whose drain ran out.
+    pub fn stop(&self, why: &str) {
+        self.stop.send_replace(Some(why.to_string()));
+    }
+
+    /// Invocations running or waiting for a pool slot, at most
+    /// [`MAX_LIVE_INVOCATIONS`] running.
+    pub fn slots_in_use(&self) -> usize {
+        MAX_LIVE_INVOCATIONS as usize - self.slots.available_permits()
     }
 
     fn load_one(engine: &Engine, linker: &Linker<InvocationState>, path: &Path) -> Result<LoadedAgent, String> {
@@ -362,6 +406,7 @@ impl Runtime {
     /// Runs one invocation in a fresh instance and audits its start and end.
     /// `Err` is a host fault (the audit could not be written); everything the
     /// agent does, traps included, is an [`Outcome`].
+    #[expect(clippy::too_many_arguments, reason = "what one invocation is run with, each its own concern")]
     pub(crate) async fn invoke(
         &self,
         gate: &Arc<Gate>,
@@ -370,6 +415,7 @@ impl Runtime {
         breakpoint: Option<Breakpoint>,
         causation: Option<u64>,
         depth: u32,
+        mut origin: Origin,
     ) -> Result<Option<Invocation>, crate::gate::HostFault> {
         let Some(loaded) = self.agents.get(agent) else {
             return Ok(None);
@@ -380,17 +426,37 @@ impl Runtime {
             "entity": message.entity.as_ref().map(EntityRef::key),
             "body": message.body,
         });
+        let mut args = args;
+        if let Some(by) = &origin.by {
+            args["by"] = by.as_str().into();
+        }
+        if let Some(key) = &origin.key {
+            args["idempotency_key"] = key.as_str().into();
+        }
         let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref(), causation).await?;
+        if let Some(started) = origin.started.take() {
+            let _ = started.send(id);
+        }
         let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, causation, breakpoint));
-        // A permit per live Store: it is released when `run` has dropped it.
-        let outcome = match self.slots.acquire().await {
-            Ok(_permit) => self.run(loaded, gate, caller.clone(), message, id).await,
-            Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
+        let mut stop = self.stop.subscribe();
+        let running = async {
+            // A permit per live Store: it is released when `run` has dropped it.
+            match self.slots.acquire().await {
+                Ok(_permit) => self.run(loaded, gate, caller.clone(), message, id).await,
+                Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
+            }
+        };
+        // Stopped from outside: the run is dropped where it waits (a host
+        // call, a slot, or a wasm tick, at which every invocation yields).
+        let outcome = tokio::select! {
+            outcome = running => outcome,
+            Ok(why) = stop.wait_for(Option::is_some) => Outcome::Stopped(why.clone().unwrap_or_default()),
         };
         match &outcome {
             Outcome::Ok(s) => tracing::debug!(agent, invocation = id, "ok: {s}"),
             Outcome::Failed(s) => tracing::warn!(agent, invocation = id, "failed: {s}"),
             Outcome::Trapped(s) => tracing::warn!(agent, invocation = id, "trapped: {s}"),
+            Outcome::Stopped(s) => tracing::warn!(agent, invocation = id, "stopped: {s}"),
         }
         // A host fault inside the run has already surfaced as a trap; if the
         // audit cannot record even the end, that is the host's error.
@@ -437,9 +503,17 @@ impl Runtime {
         if let Err(e) = store.set_fuel(limits.fuel) {
             return Outcome::Trapped(format!("cannot set fuel: {e:#}"));
         }
+        // At every tick the invocation yields to the executor, so a busy
+        // agent shares its thread with the others (and can be stopped, see
+        // `invoke`); past its time limit it traps.
         let ticks = limits.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
+        let mut elapsed = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            elapsed += 1;
+            Ok(if elapsed >= ticks { wasmtime::UpdateDeadline::Interrupt } else { wasmtime::UpdateDeadline::Yield(1) })
+        });
 
         let instance = match loaded.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
