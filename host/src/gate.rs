@@ -16,6 +16,7 @@ use crate::kb::{
     ActOutcome, ActRequest, Actor, ChangeRequest, CommitOutcome, CommitRequest, Conflict, Denial, Entity, EntityRef,
     Event, EventKind, Lease, LeaseOutcome, Store, StoreError, Value, Write, now_ms,
 };
+use crate::metrics::GateMetrics;
 use crate::policy::config::Limits;
 use crate::policy::rules::Rules;
 use crate::policy::{Policy, Refusal};
@@ -195,6 +196,7 @@ pub struct Gate {
     policy: Arc<Policy>,
     rules: Arc<Rules>,
     limits: Limits,
+    metrics: GateMetrics,
 }
 
 /// Largest `limit` a `history` call may ask for.
@@ -202,7 +204,7 @@ pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
     pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, rules: Arc<Rules>, limits: Limits) -> Self {
-        Self { store, policy, rules, limits }
+        Self { store, policy, rules, limits, metrics: GateMetrics::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -211,6 +213,31 @@ impl Gate {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// What the gate has counted (for `GET /metrics`).
+    pub fn metrics(&self) -> &GateMetrics {
+        &self.metrics
+    }
+
+    /// Answers once everything the store has shown anyone is durable (see
+    /// [`Store::sync_then`]): what the host is about to tell the outside
+    /// world can no longer be taken back by a crash.
+    pub async fn sync(&self) -> Result<(), HostFault> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.store.sync_then(Box::new(move |r| {
+            let _ = done.send(r);
+        }));
+        answer.await.map_err(|_| StoreError::Backend("the store dropped a sync unanswered".into()))??;
+        Ok(())
+    }
+
+    fn count(&self, draft: &AuditDraft) {
+        self.metrics.count(&draft.agent, &draft.call, draft.decision);
+    }
+
+    fn count_entry(&self, entry: &crate::audit::AuditEntry) {
+        self.metrics.count(&entry.agent, &entry.call, entry.decision);
     }
 
     /// Runs blocking store work off the async threads.
@@ -260,6 +287,7 @@ impl Gate {
             draft.rule = Some("limits.max_host_calls".into());
             draft.outcome =
                 format!("host call {n} refused: the limit is {max} per invocation; the invocation is stopped");
+            self.count(&draft);
             self.store.append_read_audit(draft)?;
             return Err(HostFault::Limit(format!(
                 "more than {max} host calls in one invocation (limits.max_host_calls)"
@@ -293,6 +321,7 @@ impl Gate {
     fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
         draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
+        self.count(&draft);
         self.store.append_read_audit(draft)?;
         Ok(())
     }
@@ -325,6 +354,7 @@ impl Gate {
             },
             duration_us: 0,
         };
+        self.count(&draft);
         Ok(self.store.append_read_audit(draft)?)
     }
 
@@ -368,6 +398,7 @@ impl Gate {
             outcome: audit::bounded(outcome, self.limits.audit_arg_bytes),
             duration_us: 0,
         };
+        self.count(&draft);
         Ok(self.store.append_read_audit(draft)?)
     }
 
@@ -398,6 +429,7 @@ impl Gate {
         // The read moves the agent's cursor (for `changes-since-read`) in the
         // same transaction as its audit entry.
         let seq = found.as_ref().map_or(0, |e| e.seq);
+        self.count(&draft);
         self.store.record_read(caller.agent.clone(), key, seq, draft)?;
         Ok(Ok(found))
     }
@@ -549,8 +581,10 @@ impl Gate {
                 let _ = done.send(result);
             }),
         );
-        let (outcome, _entry) =
+        let (outcome, entry) =
             answer.await.map_err(|_| StoreError::Backend("the store dropped a commit unanswered".into()))??;
+        self.count_entry(&entry);
+        self.metrics.commit_latency.observe(started.elapsed().as_secs_f64());
         Ok(match outcome {
             CommitOutcome::Committed { versions, events } => {
                 caller.follow(|f| f.events.extend(events));
@@ -604,7 +638,7 @@ impl Gate {
             at_ms: now_ms(),
         };
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
-        let (outcome, _) = self
+        let (outcome, entry) = self
             .blocking(move |s| {
                 let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
                 s.act(
@@ -626,6 +660,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         Ok(match outcome {
             ActOutcome::Recorded(a) => Ok(a.id),
             ActOutcome::Conflict(c) => Err(WriteError::Conflict(Box::new(c))),
@@ -681,7 +716,7 @@ impl Gate {
             resolution: None,
         };
         let actor = caller.actor();
-        let (stored, _) = self
+        let (stored, entry) = self
             .blocking(move |s| {
                 let owner = request.owner.clone();
                 s.request_change(
@@ -697,6 +732,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         let id = stored.id;
         caller.follow(|f| f.requests.push(stored));
         Ok(Ok(id))
@@ -715,7 +751,7 @@ impl Gate {
         let args = json!({ "request": request, "applied": applied, "reason": reason });
         let draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
         let actor = caller.actor();
-        let (result, _) = self
+        let (result, entry) = self
             .blocking(move |s| {
                 s.resolve_change(
                     request,
@@ -747,6 +783,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         Ok(result.map(|_| ()))
     }
 
@@ -767,7 +804,7 @@ impl Gate {
             return Ok(Err(WriteError::Refused(refusal)));
         }
         let actor = caller.actor();
-        let (outcome, _) = self
+        let (outcome, entry) = self
             .blocking(move |s| {
                 s.lease(
                     actor,
@@ -789,6 +826,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         Ok(match outcome {
             LeaseOutcome::Granted(l) => Ok(l),
             LeaseOutcome::Denied(d) => Err(WriteError::Denied(Box::new(d))),
@@ -800,7 +838,7 @@ impl Gate {
         let draft =
             self.draft(caller, calls::RELEASE, vec![entity.key()], json!({ "entity": entity.key(), "token": token }));
         let actor = caller.actor();
-        let (released, _) = self
+        let (released, entry) = self
             .blocking(move |s| {
                 s.release(
                     actor,
@@ -819,6 +857,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         Ok(released)
     }
 
@@ -836,7 +875,7 @@ impl Gate {
             return Ok(Err(refusal.to_string()));
         }
         let agent = caller.agent.clone();
-        let (events, _) = self
+        let (events, entry) = self
             .blocking(move |s| {
                 s.changes_since_read(
                     agent,
@@ -850,6 +889,7 @@ impl Gate {
                 )
             })
             .await?;
+        self.count_entry(&entry);
         Ok(Ok(events))
     }
 }

@@ -34,6 +34,7 @@ pub mod coord;
 pub mod gate;
 pub mod host;
 pub mod kb;
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 

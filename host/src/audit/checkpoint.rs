@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// A checkpoint, as written to its file (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     pub seq: u64,
     /// The hash of entry `seq`.
@@ -96,14 +96,25 @@ pub fn public_key(key: &SigningKey) -> String {
 
 /// Signs the current head of an intact chain.
 pub fn create(store: &dyn Store, key: &SigningKey) -> Result<Checkpoint, CheckpointError> {
-    let (seq, head) = match store.verify_audit()? {
-        Verification::Intact { entries: 0, .. } => return Err(CheckpointError::Empty),
-        Verification::Intact { entries, head } => (entries, head),
-        Verification::Broken { seq, problem } => return Err(CheckpointError::Broken { seq, problem }),
-    };
-    let at_ms = now_ms();
+    let (seq, head) = head(store)?;
+    Ok(sign(seq, head, now_ms(), key))
+}
+
+/// The last entry's seq and hash, once the whole chain is verified intact:
+/// what a checkpoint signs. (Over the API, the host verifies and the
+/// operator signs with a key that never leaves their machine.)
+pub fn head(store: &dyn Store) -> Result<(u64, String), CheckpointError> {
+    match store.verify_audit()? {
+        Verification::Intact { entries: 0, .. } => Err(CheckpointError::Empty),
+        Verification::Intact { entries, head } => Ok((entries, head)),
+        Verification::Broken { seq, problem } => Err(CheckpointError::Broken { seq, problem }),
+    }
+}
+
+/// Signs a head as of `at_ms`.
+pub fn sign(seq: u64, head: String, at_ms: u64, key: &SigningKey) -> Checkpoint {
     let signature = key.sign(&message(seq, &head, at_ms));
-    Ok(Checkpoint { seq, head, at_ms, public_key: public_key(key), signature: hex::encode(signature.to_bytes()) })
+    Checkpoint { seq, head, at_ms, public_key: public_key(key), signature: hex::encode(signature.to_bytes()) }
 }
 
 /// Reads a checkpoint file.

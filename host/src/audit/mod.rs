@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// What the host decided about a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// The call was allowed and carried out.
@@ -131,6 +131,11 @@ pub mod calls {
     pub const PIN: &str = "human.pin";
     pub const UNPIN: &str = "human.unpin";
     pub const REVERT: &str = "human.revert";
+    pub const IMPORT: &str = "human.import";
+    /// A checkpoint of the chain was made for an operator (over the API).
+    pub const CHECKPOINT: &str = "audit.checkpoint";
+    /// A request to the API was refused: no valid token, or too low a role.
+    pub const API_REFUSED: &str = "api.refused";
     /// Every call an agent itself can make (not the invocation bracket).
     pub const AGENT_CALLS: [&str; 11] =
         [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RELEASE, CHANGES];
@@ -138,6 +143,9 @@ pub mod calls {
 
 /// The agent name of host lifecycle entries.
 pub const HOST: &str = "host";
+
+/// The agent name of the API's own entries (refused requests).
+pub const API: &str = "api";
 
 /// An entry before the store gives it a place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +181,7 @@ pub struct AuditDraft {
 }
 
 /// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Gap-free, starting at 1.
     pub seq: u64,

@@ -3,8 +3,8 @@
 use crate::audit::AuditEntry;
 use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
-use crate::kb::{ActionRecord, AtPoint};
-use crate::kb::{Entity, Event, Value, now_ms};
+use crate::kb::ActionRecord;
+use crate::kb::{Entity, Event, Value};
 use crate::policy::config::Config;
 use crate::runtime::{Outcome, Runtime};
 use serde_json::json;
@@ -24,35 +24,6 @@ pub fn fmt_time(ms: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
-}
-
-/// Parses `--since`/`--until`: ms since the epoch, or an age (`30s`, `10m`,
-/// `2h`, `7d`) counted back from now.
-pub fn parse_time(s: &str) -> Result<u64, String> {
-    if let Ok(ms) = s.parse::<u64>() {
-        return Ok(ms);
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a time: use ms since the epoch, or an age like 30s, 10m, 2h, 7d"))?;
-    let unit_ms = match unit {
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use s, m, h or d")),
-    };
-    Ok(now_ms().saturating_sub(n.saturating_mul(unit_ms)))
-}
-
-/// Parses `--at`: an event seq, or a time (ms since the epoch: 13 digits
-/// or more; or an age such as `10m`).
-pub fn parse_at(s: &str) -> Result<AtPoint, String> {
-    match s.parse::<u64>() {
-        Ok(n) if n < 1_000_000_000_000 => Ok(AtPoint::Seq(n)),
-        _ => parse_time(s).map(AtPoint::Time),
-    }
 }
 
 pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
@@ -276,12 +247,4 @@ mod tests {
         assert_eq!(fmt_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
-    #[test]
-    fn ages_and_epochs_parse() {
-        assert_eq!(parse_time("1234"), Ok(1234));
-        let t = parse_time("10m").expect("age");
-        assert!(now_ms() - t >= 600_000);
-        assert!(parse_time("10y").is_err());
-        assert!(parse_time("soon").is_err());
-    }
 }

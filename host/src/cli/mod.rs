@@ -77,7 +77,7 @@ pub enum Command {
         entity: EntityRef,
         /// The state as of a point in the past: an event seq (e.g. 12), or a
         /// time: ms since the epoch (13 digits) or an age such as 10m.
-        #[arg(long, value_parser = format::parse_at)]
+        #[arg(long)]
         at: Option<AtPoint>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -194,10 +194,10 @@ pub struct AuditArgs {
     #[arg(long)]
     pub trace: Option<u64>,
     /// Only entries at or after this time: ms since the epoch, or an age such as 30s, 10m, 2h, 7d.
-    #[arg(long, value_parser = format::parse_time)]
+    #[arg(long, value_parser = crate::kb::parse_time)]
     pub since: Option<u64>,
     /// Only entries at or before this time (same forms as --since).
-    #[arg(long, value_parser = format::parse_time)]
+    #[arg(long, value_parser = crate::kb::parse_time)]
     pub until: Option<u64>,
     /// Only the newest N matching entries.
     #[arg(long)]
@@ -549,7 +549,10 @@ fn audit(config: &std::path::Path, args: AuditArgs) -> Result<u8, Failure> {
         }
     }
     let trace = match args.trace {
-        Some(id) => Some(trace_of(&store, id)?),
+        Some(id) => Some(crate::coord::trace::chain(&store, id).map_err(|e| match e {
+            crate::coord::trace::TraceError::NoSuchInvocation(_) => Failure { code: 4, error: e.into() },
+            crate::coord::trace::TraceError::Store(s) => Failure::from(s),
+        })?),
         None => None,
     };
     let filter = AuditFilter {
@@ -579,39 +582,6 @@ fn report_verification(v: Verification) -> u8 {
         Verification::Broken { seq, problem } => {
             println!("audit chain BROKEN at entry {seq}: {problem}");
             1
-        }
-    }
-}
-
-/// The invocations in `id`'s causation chain: its ancestors and every
-/// invocation it caused, transitively.
-fn trace_of(store: &RedbStore, id: u64) -> Result<std::collections::BTreeSet<u64>, Failure> {
-    let starts =
-        store.audit(&AuditFilter { call: Some(crate::audit::calls::INVOCATION_START.into()), ..Default::default() })?;
-    let stops =
-        store.audit(&AuditFilter { call: Some(crate::audit::calls::CASCADE_STOPPED.into()), ..Default::default() })?;
-    let parent: std::collections::HashMap<u64, u64> =
-        starts.iter().chain(&stops).filter_map(|e| e.causation.map(|c| (e.invocation, c))).collect();
-    if !starts.iter().any(|e| e.invocation == id) {
-        return Err(Failure {
-            code: 4,
-            error: anyhow::anyhow!("there is no invocation {id} (see `concord audit --call invocation.start`)"),
-        });
-    }
-    let mut root = id;
-    while let Some(&p) = parent.get(&root) {
-        root = p;
-    }
-    let mut set = std::collections::BTreeSet::from([root]);
-    loop {
-        let before = set.len();
-        for (child, p) in &parent {
-            if set.contains(p) {
-                set.insert(*child);
-            }
-        }
-        if set.len() == before {
-            return Ok(set);
         }
     }
 }

@@ -38,7 +38,7 @@ const MAX_PUT_BACKS: usize = 4096;
 const MAX_LAST_CHANGES: usize = 65_536;
 
 /// A count with the sequence numbers behind it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tally {
     pub count: usize,
     /// Audit seqs (or event seqs, for ping-pongs), oldest first: the first
@@ -56,7 +56,7 @@ impl Tally {
 }
 
 /// A field flipped back and forth between two agents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PingPong {
     pub entity: String,
     pub field: String,
@@ -68,7 +68,7 @@ pub struct PingPong {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     /// Refusals by (agent, the other party, decision).
     pub by_pair: BTreeMap<String, Tally>,

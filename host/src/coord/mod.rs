@@ -8,7 +8,9 @@
 //! - [`outbox`]: delivering recorded actions to a sink, at least once, with
 //!   idempotency keys.
 //! - [`operator`]: human pins and reverts.
+//! - [`import`]: `concord import` and `concord export`: entities in and out, as an operator.
 //! - [`conflicts`]: the `concord conflicts` analysis.
+//! - [`trace`]: causation chains (`concord audit --trace`).
 //!
 //! Guarded actions, handoffs and leases are host calls, enforced in
 //! [`crate::gate`] and stored by [`crate::kb::Store`]; the rules that defer
@@ -16,6 +18,8 @@
 
 pub mod cascade;
 pub mod conflicts;
+pub mod import;
 pub mod operator;
 pub mod outbox;
 pub mod script;
+pub mod trace;

@@ -330,10 +330,17 @@ pub(super) enum Sync {
 }
 
 /// The journal's state shared with the writer.
-#[derive(Default)]
 pub(super) struct Health {
     /// Set once a write or sync failed: nothing may be written after it.
     failed: Mutex<Option<String>>,
+    /// How long each write-and-sync of records took.
+    pub(super) sync_latency: crate::metrics::Histogram,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { failed: Mutex::default(), sync_latency: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS) }
+    }
 }
 
 impl Health {
@@ -391,7 +398,13 @@ pub(super) fn syncer_loop(mut journal: Journal, queue: mpsc::Receiver<Sync>, hea
         let outcome = match health.failure() {
             Some(why) => Err(why),
             None if records.is_empty() => Ok(()),
-            None => journal.write(&records).map_err(|e| {
+            None => {
+                let started = std::time::Instant::now();
+                let written = journal.write(&records);
+                health.sync_latency.observe(started.elapsed().as_secs_f64());
+                written
+            }
+            .map_err(|e| {
                 let why = e.to_string();
                 tracing::error!("{why}; no further writes are accepted (restart to recover what was acknowledged)");
                 health.fail(why.clone());

@@ -11,7 +11,7 @@ pub mod store;
 
 pub use model::{
     ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields,
-    Lease, Pin, Value, Write, now_ms,
+    Lease, Pin, Value, Write, now_ms, parse_time,
 };
 pub use redb_store::{CheckReport, RedbStore, Sharing, TableCheck, WriteHold, WriterStats};
 pub use store::{

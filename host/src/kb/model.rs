@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Names one entity: `kind/id`, such as `customer/acme`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntityRef {
     pub kind: String,
     pub id: String,
@@ -43,7 +43,7 @@ impl std::str::FromStr for EntityRef {
 }
 
 /// A field value. Mirrors the WIT `value` variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
     Null,
@@ -135,7 +135,7 @@ impl Entity {
 }
 
 /// One field's change inside an event; `None` means absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldChange {
     pub name: String,
     pub before: Option<Value>,
@@ -146,7 +146,7 @@ pub struct FieldChange {
 /// change fields and bump the version; the others record what happened
 /// around the entity without changing it (their `version` is the entity's
 /// version at the time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Created,
@@ -188,7 +188,7 @@ impl EventKind {
 /// One entry of the event log: a committed change to one entity, or a
 /// record of what happened around it (see [`EventKind`]). Events are the
 /// truth; entities are derived from them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub seq: u64,
     pub at_ms: u64,
@@ -277,6 +277,27 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Parses a time as `--since`, `--until` and the API's `since`/`until`
+/// take it: ms since the epoch, or an age (`30s`, `10m`, `2h`, `7d`)
+/// counted back from now.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a time: use ms since the epoch, or an age like 30s, 10m, 2h, 7d"))?;
+    let unit_ms = match unit {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use s, m, h or d")),
+    };
+    Ok(now_ms().saturating_sub(n.saturating_mul(unit_ms)))
+}
+
 /// A field a human pinned: agent writes to it are refused until unpinned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
@@ -344,7 +365,7 @@ impl fmt::Display for Denial {
 }
 
 /// A side effect an agent asked for, recorded in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionRecord {
     /// Outbox id, increasing.
     pub id: u64,
@@ -376,4 +397,18 @@ pub struct ChangeRequest {
     /// `None` while open; then whether the owner applied it.
     pub applied: Option<bool>,
     pub resolution: Option<String>,
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_epochs_parse() {
+        assert_eq!(parse_time("1234"), Ok(1234));
+        let t = parse_time("10m").expect("age");
+        assert!(now_ms() - t >= 600_000);
+        assert!(parse_time("10y").is_err());
+        assert!(parse_time("soon").is_err());
+    }
 }

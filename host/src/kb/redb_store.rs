@@ -200,11 +200,24 @@ struct WriterShared {
     /// before it), and a wake-up for whoever waits for more (the API's
     /// streams). It only grows.
     durable: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Jobs per write transaction.
+    batch_sizes: BatchSizes,
+    /// The journal's health and sync times, once it runs.
+    journal: std::sync::OnceLock<Arc<Health>>,
     snapshot: std::sync::Mutex<Option<Snapshot>>,
     /// Tests: runs just before each batch's redb commit; an error makes the
     /// commit fail (see [`commit`]).
     #[cfg(test)]
     before_commit: std::sync::Mutex<Option<BeforeCommit>>,
+}
+
+/// The histogram of jobs per batch.
+struct BatchSizes(crate::metrics::Histogram);
+
+impl Default for BatchSizes {
+    fn default() -> Self {
+        Self(crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS))
+    }
 }
 
 #[cfg(test)]
@@ -999,6 +1012,9 @@ fn writer_loop(
         };
         let committed = run_batch(&db, &shared, &mut chain, batch, more, durable, journal.as_mut(), checkpoint);
         last_batch = taken;
+        if taken > 0 {
+            shared.batch_sizes.0.observe(taken as f64);
+        }
         // With the journal every committed batch is on its way to disk.
         let on_disk = committed && (durable || journal.is_some());
         dirty_since = if on_disk && shared.tail().pending.is_empty() {
@@ -1538,6 +1554,7 @@ impl RedbStore {
                 let (syncer, records) = mpsc::channel();
                 let health = Arc::new(Health::default());
                 let for_syncer = health.clone();
+                let _ = shared.journal.set(health.clone());
                 let thread = std::thread::Builder::new()
                     .name("concord-syncer".into())
                     .spawn(move || journal::syncer_loop(file, records, for_syncer, next_id - 1))
@@ -2443,6 +2460,26 @@ impl Store for RedbStore {
         self.submit(true, |_| Ok(()), done);
     }
 
+    fn health(&self) -> Result<(), String> {
+        let Some(w) = &self.writer else { return Ok(()) };
+        if w.thread.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            return Err("the store's writer has stopped".into());
+        }
+        match w.shared.journal.get().and_then(|h| h.failure()) {
+            Some(why) => Err(format!("writes are stopped since the journal failed ({why}); restart the host")),
+            None => Ok(()),
+        }
+    }
+
+    fn stats(&self) -> crate::metrics::StoreStats {
+        let Some(w) = &self.writer else { return Default::default() };
+        crate::metrics::StoreStats {
+            batch_size: Some(w.shared.batch_sizes.0.snapshot()),
+            sync_latency: w.shared.journal.get().map(|h| h.sync_latency.snapshot()),
+            queued: w.shared.queued.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        }
+    }
+
     fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         match &self.writer {
             Some(w) => w.shared.durable.subscribe(),
@@ -2468,6 +2505,32 @@ impl Store for RedbStore {
         for item in history.range((key.as_str(), start)..=(key.as_str(), u64::MAX)).map_err(backend)?.take(limit) {
             let (k, _) = item.map_err(backend)?;
             out.push(load_event(&events, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    fn list(&self, kind: Option<&str>, after: Option<&str>, limit: usize) -> Result<Vec<Entity>, StoreError> {
+        let txn = self.read()?;
+        let entities = txn.open_table(ENTITIES).map_err(backend)?;
+        // Keys are `kind/id`, and `0` sorts right after `/`: a kind's
+        // entities are the keys from `kind/` up to `kind0`.
+        let (low, high) = match kind {
+            Some(k) => (format!("{k}/"), Some(format!("{k}0"))),
+            None => (String::new(), None),
+        };
+        let start = match after {
+            Some(a) if a >= low.as_str() => std::ops::Bound::Excluded(a.to_string()),
+            _ => std::ops::Bound::Included(low),
+        };
+        let end = match high {
+            Some(h) => std::ops::Bound::Excluded(h),
+            None => std::ops::Bound::Unbounded,
+        };
+        let bounds: (std::ops::Bound<&str>, std::ops::Bound<&str>) = (start.as_ref().map(String::as_str), end.as_ref().map(String::as_str));
+        let mut out = Vec::new();
+        for item in entities.range::<&str>(bounds).map_err(backend)?.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            out.push(decode(v.value(), || format!("entity {}", k.value()))?);
         }
         Ok(out)
     }

@@ -141,8 +141,21 @@ pub enum AtPoint {
     Time(u64),
 }
 
+impl std::str::FromStr for AtPoint {
+    type Err = String;
+
+    /// An event seq, or a time (ms since the epoch: 13 digits or more; or
+    /// an age such as `10m`), as `--at` and the API's `at` take it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<u64>() {
+            Ok(n) if n < 1_000_000_000_000 => Ok(AtPoint::Seq(n)),
+            _ => super::model::parse_time(s).map(AtPoint::Time),
+        }
+    }
+}
+
 /// What `replay` found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     pub events: u64,
     pub entities: u64,
@@ -175,6 +188,13 @@ pub trait Store: Send + Sync + 'static {
     /// thread. Cheap when nothing is waiting for the disk.
     fn sync_then(&self, done: Done<()>);
 
+    /// Whether the store can take writes: `Err` says why not (a failed
+    /// journal, a writer that stopped). For readiness checks.
+    fn health(&self) -> Result<(), String>;
+
+    /// What the store reports about its own work, for metrics.
+    fn stats(&self) -> crate::metrics::StoreStats;
+
     /// Changes whenever more of the store becomes durable: new events or
     /// audit entries may be there to read (the API's streams wait on it).
     fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64>;
@@ -184,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events of one entity with `seq > after_seq`, oldest first.
     fn history(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Current entities in key order (`kind/id`), of one kind or all,
+    /// after the key `after`, at most `limit`: a page of an export.
+    fn list(&self, kind: Option<&str>, after: Option<&str>, limit: usize) -> Result<Vec<Entity>, StoreError>;
 
     /// Events of one entity with `seq < before_seq`, newest first, at most
     /// `limit`.

@@ -97,6 +97,8 @@ pub struct Config {
     pub subscriptions: Vec<Subscription>,
     /// Where recorded actions are delivered.
     pub sink: SinkConfig,
+    /// How `concord serve` runs (`[server]`).
+    pub server: super::server::ServerConfig,
 }
 
 /// An agent invoked when a committed change matches.
@@ -136,6 +138,8 @@ struct RawConfig {
     subscriptions: Vec<Spanned<RawSubscription>>,
     #[serde(default)]
     actions: RawActions,
+    #[serde(default)]
+    server: super::server::RawServer,
 }
 
 #[derive(Deserialize)]
@@ -466,6 +470,8 @@ impl Config {
             });
         }
 
+        let server = raw.server.parse(base).map_err(|(span, message)| err(Some(span), message))?;
+
         let sink = match raw.actions.sink.as_str() {
             "stdout" => SinkConfig::Stdout,
             path => SinkConfig::File(base.join(path)),
@@ -489,6 +495,7 @@ impl Config {
             rules: Arc::new(Rules::new(rules)),
             subscriptions,
             sink,
+            server,
         })
     }
 }
@@ -605,6 +612,26 @@ deal_stage = { type = "text", owner = "sales" }
         let e =
             parse(&format!("{base}[[subscriptions]]\nagent = \"a\"\nkind = \"c\"\nfields = [\"y\"]\n")).unwrap_err();
         assert!(e.message.contains("no field `y`"), "{e}");
+    }
+
+    #[test]
+    fn the_server_table_has_defaults_and_checked_values() {
+        let base = "[kinds.c.fields]\nx = { type = \"integer\", owner = \"a\" }\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(c.server, super::super::server::ServerConfig::default());
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7700");
+        let c = parse(&format!("{base}[server]\nlisten = \"0.0.0.0:80\"\ntokens = \"t.toml\"\ndrain_ms = 50\n"))
+            .expect("valid");
+        assert_eq!(c.server.listen.port(), 80);
+        assert_eq!(c.server.tokens.as_deref(), Some(Path::new("/base/t.toml")));
+        assert_eq!(c.server.drain, Duration::from_millis(50));
+        let e = parse(&format!("{base}[server]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("IP:PORT"), "{e}");
+        let e = parse(&format!("{base}[server]\nqueue = 0\n")).unwrap_err();
+        assert!(e.message.contains("server.queue must be greater than 0"), "{e}");
+        let e = parse(&format!("{base}[server]\nlisten_on = 1\n")).unwrap_err();
+        assert!(e.message.contains("listen_on"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`config`]: `concord.toml`, parsed and validated whole.
 //! - [`schema`]: kinds, typed fields, and the ownership map.
 //! - [`rules`]: coordination rules (CEL conditions, defer or deny).
+//! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
 //! every agent passes through it (via [`crate::gate::Gate`]) before the store
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod rules;
 pub mod schema;
+pub mod server;
 
 use crate::kb::{EntityRef, Write};
 use schema::Schema;

@@ -41,6 +41,17 @@ impl FieldType {
     }
 
     /// Checks a value against this type. `null` fits every type.
+    /// The type's name with its article, for messages: `an integer`.
+    pub fn article(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Integer => "an integer",
+            Self::Float => "a float",
+            Self::Boolean => "a boolean",
+            Self::Json => "JSON",
+        }
+    }
+
     pub fn check(self, value: &Value) -> Result<(), String> {
         let ok = match (self, value) {
             (_, Value::Null) => true,
