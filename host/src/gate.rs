@@ -368,6 +368,7 @@ impl Gate {
     ) -> Result<(), HostFault> {
         let mut draft = self.draft(caller, calls::INVOCATION_END, vec![], json!({ "host_calls": caller.calls() }));
         draft.decision = decision;
+        self.metrics.invocation(&caller.agent, decision);
         draft.outcome = audit::bounded(outcome.to_string(), self.limits.audit_arg_bytes);
         self.record(draft, started)
     }

@@ -13,6 +13,8 @@
 //! - [`runtime`]: the wasm engine, agent loading, sandboxed invocations.
 //! - [`coord`]: scripts of triggers, cascades (subscriptions, handoffs), the
 //!   outbox dispatcher and its sinks, operator commands, the conflicts report.
+//! - [`server`]: `concord serve`, the host as an HTTP service (triggers,
+//!   reads, streams, operators, metrics).
 //! - [`cli`]: the `concord` command line.
 //!
 //! # Example
@@ -37,6 +39,7 @@ pub mod kb;
 pub mod metrics;
 pub mod policy;
 pub mod runtime;
+pub mod server;
 
 pub use gate::Breakpoint;
 pub use host::{Host, InvokeError, StartError};

@@ -91,6 +91,8 @@ pub struct GateMetrics {
     refusals: Mutex<BTreeMap<(String, Decision), u64>>,
     /// From `kb.commit`'s entry into the gate to its answer (durable).
     pub commit_latency: Histogram,
+    /// Invocations ended, by (agent, decision of their end).
+    invocations: Mutex<BTreeMap<(String, Decision), u64>>,
 }
 
 impl Default for GateMetrics {
@@ -99,6 +101,7 @@ impl Default for GateMetrics {
             calls: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             refusals: Mutex::default(),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
+            invocations: Mutex::default(),
         }
     }
 }
@@ -115,6 +118,18 @@ impl GateMetrics {
             let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             *refusals.entry((agent.to_string(), decision)).or_default() += 1;
         }
+    }
+
+    /// Counts an invocation's end.
+    pub fn invocation(&self, agent: &str, decision: Decision) {
+        let mut map = self.invocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry((agent.to_string(), decision)).or_default() += 1;
+    }
+
+    /// Invocations ended, by (agent, decision).
+    pub fn invocations(&self) -> Vec<(String, Decision, u64)> {
+        let map = self.invocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|((a, d), n)| (a.clone(), *d, *n)).collect()
     }
 
     /// Host calls by (call, decision), the ones counted at least once.

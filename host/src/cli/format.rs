@@ -5,8 +5,8 @@ use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
 use crate::kb::ActionRecord;
 use crate::kb::{Entity, Event, Value};
-use crate::policy::config::Config;
-use crate::runtime::{Outcome, Runtime};
+use crate::runtime::Outcome;
+use crate::server::wire::AgentView;
 use serde_json::json;
 
 /// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -117,18 +117,19 @@ fn value(v: &Option<Value>) -> String {
 
 pub fn print_entity(e: &Entity, as_json: bool) {
     if as_json {
-        let fields: serde_json::Map<_, _> = e.fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-        println!(
-            "{}",
-            json!({ "entity": e.entity.key(), "version": e.version, "updated_at_ms": e.updated_at_ms,
-                    "updated_by": e.updated_by, "fields": fields })
-        );
+        let view = crate::coord::import::EntityView::of(e);
+        println!("{}", serde_json::to_string(&view).unwrap_or_default());
         return;
     }
     println!("{}  version {}  (updated by {} at {})", e.entity, e.version, e.updated_by, fmt_time(e.updated_at_ms));
     let width = e.fields.keys().map(String::len).max().unwrap_or(0);
     for (k, v) in &e.fields {
-        println!("  {k:width$}  {v}");
+        // JSON as it parses (the same text however it was spaced, and
+        // whether it was read from the store or through a running host).
+        match v {
+            Value::Json(_) => println!("  {k:width$}  {}", v.to_json()),
+            _ => println!("  {k:width$}  {v}"),
+        }
     }
 }
 
@@ -162,6 +163,11 @@ pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
             "seq", "time", "agent", "inv", "call", "decision"
         );
     }
+    print_audit_rows(entries, as_json);
+}
+
+/// Audit entries without the table's header (for `--follow`).
+pub fn print_audit_rows(entries: &[AuditEntry], as_json: bool) {
     for e in entries {
         if as_json {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
@@ -194,9 +200,9 @@ pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
     }
 }
 
-pub fn print_agents(runtime: &Runtime, config: &Config, as_json: bool) {
-    for a in runtime.agents() {
-        let fields = config.schema.writable_by(&a.name);
+pub fn print_agents(agents: &[AgentView], as_json: bool) {
+    for a in agents {
+        let fields = &a.writes;
         if as_json {
             println!("{}", json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields }));
         } else {
@@ -246,5 +252,4 @@ mod tests {
         assert_eq!(fmt_time(1_796_000_000_123), "2026-11-30T00:53:20.123Z");
         assert_eq!(fmt_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
-
 }

@@ -195,8 +195,12 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<RawRow>, Vec<RowError>> {
 pub fn parse_csv(text: &str, schema: &Schema) -> Result<Vec<RawRow>, Vec<RowError>> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
     let one = |line: usize, problem: String| vec![RowError { line, problem }];
-    let header: Vec<String> =
-        reader.headers().map_err(|e| one(1, format!("cannot read the header: {e}")))?.iter().map(String::from).collect();
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| one(1, format!("cannot read the header: {e}")))?
+        .iter()
+        .map(String::from)
+        .collect();
     if header.first().map(String::as_str) != Some("entity") {
         return Err(one(1, "the first column must be `entity` (then `expect`, optionally, then one per field)".into()));
     }
@@ -287,7 +291,13 @@ pub fn import(store: &dyn Store, rows: &[Row], by: &str, source: &str) -> Result
     }
     let writes: Vec<Write> = rows
         .iter()
-        .map(|r| Write { entity: r.entity.clone(), expect: r.expect, set: r.fields.clone(), unset: vec![], fence: None })
+        .map(|r| Write {
+            entity: r.entity.clone(),
+            expect: r.expect,
+            set: r.fields.clone(),
+            unset: vec![],
+            fence: None,
+        })
         .collect();
     let mut fields: Vec<String> = rows.iter().flat_map(|r| r.fields.iter().map(|(n, _)| n.clone())).collect();
     fields.sort();

@@ -2526,7 +2526,8 @@ impl Store for RedbStore {
             Some(h) => std::ops::Bound::Excluded(h),
             None => std::ops::Bound::Unbounded,
         };
-        let bounds: (std::ops::Bound<&str>, std::ops::Bound<&str>) = (start.as_ref().map(String::as_str), end.as_ref().map(String::as_str));
+        let bounds: (std::ops::Bound<&str>, std::ops::Bound<&str>) =
+            (start.as_ref().map(String::as_str), end.as_ref().map(String::as_str));
         let mut out = Vec::new();
         for item in entities.range::<&str>(bounds).map_err(backend)?.take(limit) {
             let (k, v) = item.map_err(backend)?;

@@ -77,6 +77,8 @@ pub struct AgentInfo {
     /// sha256 of the component file, hex.
     pub digest: String,
     pub path: PathBuf,
+    /// When it was loaded, in ms since the epoch.
+    pub loaded_at_ms: u64,
 }
 
 struct LoadedAgent {
@@ -381,7 +383,10 @@ impl Runtime {
             .map_err(|e| format!("imports something the `concord:agent/agent` world does not offer ({e:#})"))?;
         let pre = AgentPre::new(pre)
             .map_err(|e| format!("does not export the `concord:agent/agent` world's handler ({e:#})"))?;
-        Ok(LoadedAgent { info: AgentInfo { name, digest, path: path.to_path_buf() }, pre })
+        Ok(LoadedAgent {
+            info: AgentInfo { name, digest, path: path.to_path_buf(), loaded_at_ms: crate::kb::now_ms() },
+            pre,
+        })
     }
 
     /// Every loaded agent, by name.

@@ -162,7 +162,10 @@ pub fn add(path: &Path, name: &str, role: Role) -> Result<String, TokenError> {
     check_name(name).map_err(|e| err(path, e))?;
     let mut tokens = read(path)?;
     if tokens.iter().any(|t| t.name == name) {
-        return Err(err(path, format!("a token named `{name}` exists; remove it first (`concord token remove {name}`)")));
+        return Err(err(
+            path,
+            format!("a token named `{name}` exists; remove it first (`concord token remove {name}`)"),
+        ));
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| err(path, format!("no randomness for a token: {e}")))?;

@@ -1,0 +1,145 @@
+//! The operator commands: `pin`, `unpin`, `revert`, `import`, `export`.
+//! They write as `human:NAME`, on the store, or through the running host
+//! (which records its token's name).
+
+use super::source::{Access, Source};
+use super::{Failure, format};
+use crate::coord::import::{self, ImportError};
+use crate::coord::operator;
+use crate::kb::{EntityRef, Value};
+use crate::policy::config::Config;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+fn names(fields: &[(String, Value)]) -> String {
+    fields.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+pub(super) fn pin(
+    config_path: &Path,
+    entity: &EntityRef,
+    assignments: &[String],
+    by: Option<String>,
+    reason: &str,
+) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    let fields = assignments
+        .iter()
+        .map(|a| operator::parse_assignment(&config.schema, entity, a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    let source = Source::open(config, Access::Write)?;
+    let by = source.by(by)?;
+    let event = source.pin(entity, &fields, by, reason)?;
+    println!("pinned {} on {entity} (event {}, version {})", names(&fields), event.seq, event.version);
+    Ok(0)
+}
+
+pub(super) fn unpin(
+    config_path: &Path,
+    entity: &EntityRef,
+    fields: &[String],
+    by: Option<String>,
+    reason: &str,
+) -> Result<u8, Failure> {
+    let source = Source::open(Config::load(config_path)?, Access::Write)?;
+    let by = source.by(by)?;
+    let event = source.unpin(entity, fields, by, reason)?;
+    println!("unpinned {} on {entity} (event {})", fields.join(", "), event.seq);
+    Ok(0)
+}
+
+pub(super) fn revert(
+    config_path: &Path,
+    seq: u64,
+    by: Option<String>,
+    reason: &str,
+    force: bool,
+) -> Result<u8, Failure> {
+    let source = Source::open(Config::load(config_path)?, Access::Write)?;
+    let by = source.by(by)?;
+    let event = source.revert(seq, by, reason, force)?;
+    println!("reverted event {seq} with event {} ({} now at version {})", event.seq, event.entity, event.version);
+    format::print_events(std::slice::from_ref(&event), false);
+    Ok(0)
+}
+
+/// `concord import FILE`: every row is checked against the schema before
+/// anything is written; then the rows go in batches, each all or nothing.
+pub(super) fn import(config_path: &Path, file: &Path, by: Option<String>, batch: usize) -> Result<u8, Failure> {
+    if batch == 0 || batch > import::MAX_BATCH {
+        return Err(Failure::usage(format!("--batch is 1 to {}", import::MAX_BATCH)));
+    }
+    let config = Config::load(config_path)?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure { code: 3, error: anyhow::anyhow!("cannot read {}: {e}", file.display()) })?;
+    let label = file.display().to_string();
+    let in_file = |e: ImportError| Failure { code: 3, error: anyhow::anyhow!("{label}: {e}") };
+    let csv = file.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"));
+    let raw = if csv { import::parse_csv(&text, &config.schema) } else { import::parse_jsonl(&text) }
+        .map_err(|rows| in_file(ImportError::Rows(rows)))?;
+    let rows = import::check_rows(&config.schema, &raw).map_err(in_file)?;
+    if rows.is_empty() {
+        println!("{label} holds no rows: nothing imported");
+        return Ok(0);
+    }
+    let source = Source::open(config, Access::Write)?;
+    let by = source.by(by)?;
+    let source_name = file.file_name().map_or(label.clone(), |n| n.to_string_lossy().into_owned());
+    let mut done = 0usize;
+    for (raw, rows) in raw.chunks(batch).zip(rows.chunks(batch)) {
+        let (first, last) = (rows[0].line, rows[rows.len() - 1].line);
+        match source.import(raw, rows, by.clone(), &source_name) {
+            Ok(events) => {
+                done += events.len();
+                let seqs = (events.first().map_or(0, |e| e.seq), events.last().map_or(0, |e| e.seq));
+                println!("imported lines {first}-{last}: {} entities (events {}-{})", events.len(), seqs.0, seqs.1);
+            }
+            Err(f) => {
+                if done > 0 {
+                    eprintln!("concord: {done} rows before line {first} were imported; lines {first} on were not");
+                }
+                return Err(Failure { code: f.code, error: f.error.context(format!("{label}: lines {first}-{last}")) });
+            }
+        }
+    }
+    println!("imported {done} rows from {label}");
+    Ok(0)
+}
+
+/// `concord export`: every entity's current state as JSON lines, in key
+/// order, a page at a time.
+pub(super) fn export(config_path: &Path, kind: Option<String>, out: Option<PathBuf>) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    if let Some(k) = &kind
+        && !config.schema.kinds.contains_key(k)
+    {
+        let known: Vec<&str> = config.schema.kinds.keys().map(String::as_str).collect();
+        return Err(Failure::usage(format!("unknown entity kind `{k}` (declared kinds: {})", known.join(", "))));
+    }
+    let source = Source::open(config, Access::Read)?;
+    let mut sink: Box<dyn std::io::Write> = match &out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| Failure { code: 3, error: anyhow::anyhow!("cannot write {}: {e}", path.display()) })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (mut after, mut n) = (None::<String>, 0usize);
+    loop {
+        let (page, next) = source.list(kind.as_deref(), after.as_deref())?;
+        for view in &page {
+            writeln!(sink, "{}", serde_json::to_string(view)?)?;
+        }
+        n += page.len();
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    sink.flush()?;
+    if let Some(path) = out {
+        println!("{n} entities written to {}", path.display());
+    }
+    Ok(0)
+}

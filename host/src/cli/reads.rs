@@ -1,0 +1,283 @@
+//! The read commands: `get`, `history`, `audit` (and `audit verify`,
+//! `checkpoint`, `keygen`, `export`), `agents`, `replay`, `conflicts`,
+//! `actions`. Each reads the store, or the running host's API, and prints
+//! the same either way.
+
+use super::args::{AuditAction, AuditArgs};
+use super::client::segment;
+use super::source::{Access, Source};
+use super::{Failure, format};
+use crate::audit::checkpoint;
+use crate::audit::{AuditEntry, AuditFilter, Verification};
+use crate::coord::conflicts;
+use crate::kb::{AtPoint, EntityRef, Event};
+use crate::policy::config::Config;
+use crate::server::wire::AgentView;
+use std::path::Path;
+
+fn open(config: &Path, access: Access) -> Result<Source, Failure> {
+    Source::open(Config::load(config)?, access)
+}
+
+pub(super) fn get(config: &Path, entity: &EntityRef, at: Option<AtPoint>, json: bool) -> Result<u8, Failure> {
+    let source = open(config, Access::Read)?;
+    match source.get(entity, at)? {
+        Some(e) => {
+            format::print_entity(&e, json);
+            Ok(0)
+        }
+        None => Err(Failure::not_found(format!(
+            "{entity} does not exist (see `concord history {entity}`, or check the id)"
+        ))),
+    }
+}
+
+pub(super) fn history(
+    config: &Path,
+    entity: &EntityRef,
+    after: u64,
+    limit: usize,
+    json: bool,
+    follow: bool,
+) -> Result<u8, Failure> {
+    let source = open(config, Access::Read)?;
+    let client = match (follow, source.client()) {
+        (true, None) => return Err(needs_host("--follow")),
+        (_, client) => client,
+    };
+    let events = source.history(entity, after, limit)?;
+    if events.is_empty() && !json && !follow {
+        return Err(Failure::not_found(format!("{entity} has no events after seq {after}")));
+    }
+    format::print_events(&events, json);
+    if let Some(client) = client.filter(|_| follow) {
+        let last = events.last().map_or(after, |e| e.seq);
+        let path = format!("/v1/events?entity={}", segment(&entity.key()));
+        client.follow(&path, last, |data| match serde_json::from_str::<Event>(data) {
+            Ok(e) => {
+                format::print_events(std::slice::from_ref(&e), json);
+                true
+            }
+            Err(e) => {
+                eprintln!("concord: an event that does not decode ({e}): {data}");
+                true
+            }
+        })?;
+    }
+    Ok(0)
+}
+
+fn needs_host(what: &str) -> Failure {
+    Failure {
+        code: 3,
+        error: anyhow::anyhow!(
+            "{what} needs a running host to follow: start one with `concord serve` (nothing changes while none runs)"
+        ),
+    }
+}
+
+pub(super) fn audit(config_path: &Path, args: AuditArgs) -> Result<u8, Failure> {
+    let access = match &args.action {
+        Some(AuditAction::Keygen { .. }) => Access::Write,
+        _ => Access::Read,
+    };
+    let source = open(config_path, access)?;
+    match args.action {
+        None => {}
+        Some(AuditAction::Verify { checkpoint: None, .. }) => return Ok(report_verification(source.verify()?)),
+        Some(AuditAction::Verify { checkpoint: Some(path), public_key, key }) => {
+            let cp = checkpoint::read(&path)?;
+            let trusted = match (public_key, key) {
+                (Some(k), _) => Some(k),
+                (None, Some(key)) => Some(checkpoint::public_key(&checkpoint::load_key(&key)?)),
+                (None, None) => {
+                    eprintln!("warning: no --public-key or --key given: the checkpoint's own key is trusted");
+                    None
+                }
+            };
+            let v = source.verify_checkpoint(&cp, trusted.as_deref())?;
+            if matches!(v, Verification::Intact { .. }) {
+                println!(
+                    "the log extends checkpoint {} (entry {}, signed by {})",
+                    path.display(),
+                    cp.seq,
+                    cp.public_key
+                );
+            }
+            return Ok(report_verification(v));
+        }
+        Some(AuditAction::Keygen { key, force }) => {
+            let public = checkpoint::generate_key(&key, force)?;
+            source.record_key(&public, None)?;
+            println!(
+                "wrote a new signing key to {} (public key {public}); keep it apart from {}",
+                key.display(),
+                source.config().kb_path.display()
+            );
+            return Ok(0);
+        }
+        Some(AuditAction::Checkpoint { key, out }) => {
+            let cp = source.checkpoint(&checkpoint::load_key(&key)?, None)?;
+            let text = serde_json::to_string_pretty(&cp)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    println!("checkpoint of entry {} written to {}", cp.seq, path.display());
+                }
+                None => print!("{text}"),
+            }
+            return Ok(0);
+        }
+        Some(AuditAction::Export { out }) => {
+            let entries = source.audit(&AuditFilter::default())?;
+            let mut text = String::new();
+            for e in &entries {
+                text.push_str(&serde_json::to_string(e)?);
+                text.push('\n');
+            }
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    println!("{} entries written to {}", entries.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            return Ok(0);
+        }
+    }
+    if args.follow && source.client().is_none() {
+        return Err(needs_host("`concord audit --follow`"));
+    }
+    let trace = match args.trace {
+        Some(id) => Some(source.trace(id)?),
+        None => None,
+    };
+    let filter = AuditFilter {
+        agent: args.agent,
+        entity: args.entity.map(|e| e.key()),
+        call: args.call,
+        decision: args.outcome,
+        invocation: args.invocation,
+        trace,
+        since_ms: args.since,
+        until_ms: args.until,
+        after: None,
+        before: None,
+        limit: args.limit,
+    };
+    let entries = source.audit(&filter)?;
+    format::print_audit(&entries, args.json);
+    if let Some(client) = source.client().filter(|_| args.follow) {
+        follow_audit(client, &filter, entries.last(), args.json)?;
+    }
+    Ok(0)
+}
+
+/// Prints new audit entries matching `filter` as they come.
+fn follow_audit(
+    client: &super::client::Client,
+    filter: &AuditFilter,
+    last: Option<&AuditEntry>,
+    json: bool,
+) -> Result<(), Failure> {
+    // After the last entry printed (the stream skips what does not match);
+    // with none printed, after the newest entry there is.
+    let after = match last {
+        Some(e) => e.seq,
+        None => client.get::<crate::server::wire::AuditPage>("/v1/audit?limit=1")?.entries.last().map_or(0, |e| e.seq),
+    };
+    let mut query = Vec::new();
+    if let Some(v) = &filter.agent {
+        query.push(format!("agent={}", segment(v)));
+    }
+    if let Some(v) = &filter.entity {
+        query.push(format!("entity={}", segment(v)));
+    }
+    if let Some(v) = &filter.call {
+        query.push(format!("call={}", segment(v)));
+    }
+    if let Some(v) = filter.decision {
+        query.push(format!("outcome={}", v.as_str()));
+    }
+    if let Some(v) = filter.invocation {
+        query.push(format!("invocation={v}"));
+    }
+    let path = format!("/v1/audit/stream?{}", query.join("&"));
+    client.follow(&path, after, |data| {
+        match serde_json::from_str::<AuditEntry>(data) {
+            Ok(e) if filter.trace.as_ref().is_none_or(|t| t.contains(&e.invocation)) => {
+                format::print_audit_rows(std::slice::from_ref(&e), json);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("concord: an audit entry that does not decode ({e}): {data}"),
+        }
+        true
+    })?;
+    Ok(())
+}
+
+fn report_verification(v: Verification) -> u8 {
+    match v {
+        Verification::Intact { entries, head } => {
+            println!("audit chain intact: {entries} entries, head {head}");
+            0
+        }
+        Verification::Broken { seq, problem } => {
+            println!("audit chain BROKEN at entry {seq}: {problem}");
+            1
+        }
+    }
+}
+
+pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    // A running host lists what it has loaded; otherwise the folder is
+    // loaded here (compiled, or from the cache), as a host would.
+    let source = Source::open(config.clone(), Access::Read);
+    let agents = match source.as_ref().ok().map(Source::agents) {
+        Some(Ok(Some(agents))) => agents,
+        Some(Err(e)) => return Err(e),
+        _ => {
+            let runtime =
+                crate::runtime::Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
+            runtime
+                .agents()
+                .map(|a| AgentView {
+                    name: a.name.clone(),
+                    digest: a.digest.clone(),
+                    path: a.path.clone(),
+                    writes: config.schema.writable_by(&a.name),
+                    loaded_at_ms: a.loaded_at_ms,
+                })
+                .collect()
+        }
+    };
+    format::print_agents(&agents, json);
+    Ok(0)
+}
+
+pub(super) fn replay(config: &Path) -> Result<u8, Failure> {
+    let report = open(config, Access::Read)?.replay()?;
+    println!("replayed {} events into {} entities", report.events, report.entities);
+    if report.differences.is_empty() {
+        println!("the projection equals the replay");
+        Ok(0)
+    } else {
+        for d in &report.differences {
+            println!("DIFFERS {d}");
+        }
+        Ok(1)
+    }
+}
+
+pub(super) fn conflicts(config: &Path, window_ms: u64, json: bool) -> Result<u8, Failure> {
+    let window_ms = conflicts::check_window(window_ms).map_err(Failure::usage)?;
+    let report = open(config, Access::Read)?.conflicts(window_ms)?;
+    format::print_conflicts(&report, json);
+    Ok(0)
+}
+
+pub(super) fn actions(config: &Path, json: bool) -> Result<u8, Failure> {
+    format::print_actions(&open(config, Access::Read)?.actions()?, json);
+    Ok(0)
+}

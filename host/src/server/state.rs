@@ -1,0 +1,104 @@
+//! What every request handler shares: the host, the tokens, the triggers
+//! in flight, and the server's own counters. Built once at start.
+
+use super::error::ApiError;
+use super::invoke::Registry;
+use super::tokens::TokenSet;
+use crate::Host;
+use crate::policy::server::ServerConfig;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::sync::{Semaphore, watch};
+
+/// The server's state, behind an `Arc` in every handler.
+#[derive(Debug)]
+pub struct App {
+    pub host: Arc<Host>,
+    pub config: ServerConfig,
+    pub tokens: TokenSet,
+    pub invocations: Registry,
+    /// One permit per trigger that may be running or waiting: the pool,
+    /// plus `[server] queue`. Past it, 503.
+    pub admission: Arc<Semaphore>,
+    /// The permits there are in all.
+    pub admission_total: usize,
+    /// Triggers admitted but not started yet (waiting for a pool slot).
+    pub waiting: AtomicUsize,
+    /// Set when the server begins to shut down: streams end, `/readyz`
+    /// says no, new triggers are refused.
+    pub shutdown: watch::Sender<bool>,
+    /// Triggers running, paused or waiting (spawned tasks not finished).
+    pub in_flight: AtomicUsize,
+    /// Wakes whoever waits for `in_flight` to reach 0.
+    pub idle: tokio::sync::Notify,
+    pub http: super::observe::HttpMetrics,
+    pub refusals: super::auth::RefusalLimiter,
+    pub ready: AtomicBool,
+    /// The conflicts report is counted on the blocking pool, one at a time.
+    pub conflicts_lock: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    pub fn new(host: Arc<Host>, config: ServerConfig, tokens: TokenSet) -> Arc<App> {
+        let admission_total = crate::runtime::MAX_LIVE_INVOCATIONS as usize + config.queue;
+        Arc::new(App {
+            host,
+            tokens,
+            invocations: Registry::default(),
+            admission: Arc::new(Semaphore::new(admission_total)),
+            admission_total,
+            waiting: AtomicUsize::new(0),
+            shutdown: watch::Sender::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            http: Default::default(),
+            refusals: Default::default(),
+            ready: AtomicBool::new(true),
+            conflicts_lock: tokio::sync::Mutex::new(()),
+            config,
+        })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs blocking store work off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || f(&app)).await.map_err(|e| ApiError::host(format!("a task failed: {e}")))?
+    }
+
+    /// Waits until everything the host has shown is durable: every answer
+    /// waits for this before it leaves (see the module docs of
+    /// [`super`]).
+    pub async fn durable<T>(&self, value: T) -> Result<T, ApiError> {
+        self.host.gate().sync().await?;
+        Ok(value)
+    }
+
+    /// Counts a trigger task as started; [`App::task_done`] when it ends.
+    pub fn task_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn task_done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no trigger task runs.
+    pub async fn until_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
