@@ -14,5 +14,8 @@ mod coordination;
 mod crash;
 mod durability;
 mod group_commit;
+mod http;
 mod sandbox;
+mod serve;
+mod serve_process;
 mod trust;

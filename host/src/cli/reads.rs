@@ -19,8 +19,15 @@ fn open(config: &Path, access: Access) -> Result<Source, Failure> {
     Source::open(Config::load(config)?, access)
 }
 
+/// Refuses an entity of a kind the schema does not declare, as the API
+/// does (exit 3).
+fn check_kind(source: &Source, entity: &EntityRef) -> Result<(), Failure> {
+    source.config().schema.check_ref(entity).map(drop).map_err(|e| Failure { code: 3, error: anyhow::anyhow!(e) })
+}
+
 pub(super) fn get(config: &Path, entity: &EntityRef, at: Option<AtPoint>, json: bool) -> Result<u8, Failure> {
     let source = open(config, Access::Read)?;
+    check_kind(&source, entity)?;
     match source.get(entity, at)? {
         Some(e) => {
             format::print_entity(&e, json);
@@ -41,6 +48,7 @@ pub(super) fn history(
     follow: bool,
 ) -> Result<u8, Failure> {
     let source = open(config, Access::Read)?;
+    check_kind(&source, entity)?;
     let client = match (follow, source.client()) {
         (true, None) => return Err(needs_host("--follow")),
         (_, client) => client,

@@ -20,6 +20,7 @@
 //! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
 //! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
 //! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
+//! - `{"op": "spin", "ms": N}`: busy for N ms, with no host call
 //! - `{"op": "scribble"}`: counts the pages of a 3 MiB static that are not
 //!   zero and the runs of this op in this instance, then dirties every page
 //!   and counts this run: `{"dirty_pages": N, "runs_before": N}` (both 0 in
@@ -178,6 +179,16 @@ impl Handler for Probe {
                     }
                 }
                 "scribble" => scribble(),
+                "spin" => {
+                    // Busy for `ms` of wall-clock time, making no host call:
+                    // an invocation that is simply slow.
+                    let ms = op["ms"].as_u64().unwrap_or(0);
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < std::time::Duration::from_millis(ms) {
+                        std::hint::spin_loop();
+                    }
+                    json!({ "spun_ms": started.elapsed().as_millis() as u64 })
+                }
                 "log" => {
                     concord_agent::info(op["message"].as_str().unwrap_or(""));
                     json!("logged")
