@@ -45,6 +45,11 @@ run: build-agents build
     @echo; echo "== who got in whose way (concord conflicts) =="
     ./target/debug/concord conflicts
 
+# Run the host as a service on http://127.0.0.1:7700 (an optimised build; see README "Run as a service")
+serve *args: build-agents
+    cargo build --release -p concord-host
+    ./target/release/concord serve {{ args }}
+
 # Run any concord command, e.g. `just concord history customer/acme`
 concord *args: build
     ./target/debug/concord {{ args }}
@@ -57,6 +62,13 @@ test: setup
     cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
     cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
     cargo test -p concord-host
+    scripts/fuzz_api.sh 10
+
+# The API fuzzed from its OpenAPI document (schemathesis), longer (default 200 examples per operation)
+fuzz-api examples="200": setup
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
+    cargo build -p concord-host
+    scripts/fuzz_api.sh {{ examples }}
 
 # The crash test, longer: kill-and-restart rounds under load (default 30)
 crash-test rounds="30": setup

@@ -41,7 +41,7 @@ fn reason_of(reason: &str) -> Result<(), ApiError> {
 /// Set fields of an entity and pin them: agent writes to them are refused
 /// until they are unpinned.
 #[utoipa::path(post, path = "/v1/entities/{kind}/{id}/pin", tag = "operator",
-    params(("kind" = String, Path), ("id" = String, Path)),
+    params(("kind" = String, Path, example = "customer"), ("id" = String, Path, example = "acme")),
     request_body = PinRequest,
     responses(
         (status = 200, description = "The pin's event", body = Event),
@@ -84,7 +84,7 @@ pub async fn pin(
 
 /// Release pinned fields.
 #[utoipa::path(post, path = "/v1/entities/{kind}/{id}/unpin", tag = "operator",
-    params(("kind" = String, Path), ("id" = String, Path)),
+    params(("kind" = String, Path, example = "customer"), ("id" = String, Path, example = "acme")),
     request_body = UnpinRequest,
     responses(
         (status = 200, description = "The unpin's event", body = Event),

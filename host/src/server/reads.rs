@@ -50,7 +50,7 @@ pub struct AtQuery {
 
 /// An entity's current state (or its state in the past).
 #[utoipa::path(get, path = "/v1/entities/{kind}/{id}", tag = "read",
-    params(("kind" = String, Path), ("id" = String, Path), AtQuery),
+    params(("kind" = String, Path, example = "customer"), ("id" = String, Path, example = "acme"), AtQuery),
     responses(
         (status = 200, description = "The entity", body = EntityView),
         (status = 404, description = "It does not exist (then)", body = super::error::ErrorBody),
@@ -93,7 +93,7 @@ pub struct PageQuery {
 
 /// An entity's events: who changed which fields, when and why.
 #[utoipa::path(get, path = "/v1/entities/{kind}/{id}/history", tag = "read",
-    params(("kind" = String, Path), ("id" = String, Path), PageQuery),
+    params(("kind" = String, Path, example = "customer"), ("id" = String, Path, example = "acme"), PageQuery),
     responses(
         (status = 200, description = "A page of its events, oldest first", body = EventPage),
         (status = 422, description = "A bad entity", body = super::error::ErrorBody),
