@@ -16,7 +16,7 @@ use std::time::Instant;
 
 /// The benchmark's knowledge base: counters, written by the `bench` agent.
 /// The limits are lifted so that long loops are not stopped.
-const BENCH_CONFIG: &str = r#"
+pub const BENCH_CONFIG: &str = r#"
 [kb]
 path = "data/concord.redb"
 
@@ -85,6 +85,16 @@ impl Lab {
             "file_mib": bytes as f64 / (1 << 20) as f64, "read_only_ms": read_only, "read_write_ms": read_write,
             "check_ms": check_ms, "check_records": check.records(),
         }))
+    }
+
+    /// Stops the host (it stores what it counted) and starts a new one on
+    /// the same folder.
+    fn restart(self) -> anyhow::Result<Lab> {
+        let Lab { host, dir } = self;
+        let host = Arc::try_unwrap(host).map_err(|_| anyhow::anyhow!("the host is still in use"))?;
+        drop(host);
+        let config = Config::load(&dir.path().join("concord.toml"))?;
+        Ok(Lab { host: Arc::new(Host::start(config)?), dir })
     }
 
     fn bench(guests: &Path) -> anyhow::Result<Lab> {
@@ -471,4 +481,100 @@ pub async fn audit_query(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
         "entries": entries, "matches": expected, "queries": times.len(),
         "ms_p50": median(&times), "ms_max": percentile(&times, 100.0), "check": "ok", "open": open,
     }))
+}
+
+/// Writes about `entries` audit entries as 16 native callers, each on its
+/// own 100 counters: per round a commit, eight reads, and a commit on a
+/// version that is gone (a conflict, audited as a refusal).
+async fn fill_audit(lab: &Lab, entries: u64) -> anyhow::Result<()> {
+    const TASKS: u64 = 16;
+    const PER_ROUND: u64 = 10;
+    let rounds = entries.div_ceil(TASKS * PER_ROUND);
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let host = lab.host.clone();
+        handles.push(tokio::spawn(async move {
+            let caller = native_caller(&host, &format!("writer{}", t % 4)).await?;
+            let e = entity(&format!("counter/a{t}"))?;
+            let write = |expect| Write {
+                entity: e.clone(),
+                expect,
+                set: vec![("n".into(), Value::Integer(1))],
+                unset: vec![],
+                fence: None,
+            };
+            for round in 0..rounds {
+                let expect = if round == 0 { Expect::Absent } else { Expect::Version(round) };
+                host.gate()
+                    .commit(&caller, vec![write(expect)], "bench: fill".into())
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+                for _ in 0..8 {
+                    host.gate().get(&caller, e.clone()).await?.map_err(anyhow::Error::msg)?;
+                }
+                // Stale on purpose: refused as a conflict.
+                let stale = host.gate().commit(&caller, vec![write(Expect::Absent)], "bench: stale".into()).await?;
+                if stale.is_ok() {
+                    bail!("a stale commit went through");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(())
+}
+
+/// The conflicts report and the run summary over a log of `sizes.events`
+/// audit entries (a tenth of them refusals): counted from nothing (once,
+/// as after an upgrade), after a restart (the count stored by the last
+/// stop), after a thousand more entries, and through `GET /v1/conflicts`.
+pub async fn reports(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
+    let lab = Lab::bench(guests)?;
+    let t = Instant::now();
+    fill_audit(&lab, sizes.events).await?;
+    eprintln!("   wrote {} audit entries in {:.1} s", sizes.events, t.elapsed().as_secs_f64());
+    let host = lab.host.clone();
+    let (cold_ms, report) = tokio::task::spawn_blocking(move || time_ms(|| host.conflicts(600_000))).await?;
+    let report = report?;
+    let entries = report.through_audit;
+    let refused = report.refused.values().sum::<usize>();
+    let lab = tokio::task::spawn_blocking(move || lab.restart()).await??;
+    let host = lab.host.clone();
+    let (restart_ms, _) = tokio::task::spawn_blocking(move || time_ms(|| host.conflicts(600_000))).await?;
+    fill_audit(&lab, 1000).await?;
+    let host = lab.host.clone();
+    let (incremental_ms, _) = tokio::task::spawn_blocking(move || time_ms(|| host.conflicts(600_000))).await?;
+    // The run summary: the refusals (from the report) and the actions.
+    let host = lab.host.clone();
+    let (summary_ms, _) = tokio::task::spawn_blocking(move || {
+        time_ms(|| {
+            host.conflicts(600_000).map(|r| r.refused.len()).and_then(|_| host.store().actions().map(|a| a.len()))
+        })
+    })
+    .await?;
+    let server = concord::server::Server::start(lab.host.clone(), "127.0.0.1:0".parse()?).await?;
+    let base = format!("http://{}", server.addr());
+    let mut http = Vec::new();
+    for _ in 0..10 {
+        http.push(crate::service::get_ms(&base, "/v1/conflicts").await?);
+    }
+    server.shutdown();
+    server.wait().await;
+    let check =
+        if refused as u64 >= entries / 12 { "ok".to_string() } else { format!("only {refused} refusals in {entries}") };
+    Ok(json!({
+        "entries": entries, "refused": refused, "cold_ms": cold_ms, "after_restart_ms": restart_ms,
+        "after_1000_more_ms": incremental_ms, "summary_ms": summary_ms,
+        "http_ms_p50": median(&http), "http_ms_max": percentile(&http, 100.0), "check": check,
+    }))
+}
+
+/// Runs `f`, and how long it took, in ms.
+fn time_ms<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let t = Instant::now();
+    let v = f();
+    (t.elapsed().as_secs_f64() * 1000.0, v)
 }

@@ -20,17 +20,25 @@
 //!   that no update was lost, on both sides;
 //! - `replay`: rebuilding the projection of a 1,000,000-event log (and,
 //!   like `audit`, reopening the store it wrote, and `concord check` on it);
-//! - `audit`: a query by agent and entity over 1,000,000 audit entries.
+//! - `audit`: a query by agent and entity over 1,000,000 audit entries;
+//! - `reports`: the conflicts report and the run summary over 1,000,000
+//!   audit entries, counted from nothing, after a restart, after more
+//!   entries, and through `GET /v1/conflicts`;
+//! - `service`: `concord serve` over HTTP (a get and a commit per request)
+//!   at 1, 16 and 64 clients from this process, against an axum service on
+//!   SQLite doing the same (`src/bin/sqlite_service.rs`), both separate
+//!   processes; idle memory; the debug build against the release one.
 //!
 //! Results go to `DIR` (default `target/bench`): `report.md` (the tables),
 //! `results.json` (the raw numbers) and `throughput.png` (the plot).
 //!
 //! Layout: [`concord_runs`] (the Concord side), [`sqlite`] (the baseline),
-//! [`machine`] (fsync, memory, CPU), [`stats`], [`plot`].
+//! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`stats`], [`plot`].
 
 pub mod concord_runs;
 pub mod machine;
 pub mod plot;
+pub mod service;
 pub mod sqlite;
 pub mod stats;
 
@@ -56,6 +64,8 @@ pub struct Sizes {
     pub events: u64,
     /// Invocations held in flight for the memory figure.
     pub in_flight: usize,
+    /// How long each load level of the service phase is measured, in ms.
+    pub service_ms: u64,
 }
 
 impl Sizes {
@@ -68,11 +78,21 @@ impl Sizes {
             increments: 300,
             events: 1_000_000,
             in_flight: 64,
+            service_ms: 5_000,
         }
     }
 
     fn quick() -> Self {
-        Sizes { gets: 2_000, get_rounds: 7, starts: 300, commits: 2_000, increments: 40, events: 50_000, in_flight: 16 }
+        Sizes {
+            gets: 2_000,
+            get_rounds: 7,
+            starts: 300,
+            commits: 2_000,
+            increments: 40,
+            events: 50_000,
+            in_flight: 16,
+            service_ms: 1_500,
+        }
     }
 }
 
@@ -81,7 +101,7 @@ pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Invocations contending on one entity.
 pub const CONTENDERS: usize = 16;
 
-const PHASES: [&str; 7] = ["machine", "memory", "hostcall", "start", "commit", "replay", "audit"];
+const PHASES: [&str; 9] = ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service"];
 
 struct Args {
     sizes: Sizes,
@@ -141,7 +161,7 @@ fn build_guests() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/wasm/wasm32-wasip2/release"))
 }
 
-pub fn main() -> anyhow::Result<()> {
+pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let guests = build_guests()?;
@@ -165,6 +185,8 @@ pub fn main() -> anyhow::Result<()> {
             }
             "replay" => runtime.block_on(concord_runs::replay(&guests, sizes))?,
             "audit" => runtime.block_on(concord_runs::audit_query(&guests, sizes))?,
+            "reports" => runtime.block_on(concord_runs::reports(&guests, sizes))?,
+            "service" => runtime.block_on(service::run(&guests, sizes, sqlite_service))?,
             _ => unreachable!("phases are checked when parsed"),
         };
         eprintln!("   {phase} took {:.1} s", t.elapsed().as_secs_f64());
@@ -344,6 +366,48 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             a["queries"],
         ));
         s.push_str(&reopened(a));
+    }
+    if let Some(p) = r.get("reports") {
+        s.push_str(&format!(
+            "### Reports at scale
+
+{} audit entries ({} refusals). The conflicts report: counted from nothing {} ms (once: a store a host never counted, such as after an upgrade); after a restart (the count the last stop stored) {} ms; after 1,000 more entries {} ms; `GET /v1/conflicts` median {} ms, max {} ms; the run summary {} ms (target ≤ 100 ms)\n\n",
+            p["entries"],
+            p["refused"],
+            num(f(p, &["cold_ms"]), 0),
+            num(f(p, &["after_restart_ms"]), 1),
+            num(f(p, &["after_1000_more_ms"]), 1),
+            num(f(p, &["http_ms_p50"]), 1),
+            num(f(p, &["http_ms_max"]), 1),
+            num(f(p, &["summary_ms"]), 1),
+        ));
+    }
+    if let Some(v) = r.get("service") {
+        s.push_str("### The service: HTTP invoke (a `kb.get` and a `kb.commit` per request)\n\n| clients | Concord (release) req/s | p50 | p99 | SQLite service req/s | p50 | p99 | ratio |\n|---|---|---|---|---|---|---|---|\n");
+        for clients in service::CLIENTS {
+            let k = clients.to_string();
+            let (c, q) = (&v["concord"][&k], &v["sqlite"][&k]);
+            s.push_str(&format!(
+                "| {clients} | {} | {} ms | {} ms | {} | {} ms | {} ms | {}× |\n",
+                num(f(c, &["per_s"]), 0),
+                num(f(c, &["p50_ms"]), 2),
+                num(f(c, &["p99_ms"]), 2),
+                num(f(q, &["per_s"]), 0),
+                num(f(q, &["p50_ms"]), 2),
+                num(f(q, &["p99_ms"]), 2),
+                num(f(c, &["per_s"]).zip(f(q, &["per_s"])).map(|(a, b)| a / b), 2),
+            ));
+        }
+        let d = &v["concord_debug"]["64"];
+        s.push_str(&format!(
+            "\nThe debug build (what `cargo build` gives) at 64 clients: {} req/s, p99 {} ms. Memory: an idle `concord serve` with the three example agents {} MiB RSS (target ≤ 64 MiB); the bench server after its load {} MiB. Failed requests: Concord {}, SQLite {}.\n\nTargets: at 64 clients ≥ 2× the SQLite service, with p99 ≤ 10 ms.\n\n",
+            num(f(d, &["per_s"]), 0),
+            num(f(d, &["p99_ms"]), 2),
+            num(f(v, &["idle_rss_mib"]), 1),
+            num(f(v, &["concord", "rss_after_load_mib"]), 1),
+            service::CLIENTS.iter().map(|c| v["concord"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
+            service::CLIENTS.iter().map(|c| v["sqlite"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
+        ));
     }
     s
 }
