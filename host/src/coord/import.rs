@@ -16,7 +16,7 @@
 //!   per field, each cell read as the field's declared type (as `concord pin`
 //!   reads `FIELD=VALUE`); an empty cell leaves the field out.
 
-use crate::audit::{AuditDraft, Decision, calls};
+use crate::audit::{Decision, calls};
 use crate::kb::{
     Actor, CommitOutcome, CommitRequest, Entity, EntityRef, Event, EventKind, Expect, Store, StoreError, Value, Write,
     now_ms,
@@ -304,22 +304,8 @@ pub fn import(store: &dyn Store, rows: &[Row], by: &str, source: &str) -> Result
     fields.dedup();
     let (first, last) = (rows[0].line, rows[rows.len() - 1].line);
     let args = serde_json::json!({ "source": source, "rows": rows.len(), "lines": format!("{first}-{last}") });
-    let draft = AuditDraft {
-        agent: format!("human:{by}"),
-        digest: String::new(),
-        invocation: None,
-        call: calls::IMPORT.into(),
-        entities: rows.iter().map(|r| r.entity.key()).collect(),
-        args: args.to_string(),
-        arg_bytes: 0,
-        decision: Decision::Allowed,
-        rule: None,
-        peer: None,
-        fields,
-        causation: None,
-        outcome: String::new(),
-        duration_us: 0,
-    };
+    let draft =
+        super::operator::human_draft_of(by, calls::IMPORT, rows.iter().map(|r| r.entity.key()).collect(), args, fields);
     let (n, label) = (rows.len(), source.to_string());
     let audit = Box::new(move |o: &CommitOutcome| {
         let mut d = draft.clone();

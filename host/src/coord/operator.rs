@@ -9,12 +9,23 @@ use crate::policy::schema::{FieldType, Schema};
 use serde_json::json;
 
 fn human_draft(by: &str, call: &str, entity: &EntityRef, args: serde_json::Value, fields: Vec<String>) -> AuditDraft {
+    human_draft_of(by, call, vec![entity.key()], args, fields)
+}
+
+/// The audit draft of an operator command by `human:{by}` on `entities`.
+pub(crate) fn human_draft_of(
+    by: &str,
+    call: &str,
+    entities: Vec<String>,
+    args: serde_json::Value,
+    fields: Vec<String>,
+) -> AuditDraft {
     AuditDraft {
         agent: format!("human:{by}"),
         digest: String::new(),
         invocation: None,
         call: call.into(),
-        entities: vec![entity.key()],
+        entities,
         args: args.to_string(),
         arg_bytes: 0,
         decision: Decision::Allowed,

@@ -189,18 +189,7 @@ fn message_of(app: &App, agent: &str, req: &InvokeRequest) -> Result<Message, Ap
             "`kind` must be 1 to 256 characters without control characters, such as `upsell`",
         ));
     }
-    let entity = match &req.entity {
-        Some(s) => {
-            let e: EntityRef = s.parse().map_err(|e: String| ApiError::unprocessable("invalid_entity", e))?;
-            app.host
-                .gate()
-                .policy()
-                .check_read(&e)
-                .map_err(|r| ApiError::unprocessable("invalid_entity", r.to_string()))?;
-            Some(e)
-        }
-        None => None,
-    };
+    let entity = req.entity.as_deref().map(|s| app.entity_ref(s)).transpose()?;
     let body = req.body.clone().unwrap_or_else(|| serde_json::json!({}));
     Ok(Message { kind: kind.to_string(), entity, body: body.to_string() })
 }
@@ -514,6 +503,23 @@ fn admit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     })
 }
 
+/// A trigger task in flight, for the shutdown's drain (see
+/// [`App::until_idle`]).
+struct InFlight(Arc<App>);
+
+impl InFlight {
+    fn new(app: Arc<App>) -> Self {
+        app.task_started();
+        InFlight(app)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.task_done();
+    }
+}
+
 /// The key a trigger answers for.
 #[derive(Debug)]
 struct Keyed {
@@ -541,11 +547,14 @@ async fn start(
     let by = principal.name.as_ref().map_or_else(|| "http".to_string(), |n| format!("http:{n}"));
     let origin = Origin { by: Some(by), key: keyed.as_ref().map(|k| k.key.clone()), started: Some(started_tx) };
     let key_state = keyed.as_ref().map(|k| k.state.clone());
-    app.task_started();
+    let in_flight = InFlight::new(app.clone());
     app.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let task = {
         let (app, agent, bp) = (app.clone(), agent.clone(), breakpoint.clone());
         async move {
+            // Counted out however the task ends (a panic included), so a
+            // shutdown's drain never waits for a task that is gone.
+            let _in_flight = in_flight;
             let result = app.host.trigger(&agent, message, bp, origin).await;
             drop(admitted);
             let answer = match result {
@@ -568,7 +577,6 @@ async fn start(
                 finish_key(&app, k, &answer).await;
             }
             let _ = done_tx.send(answer);
-            app.task_done();
         }
     };
     tokio::spawn(task);

@@ -14,16 +14,10 @@ use super::wire::{
 };
 use crate::audit::{AuditDraft, calls};
 use crate::coord::{import, operator};
-use crate::kb::{EntityRef, Event, Value};
+use crate::kb::{Event, Value};
 use axum::Extension;
 use axum::extract::State;
 use std::sync::Arc;
-
-fn entity_of(app: &App, kind: String, id: String) -> Result<EntityRef, ApiError> {
-    let e = EntityRef::new(kind, id);
-    app.host.gate().policy().check_read(&e).map_err(|r| ApiError::unprocessable("invalid_entity", r.to_string()))?;
-    Ok(e)
-}
 
 fn reason_of(reason: &str) -> Result<(), ApiError> {
     if reason.trim().is_empty() {
@@ -56,7 +50,7 @@ pub async fn pin(
     Json(req): Json<PinRequest>,
 ) -> Result<Json<Event>, ApiError> {
     let by = acting_human(&principal, req.by.as_deref())?;
-    let entity = entity_of(&app, kind, id)?;
+    let entity = app.entity(kind, id)?;
     reason_of(&req.reason)?;
     if req.set.is_empty() {
         return Err(ApiError::unprocessable("invalid_pin", "`set` names no field to pin"));
@@ -98,7 +92,7 @@ pub async fn unpin(
     Json(req): Json<UnpinRequest>,
 ) -> Result<Json<Event>, ApiError> {
     let by = acting_human(&principal, req.by.as_deref())?;
-    let entity = entity_of(&app, kind, id)?;
+    let entity = app.entity(kind, id)?;
     reason_of(&req.reason)?;
     if req.fields.is_empty() {
         return Err(ApiError::unprocessable("invalid_unpin", "`fields` names no field to unpin"));

@@ -33,13 +33,6 @@ fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// `kind/id` from the path, checked against the schema.
-fn entity_of(app: &App, kind: String, id: String) -> Result<EntityRef, ApiError> {
-    let e = EntityRef::new(kind, id);
-    app.host.gate().policy().check_read(&e).map_err(|r| ApiError::unprocessable("invalid_entity", r.to_string()))?;
-    Ok(e)
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AtQuery {
@@ -62,7 +55,7 @@ pub async fn entity(
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<AtQuery>,
 ) -> Result<Json<EntityView>, ApiError> {
-    let e = entity_of(&app, kind, id)?;
+    let e = app.entity(kind, id)?;
     let at: Option<AtPoint> = match &q.at {
         Some(s) => Some(s.parse().map_err(|m: String| ApiError::unprocessable("invalid_at", m))?),
         None => None,
@@ -104,7 +97,7 @@ pub async fn history(
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let e = entity_of(&app, kind, id)?;
+    let e = app.entity(kind, id)?;
     let limit = page_size(q.limit)?;
     let after = q.after.unwrap_or(0);
     let events = app.blocking(move |app| Ok(app.host.store().history(&e, after, limit)?)).await?;

@@ -59,6 +59,23 @@ impl App {
         })
     }
 
+    /// An entity reference the schema knows, from the path (`kind`, `id`).
+    pub fn entity(&self, kind: String, id: String) -> Result<crate::kb::EntityRef, ApiError> {
+        let e = crate::kb::EntityRef::new(kind, id);
+        self.host
+            .gate()
+            .policy()
+            .check_read(&e)
+            .map_err(|r| ApiError::unprocessable("invalid_entity", r.to_string()))?;
+        Ok(e)
+    }
+
+    /// An entity reference the schema knows, from `kind/id` text.
+    pub fn entity_ref(&self, text: &str) -> Result<crate::kb::EntityRef, ApiError> {
+        let e: crate::kb::EntityRef = text.parse().map_err(|m: String| ApiError::unprocessable("invalid_entity", m))?;
+        self.entity(e.kind, e.id)
+    }
+
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }

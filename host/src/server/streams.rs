@@ -12,7 +12,7 @@ use super::error::{ApiError, Query};
 use super::reads::{AuditQuery, audit_filter};
 use super::state::App;
 use crate::audit::AuditFilter;
-use crate::kb::{EntityRef, Event};
+use crate::kb::Event;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -140,18 +140,7 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let at = cursor(&headers, q.after)?;
-    let entity = match &q.entity {
-        Some(s) => {
-            let e: EntityRef = s.parse().map_err(|m: String| ApiError::unprocessable("invalid_entity", m))?;
-            app.host
-                .gate()
-                .policy()
-                .check_read(&e)
-                .map_err(|r| ApiError::unprocessable("invalid_entity", r.to_string()))?;
-            Some(e)
-        }
-        None => None,
-    };
+    let entity = q.entity.as_deref().map(|s| app.entity_ref(s)).transpose()?;
     if let Some(k) = &q.kind
         && !app.host.gate().policy().schema().kinds.contains_key(k)
     {
