@@ -494,7 +494,7 @@ async fn fill_audit(lab: &Lab, entries: u64) -> anyhow::Result<()> {
     for t in 0..TASKS {
         let host = lab.host.clone();
         handles.push(tokio::spawn(async move {
-            let caller = native_caller(&host, &format!("writer{}", t % 4)).await?;
+            let caller = native_caller(&host, "bench").await?;
             let e = entity(&format!("counter/a{t}"))?;
             let write = |expect| Write {
                 entity: e.clone(),
@@ -503,12 +503,11 @@ async fn fill_audit(lab: &Lab, entries: u64) -> anyhow::Result<()> {
                 unset: vec![],
                 fence: None,
             };
-            for round in 0..rounds {
-                let expect = if round == 0 { Expect::Absent } else { Expect::Version(round) };
-                host.gate()
-                    .commit(&caller, vec![write(expect)], "bench: fill".into())
-                    .await?
-                    .map_err(anyhow::Error::msg)?;
+            let mut version = host.store().get(&e)?.map(|x| x.version);
+            for _ in 0..rounds {
+                let expect = version.map_or(Expect::Absent, Expect::Version);
+                let done = host.gate().commit(&caller, vec![write(expect)], "bench: fill".into()).await?;
+                version = done.map_err(anyhow::Error::msg)?.first().copied();
                 for _ in 0..8 {
                     host.gate().get(&caller, e.clone()).await?.map_err(anyhow::Error::msg)?;
                 }
