@@ -42,8 +42,9 @@ impl Handler for Sales {
                 match kb::commit(&[w], "contract signed: onboarding") {
                     Ok(v) => Ok(format!("onboarded {name} as {target} (version {})", v[0])),
                     Err(WriteError::Conflict(c)) => Ok(format!(
-                        "{target} already exists (version {:?}, by {}); nothing to do",
-                        c.current_version, c.changed_by
+                        "{target} already exists (version {}, last changed by {}); nothing to do",
+                        c.current_version.map_or_else(|| "?".to_string(), |v| v.to_string()),
+                        c.changed_by
                     )),
                     Err(e) => Err(describe(&e)),
                 }
