@@ -45,18 +45,20 @@ fn bad_agent_files_are_all_named_and_the_host_does_not_start() {
         ("garbage.wasm", &garbage),
         ("core.wasm", &core_module),
         ("command.wasm", &wrong_world),
+        ("api.wasm", &wasm("sales")),
     ]);
     let config = Config::load(&env.path().join("concord.toml")).expect("config");
     let e = Host::start(config).unwrap_err();
     let StartError::Agents(LoadError::BadFiles(bad)) = &e else { panic!("expected bad agent files, got {e}") };
     let names: Vec<String> =
         bad.iter().map(|b| b.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string()).collect();
-    assert_eq!(names, ["command.wasm", "core.wasm", "garbage.wasm"], "{e}");
-    assert!(bad[0].reason.contains("world"), "{}", bad[0].reason);
-    assert!(bad[1].reason.contains("core wasm module, not a component"), "{}", bad[1].reason);
-    assert!(bad[2].reason.contains("not a valid wasm component"), "{}", bad[2].reason);
+    assert_eq!(names, ["api.wasm", "command.wasm", "core.wasm", "garbage.wasm"], "{e}");
+    assert!(bad[0].reason.contains("a name the audit uses"), "{}", bad[0].reason);
+    assert!(bad[1].reason.contains("world"), "{}", bad[1].reason);
+    assert!(bad[2].reason.contains("core wasm module, not a component"), "{}", bad[2].reason);
+    assert!(bad[3].reason.contains("not a valid wasm component"), "{}", bad[3].reason);
     let text = e.to_string();
-    assert!(text.contains("3 agent file(s) cannot be loaded"), "{text}");
+    assert!(text.contains("4 agent file(s) cannot be loaded"), "{text}");
     assert!(!env.path().join("data/concord.redb").exists(), "no knowledge base was created");
 }
 

@@ -1608,7 +1608,7 @@ impl RedbStore {
                 // Only a writer may repair, and recover the journal.
                 DatabaseError::RepairAborted => StoreError::Open {
                     path: path.to_path_buf(),
-                    reason: "the last host using it stopped without closing it; start a host on it once (`concord run`) to recover it, then read".into(),
+                    reason: "the last host using it stopped without closing it; start a host on it once to recover it (`concord serve`; the read commands then go through it)".into(),
                 },
                 e => open_error(path, e),
             })?;
@@ -1619,7 +1619,7 @@ impl RedbStore {
             return Err(StoreError::Open {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "the last host using it stopped without closing it, and {waiting} committed batches wait in its journal ({}); start a host on it once (`concord run`) to recover them, then read",
+                    "the last host using it stopped without closing it, and {waiting} committed batches wait in its journal ({}); start a host on it once to recover them (`concord serve`; the read commands then go through it)",
                     journal::journal_path(path).display()
                 ),
             });
@@ -1830,7 +1830,7 @@ impl RedbStore {
             Some(old @ 1..SCHEMA_VERSION) => Err(StoreError::Open {
                 path: self.path.clone(),
                 reason: format!(
-                    "its layout is version {old}, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord run`) to upgrade it in place"
+                    "its layout is version {old}, and read commands need version {SCHEMA_VERSION}; start a host on it once (`concord serve`) to upgrade it in place"
                 ),
             }),
             Some(v) => Err(self.version_mismatch(v)),

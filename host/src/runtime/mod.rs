@@ -312,6 +312,12 @@ fn valid_agent_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Names the audit uses for what is not an agent: the host's lifecycle
+/// (`host`), the API's refusals (`api`), triggers over HTTP (`http:NAME`
+/// in an invocation's start), and operators (`human:NAME`). An agent by
+/// one of these names could pass for them.
+pub const RESERVED_NAMES: [&str; 4] = [crate::audit::HOST, crate::audit::API, "http", "human"];
+
 impl Runtime {
     /// Loads every `*.wasm` in `dir`. Every bad file is reported, and none
     /// is skipped: the runtime loads whole or not at all.
@@ -367,6 +373,12 @@ impl Runtime {
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !valid_agent_name(&name) {
             return Err(format!("`{name}` is not a valid agent name: rename the file to letters, digits, `_` or `-`"));
+        }
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            return Err(format!(
+                "`{name}` is a name the audit uses for what is not an agent ({}): rename the file",
+                RESERVED_NAMES.join(", ")
+            ));
         }
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         let digest = hex::encode(Sha256::digest(&bytes));
