@@ -367,23 +367,25 @@ pub async fn invoke(
     }
     let tx = tx.unwrap_or_else(|| watch::channel(KeyState::Waiting).0);
     // From here the key is ours: whatever happens, waiters get our answer
-    // and the key leaves the in-flight map.
-    let result = keyed(&app, &key, &print, agent, message, pause_before, principal, wait, &tx).await;
-    if !matches!(&*tx.borrow(), KeyState::Answered(_)) {
-        match &result {
-            Err(e) => {
-                tx.send_replace(KeyState::Answered(Err(e.into())));
-            }
-            Ok(_) => {
-                // The answer was a 202 (not waiting): the task answers
-                // the waiters when it is done.
-            }
+    // and the key leaves the in-flight map. So this part runs in a task of
+    // its own: a client that goes away mid-way (while the key is reserved,
+    // say) must not leave the key in flight forever.
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = keyed(&app, &key, &print, agent, message, pause_before, principal, wait, &tx).await;
+        if !matches!(&*tx.borrow(), KeyState::Answered(_))
+            && let Err(e) = &result
+        {
+            tx.send_replace(KeyState::Answered(Err(e.into())));
         }
-    }
-    if matches!(&*tx.borrow(), KeyState::Answered(_)) {
-        app.invocations.keys().remove(&key);
-    }
-    result
+        // A 202 (not waiting) leaves the key to the trigger's task, which
+        // answers the waiters when it is done.
+        if matches!(&*tx.borrow(), KeyState::Answered(_)) {
+            app.invocations.keys().remove(&key);
+        }
+        let _ = answer.send(result);
+    });
+    answered.await.map_err(|_| ApiError::host("the keyed request's task ended without an answer"))?
 }
 
 fn reused(key: &str) -> ApiError {
