@@ -192,9 +192,11 @@ struct WriterShared {
     jobs: std::sync::atomic::AtomicU64,
     /// Transactions committed since the open: a snapshot's age.
     commits: std::sync::atomic::AtomicU64,
-    /// Batches handed to redb's commit since the open, counted *before*
-    /// each commit, so a reader can never see a batch this count lacks
-    /// (see [`RedbStore::sync_then`]).
+    /// Batches begun since the open, counted before each takes in the
+    /// read entries waiting in the tail and before it commits, so neither
+    /// a reader nor `sync` can see a batch's effects (or miss its read
+    /// entries from the tail) while this count lacks it (see
+    /// [`RedbStore::all_durable`]).
     shown: std::sync::atomic::AtomicU64,
     /// The last of those batches known to be durable (with every one
     /// before it), and a wake-up for whoever waits for more (the API's
@@ -272,6 +274,14 @@ impl PointReads {
 }
 
 impl WriterShared {
+    /// See [`RedbStore::all_durable`].
+    fn all_durable(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        // The tail first: an entry leaves it only into a batch already
+        // counted in `shown`.
+        self.tail().pending.is_empty() && *tokio::sync::watch::Sender::borrow(&self.durable) >= self.shown.load(SeqCst)
+    }
+
     fn snapshot(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
         // Only a cache: whatever a panic left in it is still a snapshot.
         self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1092,6 +1102,12 @@ fn run_batch(
             return false;
         }
     };
+    // Counted before the batch takes anything from the tail (its jobs do,
+    // first thing) and before redb shows it to readers: from then on
+    // `sync` knows there is something to wait for. A batch that rolls
+    // back leaves the count ahead of what is durable, which only sends
+    // `sync` the slow way until a later batch is marked.
+    let shown = shared.shown.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     let mut durable_commit = if journal.is_some() { checkpoint } else { durable };
     if !durable_commit && let Err(e) = txn.set_durability(Durability::None) {
         tracing::warn!("committing durably: {e}");
@@ -1213,9 +1229,6 @@ fn run_batch(
         }
         journaled = true;
     }
-    // Counted before the commit: from the moment redb shows the batch to
-    // readers, `sync` knows there is something to wait for.
-    let shown = shared.shown.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     if let Err(e) = commit(txn, shared) {
         tracing::error!("a write batch did not commit: {e}");
         let why = match journal.as_deref() {
@@ -2250,12 +2263,7 @@ impl RedbStore {
     /// is durable already: nothing waits in the tail, and the last batch
     /// shown to readers is marked durable.
     fn all_durable(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        let Some(w) = &self.writer else { return true };
-        // The tail first: an entry leaves it only into a batch that is
-        // counted in `shown` before readers can see it.
-        w.shared.tail().pending.is_empty()
-            && *tokio::sync::watch::Sender::borrow(&w.shared.durable) >= w.shared.shown.load(SeqCst)
+        self.writer.as_ref().is_none_or(|w| w.shared.all_durable())
     }
 
     /// Waits until every read entry numbered so far is written (visible to
@@ -3874,13 +3882,21 @@ mod tests {
         assert!(changes.has_changed().expect("open"), "the wake-up fired");
         assert!(*changes.borrow() > seen);
         sync(&store);
+        // While a batch that took read entries from the tail runs (here:
+        // a job of it asks), nothing counts as durable yet, though the
+        // tail is empty.
+        let shared = store.writer.as_ref().expect("writer").shared.clone();
+        store.append_read_audit(draft("a", "kb.get")).expect("read");
+        let during = store.run(false, move |_| Ok(shared.all_durable())).expect("job");
+        assert!(!during, "a batch under way, holding the tail's entries, is not durable");
+        sync(&store);
         // What a kill leaves: the journal and the file, as they are.
         let copy = dir.path().join("copy.redb");
         std::fs::copy(&path, &copy).expect("copy");
         std::fs::copy(journal::journal_path(&path), journal::journal_path(&copy)).expect("copy journal");
         drop(store);
         let restarted = RedbStore::open(&copy).expect("reopens");
-        assert_eq!(all(&restarted).len(), 1, "the synced entry survived");
+        assert_eq!(all(&restarted).len(), 2, "the synced entries survived");
     }
 
     /// A conflict's explanation walks back a bounded number of events: a
