@@ -204,6 +204,15 @@ async fn an_idempotency_key_runs_once() {
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other.body["error"], "key_reused", "{}", other.text);
 
+    // A request refused before anything runs holds no key: the retry is
+    // refused for its own reason again, not as an interrupted run.
+    let unknown = json!({ "kind": "onboard", "entity": "vendor/x", "idempotency_key": "k0" });
+    for _ in 0..2 {
+        let refused = s.api.post("/v1/invoke/sales", unknown.clone()).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.text);
+        assert_eq!(refused.body["error"], "invalid_entity", "{}", refused.text);
+    }
+
     // Twice at once: the first pauses (so the second surely overlaps it),
     // the second waits for it, and both get one answer.
     let paused = json!({ "kind": "upsell", "entity": "customer/acme", "body": {}, "idempotency_key": "k2", "pause_before": "kb.get" });
@@ -402,6 +411,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(full.body["error"], "busy");
     let metrics = s.api.get("/metrics").await.text;
     assert!(metrics.contains(&format!("concord_pool_slots_in_use {pool}")), "{metrics}");
+    assert!(metrics.contains("\nconcord_queue_depth 1\n"), "the queued one waits for a slot: {metrics}");
     for id in ids {
         assert_eq!(s.api.post(&format!("/v1/invocations/{id}/resume"), json!({})).await.status, StatusCode::OK);
     }
@@ -615,4 +625,120 @@ async fn the_audit_pages_by_cursor() {
     assert_eq!(forward, all, "forward pages cover the log once");
     let commits = s.api.get("/v1/audit?agent=sales&call=kb.commit&after=0").await;
     assert_eq!(seqs(&commits).len(), 5);
+}
+
+/// A server without tokens answers only requests addressed to loopback by
+/// name: a web page that rebinds its own name to 127.0.0.1 gets 403. With
+/// tokens, the token decides, whatever the name.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_server_answers_only_requests_addressed_to_loopback() {
+    let s = Served::start(&[("sales", "sales")], "").await;
+    let port = s.server.addr().port();
+    let rebound = s.api.request(Method::GET, "/v1/agents", None, &[("host", "evil.example")]).await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN, "{}", rebound.text);
+    assert_eq!(rebound.body["error"], "not_loopback", "{}", rebound.text);
+    assert!(rebound.body["detail"].as_str().is_some_and(|d| d.contains("tokens")), "says what to do: {}", rebound.text);
+    let onboard = json!({ "kind": "onboard", "entity": "customer/acme", "body": { "name": "Acme" } });
+    let write = s
+        .api
+        .request(
+            Method::POST,
+            "/v1/invoke/sales",
+            Some(onboard.to_string().into_bytes()),
+            &[("host", &format!("evil.example:{port}"))],
+        )
+        .await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN, "{}", write.text);
+    assert!(
+        s.env.audit(AuditFilter { call: Some("kb.commit".into()), ..Default::default() }).is_empty(),
+        "ran nothing"
+    );
+    for name in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "LOCALHOST".into()]
+    {
+        let a = s.api.request(Method::GET, "/v1/agents", None, &[("host", &name)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {}", a.text);
+    }
+    drop(s);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens.toml");
+    let rita = concord::server::tokens::add(&tokens, "rita", concord::server::tokens::Role::Read).expect("add");
+    let s = Served::start(&[("sales", "sales")], &format!("tokens = {:?}", tokens.display().to_string())).await;
+    let named = s.api.with_token(&rita).request(Method::GET, "/v1/agents", None, &[("host", "concord.example")]).await;
+    assert_eq!(named.status, StatusCode::OK, "{}", named.text);
+}
+
+/// A stream ends once its token is removed, even while nothing happens;
+/// another token's stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_when_its_token_is_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens.toml");
+    let rita = concord::server::tokens::add(&tokens, "rita", concord::server::tokens::Role::Read).expect("add");
+    let ray = concord::server::tokens::add(&tokens, "ray", concord::server::tokens::Role::Read).expect("add");
+    let s = Served::start(&[("sales", "sales")], &format!("tokens = {:?}", tokens.display().to_string())).await;
+    let (as_rita, as_ray) = (s.api.with_token(&rita), s.api.with_token(&ray));
+    let within = Duration::from_secs(30);
+    let rita_stream = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        as_rita.sse("/v1/events", None, usize::MAX, within).await;
+        started.elapsed()
+    });
+    let ray_stream = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        as_ray.sse("/v1/audit/stream", None, usize::MAX, Duration::from_secs(6)).await;
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(concord::server::tokens::remove(&tokens, "rita").expect("remove"));
+    let rita_open = rita_stream.await.expect("rita's stream");
+    assert!(rita_open < within, "rita's stream ended by itself, after {rita_open:?}");
+    let ray_open = ray_stream.await.expect("ray's stream");
+    assert!(ray_open >= Duration::from_secs(6), "ray's stream stayed open ({ray_open:?})");
+    let gone = s.api.with_token(&rita).get("/v1/agents").await;
+    assert_eq!(gone.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Streams are bounded: past the most the server keeps, a new one is
+/// answered 503 with `Retry-After`, and one closing makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_past_the_bound_are_answered_503() {
+    use http_body_util::BodyExt;
+    let s = Served::start(&[("sales", "sales")], "").await;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, http_body_util::Full<hyper::body::Bytes>>(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+            );
+    let open = |client: &hyper_util::client::legacy::Client<_, _>| {
+        let req = hyper::Request::get(format!("{}/v1/events", s.api.base))
+            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+            .expect("request");
+        client.request(req)
+    };
+    let mut held = Vec::new();
+    for _ in 0..concord::server::state::MAX_STREAMS {
+        let response = open(&client).await.expect("opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    let refused = open(&client).await.expect("answers");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = refused.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["error"], "too_many_streams", "{body}");
+    drop(held.pop());
+    // The server sees the hang-up when it next writes (a keep-alive at the
+    // latest), so room comes back within that.
+    let mut reopened = None;
+    for _ in 0..400 {
+        let response = open(&client).await.expect("answers");
+        if response.status() == StatusCode::OK {
+            reopened = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream makes room");
 }

@@ -153,14 +153,21 @@ impl fmt::Display for Outcome {
 
 /// Where a trigger came from, for the invocation's start entry, and who
 /// wants its id as soon as it has one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Origin {
     /// Who asked for it, such as `http:alice` (a token's name).
     pub by: Option<String>,
     /// The request's idempotency key.
     pub key: Option<String>,
-    /// Gets the invocation id once the start is audited.
-    pub started: Option<tokio::sync::oneshot::Sender<u64>>,
+    /// Called with the invocation id once the start is audited, before
+    /// the agent runs.
+    pub started: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin").field("by", &self.by).field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 /// The result of one invocation.
@@ -177,6 +184,23 @@ pub struct Invocation {
     pub depth: u32,
     /// What it committed and requested, for the dispatcher.
     pub followups: crate::gate::FollowUps,
+}
+
+/// Counts one invocation waiting for a slot while it lives (a stopped
+/// invocation's wait is dropped, and counted out, too).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Advances the engine's epoch until dropped.
@@ -223,6 +247,8 @@ pub struct Runtime {
     /// Set (with the reason) to stop every invocation in flight, and any
     /// that starts after (see [`Runtime::stop`]).
     stop: tokio::sync::watch::Sender<Option<String>>,
+    /// Invocations started (audited) and waiting for a pool slot.
+    waiting: std::sync::atomic::AtomicUsize,
     _ticker: EpochTicker,
 }
 
@@ -353,6 +379,7 @@ impl Runtime {
             cache,
             slots: tokio::sync::Semaphore::new(MAX_LIVE_INVOCATIONS as usize),
             stop: tokio::sync::watch::Sender::new(None),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -363,10 +390,15 @@ impl Runtime {
         self.stop.send_replace(Some(why.to_string()));
     }
 
-    /// Invocations running or waiting for a pool slot, at most
-    /// [`MAX_LIVE_INVOCATIONS`] running.
+    /// Pool slots taken by running invocations (at most
+    /// [`MAX_LIVE_INVOCATIONS`]).
     pub fn slots_in_use(&self) -> usize {
         MAX_LIVE_INVOCATIONS as usize - self.slots.available_permits()
+    }
+
+    /// Invocations waiting for a pool slot.
+    pub fn waiting_for_slot(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     fn load_one(engine: &Engine, linker: &Linker<InvocationState>, path: &Path) -> Result<LoadedAgent, String> {
@@ -452,13 +484,16 @@ impl Runtime {
         }
         let id = gate.start_invocation(agent, &loaded.info.digest, args, message.entity.as_ref(), causation).await?;
         if let Some(started) = origin.started.take() {
-            let _ = started.send(id);
+            started(id);
         }
         let caller = Arc::new(Caller::new(agent.to_string(), loaded.info.digest.clone(), id, causation, breakpoint));
         let mut stop = self.stop.subscribe();
         let running = async {
             // A permit per live Store: it is released when `run` has dropped it.
-            match self.slots.acquire().await {
+            let waiting = Waiting::new(&self.waiting);
+            let slot = self.slots.acquire().await;
+            drop(waiting);
+            match slot {
                 Ok(_permit) => self.run(loaded, gate, caller.clone(), message, id).await,
                 Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
             }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 /// counted, and the next audited one says how many were not.
 const REFUSALS_PER_WINDOW: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(10);
+/// Client addresses the limiter tells apart.
+const MAX_SOURCES: usize = 10_000;
 
 /// Keeps one client that hammers the API with bad tokens from filling the
 /// audit log: at most [`REFUSALS_PER_WINDOW`] entries per address per
@@ -36,9 +38,15 @@ impl RefusalLimiter {
     /// unaudited before it.
     fn admit(&self, ip: IpAddr) -> Option<u64> {
         let mut map = self.by_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 10_000 {
-            map.retain(|_, (since, _, skipped)| since.elapsed() < WINDOW || *skipped > 0);
-        }
+        // Bounded: past MAX_SOURCES addresses the stale ones go (their
+        // unaudited counts with them), and if all are fresh, new ones share
+        // one slot.
+        let ip = if map.len() >= MAX_SOURCES && !map.contains_key(&ip) {
+            map.retain(|_, (since, _, _)| since.elapsed() < WINDOW);
+            if map.len() >= MAX_SOURCES { IpAddr::from([0, 0, 0, 0]) } else { ip }
+        } else {
+            ip
+        };
         let slot = map.entry(ip).or_insert((Instant::now(), 0, 0));
         if slot.0.elapsed() >= WINDOW {
             slot.0 = Instant::now();
@@ -53,6 +61,16 @@ impl RefusalLimiter {
     }
 }
 
+/// Whether the request's `Host` names this machine's loopback (any port).
+fn addressed_to_loopback(request: &Request) -> bool {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The request's `Authorization: Bearer …` token, if it has one.
 fn bearer(request: &Request) -> Option<&str> {
     let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -64,8 +82,19 @@ fn bearer(request: &Request) -> Option<&str> {
 /// extension, or refuses it.
 pub async fn require(State((app, role)): State<(Arc<App>, Role)>, mut request: Request, next: Next) -> Response {
     let from = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    if app.tokens.is_open() && !addressed_to_loopback(&request) {
+        // Without tokens the server trusts whoever reaches it on loopback;
+        // a web page elsewhere can reach it too, by rebinding its own name
+        // to 127.0.0.1, but its requests then name that host, not this one.
+        return super::error::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_loopback",
+            "this server runs without tokens and answers only requests addressed to localhost, 127.0.0.1 or [::1]; configure `tokens` under [server] to serve other names",
+        )
+        .into_response();
+    }
     let principal = match bearer(&request) {
-        _ if app.tokens.is_open() => Some(Principal { name: None, role: Role::Operator }),
+        _ if app.tokens.is_open() => Some(Principal::open()),
         Some(token) => app.tokens.identify(token),
         None => None,
     };

@@ -169,6 +169,9 @@ struct KeyRecord {
     fingerprint: String,
     /// `None` while the first request runs.
     answer: Option<InvocationAnswer>,
+    /// The first request failed before anything ran: the key is free again.
+    #[serde(default)]
+    void: bool,
 }
 
 const MAX_KEY: usize = 256;
@@ -435,9 +438,16 @@ async fn keyed(
         let key = key.to_string();
         app.blocking(move |app| Ok(app.host.store().request_key(&key)?)).await?
     };
-    if let Some((at_ms, bytes)) = stored.filter(|(at, _)| at.saturating_add(retention) > now) {
-        let record: KeyRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::host(format!("the record of idempotency key `{key}` does not decode: {e}")))?;
+    let live = stored.filter(|(at, _)| at.saturating_add(retention) > now);
+    let record = match live {
+        Some((at_ms, bytes)) => Some((
+            at_ms,
+            serde_json::from_slice::<KeyRecord>(&bytes)
+                .map_err(|e| ApiError::host(format!("the record of idempotency key `{key}` does not decode: {e}")))?,
+        )),
+        None => None,
+    };
+    if let Some((at_ms, record)) = record.filter(|(_, r)| !r.void) {
         if record.fingerprint != print {
             return Err(reused(key));
         }
@@ -449,14 +459,14 @@ async fn keyed(
             None => Err(ApiError::conflict(
                 "interrupted",
                 format!(
-                    "the first request with idempotency key `{key}` (at {at_ms} ms) was cut short by a host stop before it finished, so nothing more runs for it; see what it did with `concord audit --since {at_ms}` (its invocation.start names the key), then retry with a new key"
+                    "the first request with idempotency key `{key}` (at {at_ms} ms) did not finish (the host stopped, or failed, while it ran), so nothing more runs for it; see what it did with `concord audit --since {at_ms}` (its invocation.start names the key), then retry with a new key"
                 ),
             )),
         };
     }
     // Reserved, durably, before anything runs: a crash from here on leaves
     // a record that refuses to run the request again.
-    let reservation = serde_json::to_vec(&KeyRecord { fingerprint: print.into(), answer: None })
+    let reservation = serde_json::to_vec(&KeyRecord { fingerprint: print.into(), answer: None, void: false })
         .map_err(|e| ApiError::host(e.to_string()))?;
     let admitted = admit(app)?;
     {
@@ -466,7 +476,8 @@ async fn keyed(
         })
         .await?;
     }
-    let keyed = Keyed { key: key.to_string(), at_ms: now, fingerprint: print.to_string(), state: tx.clone() };
+    let keyed =
+        Keyed { app: app.clone(), key: key.to_string(), at_ms: now, fingerprint: print.to_string(), state: tx.clone() };
     start(app, admitted, agent, message, pause_before, principal, Some(keyed), wait).await
 }
 
@@ -484,8 +495,16 @@ async fn run(
     start(app, admitted, agent, message, pause_before, principal, keyed, wait).await
 }
 
+/// A trigger let in: its admission permit, and its place in what a
+/// shutdown's drain waits for (taken at once, so the drain also waits for
+/// a keyed trigger still writing its reservation).
+struct Admitted {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    in_flight: InFlight,
+}
+
 /// Takes an admission permit, or answers 503 at once.
-fn admit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+fn admit(app: &Arc<App>) -> Result<Admitted, ApiError> {
     if app.shutting_down() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -493,7 +512,7 @@ fn admit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
             5,
         ));
     }
-    app.admission.clone().try_acquire_owned().map_err(|_| {
+    let permit = app.admission.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable(
             "busy",
             format!(
@@ -502,7 +521,8 @@ fn admit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
             ),
             1,
         )
-    })
+    })?;
+    Ok(Admitted { permit, in_flight: InFlight::new(app.clone()) })
 }
 
 /// A trigger task in flight, for the shutdown's drain (see
@@ -522,20 +542,41 @@ impl Drop for InFlight {
     }
 }
 
-/// The key a trigger answers for.
-#[derive(Debug)]
+/// The key a trigger answers for. Dropped unanswered (its task went
+/// away), it still answers the waiters and leaves the in-flight map, so a
+/// retry is not kept waiting for nothing.
 struct Keyed {
+    app: Arc<App>,
     key: String,
     at_ms: u64,
     fingerprint: String,
     state: watch::Sender<KeyState>,
 }
 
+impl Drop for Keyed {
+    fn drop(&mut self) {
+        if matches!(&*self.state.borrow(), KeyState::Answered(_)) {
+            return;
+        }
+        let refusal = KeyRefusal {
+            status: StatusCode::CONFLICT,
+            error: "interrupted".into(),
+            detail: format!(
+                "the first request with idempotency key `{}` ended without an answer; see the audit, and retry with a new key",
+                self.key
+            ),
+            retry_after: None,
+        };
+        self.state.send_replace(KeyState::Answered(Err(refusal)));
+        self.app.invocations.keys().remove(&self.key);
+    }
+}
+
 /// Spawns the trigger's task and answers as `wait` asks.
 #[expect(clippy::too_many_arguments, reason = "the request, taken apart")]
 async fn start(
     app: &Arc<App>,
-    admitted: tokio::sync::OwnedSemaphorePermit,
+    admitted: Admitted,
     agent: String,
     message: Message,
     pause_before: Option<String>,
@@ -547,18 +588,37 @@ async fn start(
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<InvocationAnswer, ApiError>>();
     let by = principal.name.as_ref().map_or_else(|| "http".to_string(), |n| format!("http:{n}"));
-    let origin = Origin { by: Some(by), key: keyed.as_ref().map(|k| k.key.clone()), started: Some(started_tx) };
-    let key_state = keyed.as_ref().map(|k| k.state.clone());
-    let in_flight = InFlight::new(app.clone());
-    app.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The id, once the start is audited, for the task's own end.
+    let started_id: Arc<std::sync::OnceLock<u64>> = Arc::default();
+    // Registered before the agent runs: the task can only mark it done
+    // after this, and a status request finds it from its first moment.
+    let on_start = {
+        let key_state = keyed.as_ref().map(|k| k.state.clone());
+        let (app, agent, bp, cell) = (app.clone(), agent.clone(), breakpoint.clone(), started_id.clone());
+        move |id: u64| {
+            let _ = cell.set(id);
+            app.invocations.start(id, &agent, bp);
+            if let Some(state) = key_state {
+                state.send_if_modified(|s| {
+                    let waiting = matches!(s, KeyState::Waiting);
+                    if waiting {
+                        *s = KeyState::Started(id);
+                    }
+                    waiting
+                });
+            }
+            let _ = started_tx.send(id);
+        }
+    };
+    let origin = Origin { by: Some(by), key: keyed.as_ref().map(|k| k.key.clone()), started: Some(Box::new(on_start)) };
     let task = {
         let (app, agent, bp) = (app.clone(), agent.clone(), breakpoint.clone());
         async move {
             // Counted out however the task ends (a panic included), so a
             // shutdown's drain never waits for a task that is gone.
-            let _in_flight = in_flight;
+            let Admitted { permit, in_flight: _in_flight } = admitted;
             let result = app.host.trigger(&agent, message, bp, origin).await;
-            drop(admitted);
+            drop(permit);
             let answer = match result {
                 Ok(invocations) => match answer_of(&invocations) {
                     Some(a) => Ok(a),
@@ -572,11 +632,20 @@ async fn start(
                 Ok(a) => app.durable(a).await,
                 Err(e) => Err(e),
             };
-            if let Ok(a) = &answer {
-                app.invocations.set(a.invocation, Progress::Done(Box::new(a.clone())));
+            match (&answer, started_id.get()) {
+                (Ok(a), _) => app.invocations.set(a.invocation, Progress::Done(Box::new(a.clone()))),
+                // Started, then a host fault: its status says so, and
+                // nobody waits for it forever.
+                (Err(e), Some(id)) => {
+                    let mut a = running(*id, &agent, None);
+                    a.status = "interrupted".into();
+                    a.report = Some(e.body.detail.clone());
+                    app.invocations.set(*id, Progress::Done(Box::new(a)));
+                }
+                (Err(_), None) => {}
             }
             if let Some(k) = keyed {
-                finish_key(&app, k, &answer).await;
+                finish_key(&app, k, &answer, started_id.get().is_some()).await;
             }
             let _ = done_tx.send(answer);
         }
@@ -587,7 +656,6 @@ async fn start(
         // It never started (an unknown agent, a bad message, a host fault):
         // the task's answer says why.
         Err(_) => {
-            app.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return match done_rx.await {
                 Ok(Ok(a)) => Ok(respond(StatusCode::OK, a, false)),
                 Ok(Err(e)) => Err(e),
@@ -595,17 +663,6 @@ async fn start(
             };
         }
     };
-    app.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    app.invocations.start(id, &agent, breakpoint.clone());
-    if let Some(state) = key_state {
-        state.send_if_modified(|s| {
-            let waiting = matches!(s, KeyState::Waiting);
-            if waiting {
-                *s = KeyState::Started(id);
-            }
-            waiting
-        });
-    }
     let mut done_rx = done_rx;
     if let Some(bp) = &breakpoint {
         tokio::select! {
@@ -636,11 +693,27 @@ fn finished(
 }
 
 /// Stores a keyed trigger's answer (durably) and gives it to the waiters.
-async fn finish_key(app: &Arc<App>, k: Keyed, answer: &Result<InvocationAnswer, ApiError>) {
+/// A trigger that failed before it started frees its key again (nothing
+/// ran); one that failed after keeps the reservation, which answers 409.
+async fn finish_key(app: &Arc<App>, k: Keyed, answer: &Result<InvocationAnswer, ApiError>, started: bool) {
     let retention = app.config.idempotency_retention.as_millis() as u64;
+    if answer.is_err() && !started {
+        let record = KeyRecord { fingerprint: k.fingerprint.clone(), answer: None, void: true };
+        if let Ok(bytes) = serde_json::to_vec(&record) {
+            let (key, at) = (k.key.clone(), k.at_ms);
+            let voided = app
+                .blocking(move |app| {
+                    Ok(app.host.store().put_request_key(key, at, bytes, now_ms().saturating_sub(retention))?)
+                })
+                .await;
+            if let Err(e) = voided {
+                tracing::error!("the reservation of idempotency key `{}` was not freed: {}", k.key, e.body.detail);
+            }
+        }
+    }
     match answer {
         Ok(a) => {
-            let record = KeyRecord { fingerprint: k.fingerprint.clone(), answer: Some(a.clone()) };
+            let record = KeyRecord { fingerprint: k.fingerprint.clone(), answer: Some(a.clone()), void: false };
             let stored = match serde_json::to_vec(&record) {
                 Ok(bytes) => {
                     let (key, at) = (k.key.clone(), k.at_ms);

@@ -70,8 +70,10 @@ pub async fn log(State(app): State<Arc<App>>, mut request: Request, next: Next) 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "observe",
     responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
-pub async fn healthz() -> &'static str {
-    "ok\n"
+pub async fn healthz() -> Response {
+    // The pid lets the CLI tell this server from another one that took the
+    // address a stopped one left in its server file.
+    ([("concord-pid", std::process::id().to_string())], "ok\n").into_response()
 }
 
 /// The store is open and writable, the agents are loaded, and the server
@@ -205,8 +207,8 @@ impl prometheus_client::collector::Collector for Collect {
             let g = ConstGauge::new(v);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
         };
-        let waiting = app.waiting.load(std::sync::atomic::Ordering::Relaxed) as i64;
-        gauge(&mut encoder, "queue_depth", "Triggers admitted, waiting to start", waiting)?;
+        let waiting = app.host.runtime().waiting_for_slot() as i64;
+        gauge(&mut encoder, "queue_depth", "Invocations waiting for a pool slot", waiting)?;
         gauge(&mut encoder, "store_queue_depth", "Jobs waiting for the store's writer", stats.queued as i64)?;
         let slots = app.host.runtime().slots_in_use() as i64;
         gauge(&mut encoder, "pool_slots_in_use", "Instance pool slots taken by invocations", slots)?;

@@ -72,8 +72,8 @@ pub async fn pin(
     }
     let event = app
         .blocking(move |app| Ok(operator::pin(app.host.store().as_ref(), &entity, &fields, &by, &req.reason)?))
-        .await?;
-    Ok(Json(app.durable(event).await?))
+        .await;
+    Ok(Json(app.durable_result(event).await?))
 }
 
 /// Release pinned fields.
@@ -99,8 +99,8 @@ pub async fn unpin(
     }
     let event = app
         .blocking(move |app| Ok(operator::unpin(app.host.store().as_ref(), &entity, &req.fields, &by, &req.reason)?))
-        .await?;
-    Ok(Json(app.durable(event).await?))
+        .await;
+    Ok(Json(app.durable_result(event).await?))
 }
 
 /// Undo an event by appending a compensating one (history is never
@@ -124,8 +124,8 @@ pub async fn revert(
     reason_of(&req.reason)?;
     let event = app
         .blocking(move |app| Ok(operator::revert(app.host.store().as_ref(), seq, &by, &req.reason, req.force)?))
-        .await?;
-    Ok(Json(app.durable(event).await?))
+        .await;
+    Ok(Json(app.durable_result(event).await?))
 }
 
 /// Import one batch of entities, all or nothing: each row is checked
@@ -155,8 +155,9 @@ pub async fn import_rows(
     let source = req.source.unwrap_or_else(|| "the API".into());
     let events = app
         .blocking(move |app| import::import(app.host.store().as_ref(), &rows, &by, &source).map_err(import_error))
-        .await?;
-    Ok(Json(app.durable(ImportAnswer { imported: events.len(), events }).await?))
+        .await;
+    let events = app.durable_result(events).await?;
+    Ok(Json(ImportAnswer { imported: events.len(), events }))
 }
 
 fn import_error(e: import::ImportError) -> ApiError {

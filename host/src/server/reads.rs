@@ -236,6 +236,7 @@ pub async fn audit(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> 
     responses((status = 200, description = "Intact, or the first bad entry", body = VerifyView)),
     security(("bearer" = [])))]
 pub async fn verify(State(app): State<Arc<App>>) -> Result<Json<VerifyView>, ApiError> {
+    let _whole_log = app.whole_log.acquire().await.map_err(|e| ApiError::host(e.to_string()))?;
     let v = app.blocking(|app| Ok(app.host.store().verify_audit()?)).await?;
     Ok(Json(app.durable(VerifyView::from(v)).await?))
 }
@@ -252,6 +253,7 @@ pub async fn verify_checkpoint(
     State(app): State<Arc<App>>,
     Json(req): Json<VerifyRequest>,
 ) -> Result<Json<VerifyView>, ApiError> {
+    let _whole_log = app.whole_log.acquire().await.map_err(|e| ApiError::host(e.to_string()))?;
     let v = app
         .blocking(move |app| {
             crate::audit::checkpoint::verify(app.host.store().as_ref(), &req.checkpoint, req.public_key.as_deref())
@@ -279,6 +281,7 @@ pub async fn trace(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<TraceView>, ApiError> {
     let limit = page_size(q.limit)?;
+    let _whole_log = app.whole_log.acquire().await.map_err(|e| ApiError::host(e.to_string()))?;
     let view = app
         .blocking(move |app| {
             let store = app.host.store();
@@ -372,6 +375,7 @@ pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
     responses((status = 200, description = "What the replay found", body = ReplayReport)),
     security(("bearer" = [])))]
 pub async fn replay(State(app): State<Arc<App>>) -> Result<Json<ReplayReport>, ApiError> {
+    let _whole_log = app.whole_log.acquire().await.map_err(|e| ApiError::host(e.to_string()))?;
     let report = app.blocking(|app| Ok(app.host.store().replay()?)).await?;
     Ok(Json(app.durable(report).await?))
 }

@@ -22,8 +22,6 @@ pub struct App {
     pub admission: Arc<Semaphore>,
     /// The permits there are in all.
     pub admission_total: usize,
-    /// Triggers admitted but not started yet (waiting for a pool slot).
-    pub waiting: AtomicUsize,
     /// Set when the server begins to shut down: streams end, `/readyz`
     /// says no, new triggers are refused.
     pub shutdown: watch::Sender<bool>,
@@ -36,7 +34,18 @@ pub struct App {
     pub ready: AtomicBool,
     /// The conflicts report is counted on the blocking pool, one at a time.
     pub conflicts_lock: tokio::sync::Mutex<()>,
+    /// One permit per open stream (at most [`MAX_STREAMS`]).
+    pub streams: Arc<Semaphore>,
+    /// Reads of the whole log (replay, verification, traces) run a few at
+    /// a time, so that they cannot take every blocking thread.
+    pub whole_log: Semaphore,
 }
+
+/// The most streams open at once; past it a stream is answered 503.
+pub const MAX_STREAMS: usize = 256;
+
+/// Whole-log reads at once.
+pub const WHOLE_LOG_READS: usize = 2;
 
 impl App {
     pub fn new(host: Arc<Host>, config: ServerConfig, tokens: TokenSet) -> Arc<App> {
@@ -47,7 +56,6 @@ impl App {
             invocations: Registry::default(),
             admission: Arc::new(Semaphore::new(admission_total)),
             admission_total,
-            waiting: AtomicUsize::new(0),
             shutdown: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
@@ -55,6 +63,8 @@ impl App {
             refusals: Default::default(),
             ready: AtomicBool::new(true),
             conflicts_lock: tokio::sync::Mutex::new(()),
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            whole_log: Semaphore::new(WHOLE_LOG_READS),
             config,
         })
     }
@@ -95,6 +105,13 @@ impl App {
     pub async fn durable<T>(&self, value: T) -> Result<T, ApiError> {
         self.host.gate().sync().await?;
         Ok(value)
+    }
+
+    /// [`App::durable`] for an answer either way: a refusal can show
+    /// state too (the version a conflict names).
+    pub async fn durable_result<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        self.host.gate().sync().await?;
+        result
     }
 
     /// Counts a trigger task as started; [`App::task_done`] when it ends.

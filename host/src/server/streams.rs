@@ -11,6 +11,7 @@
 use super::error::{ApiError, Query};
 use super::reads::{AuditQuery, audit_filter};
 use super::state::App;
+use super::tokens::Principal;
 use crate::audit::AuditFilter;
 use crate::kb::Event;
 use axum::extract::State;
@@ -42,6 +43,9 @@ type Read<T> = Box<dyn Fn(&App, u64) -> Result<(Vec<T>, u64), ApiError> + Send +
 
 struct Stream_<T> {
     app: Arc<App>,
+    /// Who opened it: the stream ends once its token no longer holds.
+    principal: Principal,
+    _permit: tokio::sync::OwnedSemaphorePermit,
     read: Arc<Read<T>>,
     cursor: u64,
     ready: VecDeque<T>,
@@ -53,16 +57,41 @@ struct Stream_<T> {
 /// An SSE stream of whatever `read` gives, live.
 fn sse<T: serde::Serialize + Send + 'static>(
     app: Arc<App>,
+    principal: Principal,
     cursor: u64,
     name: &'static str,
     seq: fn(&T) -> u64,
     read: Read<T>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(
+            "too_many_streams",
+            format!(
+                "{} streams are open, the most this server keeps; close one, or try again later",
+                super::state::MAX_STREAMS
+            ),
+            5,
+        )
+    })?;
     let durable = app.host.store().durable_changes();
     let mut shutdown = app.shutdown.subscribe();
-    let state = Stream_ { app, read: Arc::new(read), cursor, ready: VecDeque::new(), durable, name, seq };
+    let state = Stream_ {
+        app,
+        principal,
+        _permit: permit,
+        read: Arc::new(read),
+        cursor,
+        ready: VecDeque::new(),
+        durable,
+        name,
+        seq,
+    };
     let items = stream::unfold(state, |mut s| async move {
         loop {
+            if !s.app.tokens.still_valid(&s.principal) {
+                // The token was removed or changed: what it opened ends.
+                return None;
+            }
             if let Some(item) = s.ready.pop_front() {
                 let id = (s.seq)(&item);
                 let event = match SseEvent::default().id(id.to_string()).event(s.name).json_data(&item) {
@@ -101,8 +130,20 @@ fn sse<T: serde::Serialize + Send + 'static>(
             if !s.ready.is_empty() || next > at {
                 continue;
             }
-            if s.durable.changed().await.is_err() {
-                return None;
+            // Wait for new durable items, looking at the token now and
+            // then: an idle stream must end too once its token is gone.
+            loop {
+                tokio::select! {
+                    changed = s.durable.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return None,
+                    },
+                    _ = tokio::time::sleep(super::tokens::RECHECK) => {
+                        if !s.app.tokens.still_valid(&s.principal) {
+                            return None;
+                        }
+                    }
+                }
             }
         }
     });
@@ -110,7 +151,7 @@ fn sse<T: serde::Serialize + Send + 'static>(
     let items = items.take_until(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     });
-    Sse::new(items).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(items).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -136,6 +177,7 @@ pub struct EventsQuery {
     security(("bearer" = [])))]
 pub async fn events(
     State(app): State<Arc<App>>,
+    axum::Extension(principal): axum::Extension<Principal>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -161,7 +203,7 @@ pub async fn events(
             .collect();
         Ok((matching, next))
     });
-    Ok(sse(app, at, "event", |e: &Event| e.seq, read))
+    sse(app, principal, at, "event", |e: &Event| e.seq, read)
 }
 
 /// Audit entries, live (Server-Sent Events; each id is the entry's seq).
@@ -174,6 +216,7 @@ pub async fn events(
     security(("bearer" = [])))]
 pub async fn audit(
     State(app): State<Arc<App>>,
+    axum::Extension(principal): axum::Extension<Principal>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -202,5 +245,5 @@ pub async fn audit(
         let next = if entries.len() >= ROUND { entries.last().map_or(after, |e| e.seq) } else { head };
         Ok((entries, next))
     });
-    Ok(sse(app, at, "audit", |e: &crate::audit::AuditEntry| e.seq, read))
+    sse(app, principal, at, "audit", |e: &crate::audit::AuditEntry| e.seq, read)
 }

@@ -188,11 +188,27 @@ pub fn remove(path: &Path, name: &str) -> Result<bool, TokenError> {
 }
 
 /// Who a request acts as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The token's name; `None` on an open server (no tokens configured).
     pub name: Option<String>,
     pub role: Role,
+    /// The token's sha256, to check later that it is still valid (a long
+    /// stream); never logged.
+    digest: Option<String>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+impl Principal {
+    /// Everyone, as an operator, on a server without tokens.
+    pub fn open() -> Self {
+        Principal { name: None, role: Role::Operator, digest: None }
+    }
 }
 
 /// The tokens a running server accepts, reread when the file changes.
@@ -211,7 +227,7 @@ struct Loaded {
 }
 
 /// How often the file's change time is looked at, at most.
-const RECHECK: Duration = Duration::from_secs(1);
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 impl TokenSet {
     /// Loads the file (a missing one holds no tokens, so nothing is let
@@ -247,7 +263,24 @@ impl TokenSet {
 
     /// Who `token` is, or `None` if it is not a token of the file.
     pub fn identify(&self, token: &str) -> Option<Principal> {
-        let Some(path) = &self.path else { return Some(Principal { name: None, role: Role::Operator }) };
+        if self.path.is_none() {
+            return Some(Principal::open());
+        }
+        self.by_digest(&digest(token))
+    }
+
+    /// Whether `p` still holds: its token is still in the file, with the
+    /// same name and role (a token removed or changed ends what it holds
+    /// open, such as a stream, within a second).
+    pub fn still_valid(&self, p: &Principal) -> bool {
+        match &p.digest {
+            None => self.path.is_none(),
+            Some(d) => self.by_digest(d).is_some_and(|now| now.name == p.name && now.role == p.role),
+        }
+    }
+
+    fn by_digest(&self, digest: &str) -> Option<Principal> {
+        let Some(path) = &self.path else { return Some(Principal::open()) };
         let mut state = self.lock();
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
@@ -263,7 +296,11 @@ impl TokenSet {
                 }
             }
         }
-        state.by_digest.get(&digest(token)).map(|(name, role)| Principal { name: Some(name.clone()), role: *role })
+        state.by_digest.get(digest).map(|(name, role)| Principal {
+            name: Some(name.clone()),
+            role: *role,
+            digest: Some(digest.to_string()),
+        })
     }
 }
 
@@ -292,11 +329,17 @@ mod tests {
         assert!(e.to_string().contains("remove it first"), "{e}");
         add(&path, "bad name", Role::Read).expect_err("a bad name");
         let set = TokenSet::load(Some(&path)).expect("load");
-        assert_eq!(set.identify(&alice), Some(Principal { name: Some("alice".into()), role: Role::Operator }));
+        let a = set.identify(&alice).expect("alice");
+        assert_eq!((a.name.as_deref(), a.role), (Some("alice"), Role::Operator));
+        assert!(set.still_valid(&a));
         assert_eq!(set.identify(&bob).map(|p| p.role), Some(Role::Read));
         assert_eq!(set.identify("concord_0000"), None);
+        let b = set.identify(&bob).expect("bob");
         assert!(remove(&path, "bob").expect("remove"));
         assert!(!remove(&path, "bob").expect("remove"));
+        std::thread::sleep(RECHECK);
+        assert!(!set.still_valid(&b), "a removed token no longer holds");
+        assert!(set.still_valid(&a));
         assert_eq!(read(&path).expect("read").len(), 1);
     }
 
