@@ -101,7 +101,7 @@ async fn by_default_a_running_host_has_the_store_to_itself() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let expected = format!("already in use by pid {}", std::process::id());
     assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
-    assert!(stderr(&o).contains("shared_reads = true"), "the error says how to read alongside: {}", stderr(&o));
+    assert!(stderr(&o).contains("run it as `concord serve`"), "the error says how to read alongside: {}", stderr(&o));
     let o = concord(env.dir.path(), &["check"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let expected = format!("a host is using it (pid {}); stop that `concord run` first", std::process::id());

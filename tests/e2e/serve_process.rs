@@ -339,3 +339,33 @@ async fn tokens_from_the_cli_and_no_token_in_the_logs() {
     assert!(log.contains("token=alice"), "requests are logged with the token's name:\n{log}");
     assert!(!log.contains(&token), "no token in the log");
 }
+
+/// A server file left by a killed host, whose pid has since gone to
+/// another process and whose address now answers for another host, is not
+/// trusted: the CLI reads its own store, not the stranger's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_server_file_is_not_trusted_when_its_pid_and_address_are_reused() {
+    let other = service_dir(&[("sales", "sales")], "");
+    let stranger = Process::start(other.path());
+    let text = std::fs::read_to_string(other.path().join("data/concord.redb.server")).expect("server file");
+    let address = serde_json::from_str::<Value>(&text).expect("json")["address"].as_str().expect("address").to_string();
+
+    let dir = demo_dir();
+    let run = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let own = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(own.status.code(), Some(0), "{}", stderr(&own));
+    // This test's pid is alive, and the address answers: only the pid the
+    // host itself reports tells the stale file apart.
+    let stale = json!({ "pid": std::process::id(), "address": address, "started_at_ms": 1, "version": "0" });
+    std::fs::write(dir.path().join("data/concord.redb.server"), stale.to_string()).expect("stale file");
+    let read = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(read.status.code(), Some(0), "{}", stderr(&read));
+    assert_eq!(stdout(&read), stdout(&own), "the CLI read its own store");
+    let pin = concord(dir.path(), &["pin", "customer/acme", "status=active", "--by", "alice", "--reason", "mine"]);
+    assert_eq!(pin.status.code(), Some(0), "{}", stderr(&pin));
+    let theirs = stranger.api.get("/v1/audit?call=human.pin").await;
+    assert_eq!(theirs.body["entries"].as_array().map(Vec::len), Some(0), "the stranger got no pin: {}", theirs.text);
+    stranger.signal("TERM");
+    assert_eq!(stranger.wait(), Some(0));
+}

@@ -90,11 +90,13 @@ impl Client {
             return Ok(None);
         }
         let client = Client::new(&format!("http://{}", file.address))?;
-        let answered = client.runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3), client.send(Method::GET, "/healthz", None)).await
-        });
+        let answered =
+            client.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(3), client.health()).await });
         match answered {
-            Ok(Ok((status, _))) if status.is_success() => Ok(Some(client)),
+            // The pid in the server file may since have been reused by
+            // another process, and the address by another host: only the
+            // host that wrote the file answers with its pid.
+            Ok(Ok((status, pid))) if status.is_success() && pid == Some(file.pid) => Ok(Some(client)),
             _ => Ok(None),
         }
     }
@@ -106,6 +108,13 @@ impl Client {
         connector.set_nodelay(true);
         let http = Hyper::builder(TokioExecutor::new()).build(connector);
         Ok(Client { base: base.trim_end_matches('/').to_string(), token: token()?, http, runtime })
+    }
+
+    /// `/healthz`: its status and the pid the host answers with.
+    async fn health(&self) -> anyhow::Result<(StatusCode, Option<u32>)> {
+        let response = self.http.request(self.request(Method::GET, "/healthz", None)?).await?;
+        let pid = response.headers().get("concord-pid").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        Ok((response.status(), pid))
     }
 
     /// Where it is.

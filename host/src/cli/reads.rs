@@ -173,27 +173,25 @@ pub(super) fn audit(config_path: &Path, args: AuditArgs) -> Result<u8, Failure> 
         before: None,
         limit: args.limit,
     };
+    // The newest entry before the query: what lands while the query runs
+    // is then either in its answer or after this point, never lost.
+    let head = match source.client().filter(|_| args.follow) {
+        Some(client) => {
+            client.get::<crate::server::wire::AuditPage>("/v1/audit?limit=1")?.entries.last().map_or(0, |e| e.seq)
+        }
+        None => 0,
+    };
     let entries = source.audit(&filter)?;
     format::print_audit(&entries, args.json);
     if let Some(client) = source.client().filter(|_| args.follow) {
-        follow_audit(client, &filter, entries.last(), args.json)?;
+        let after = entries.last().map_or(head, |e| e.seq.max(head));
+        follow_audit(client, &filter, after, args.json)?;
     }
     Ok(0)
 }
 
-/// Prints new audit entries matching `filter` as they come.
-fn follow_audit(
-    client: &super::client::Client,
-    filter: &AuditFilter,
-    last: Option<&AuditEntry>,
-    json: bool,
-) -> Result<(), Failure> {
-    // After the last entry printed (the stream skips what does not match);
-    // with none printed, after the newest entry there is.
-    let after = match last {
-        Some(e) => e.seq,
-        None => client.get::<crate::server::wire::AuditPage>("/v1/audit?limit=1")?.entries.last().map_or(0, |e| e.seq),
-    };
+/// Prints the audit entries after seq `after` that match `filter`, as they come.
+fn follow_audit(client: &super::client::Client, filter: &AuditFilter, after: u64, json: bool) -> Result<(), Failure> {
     let mut query = Vec::new();
     if let Some(v) = &filter.agent {
         query.push(format!("agent={}", segment(v)));
@@ -209,6 +207,12 @@ fn follow_audit(
     }
     if let Some(v) = filter.invocation {
         query.push(format!("invocation={v}"));
+    }
+    if let Some(v) = filter.since_ms {
+        query.push(format!("since={v}"));
+    }
+    if let Some(v) = filter.until_ms {
+        query.push(format!("until={v}"));
     }
     let path = format!("/v1/audit/stream?{}", query.join("&"));
     client.follow(&path, after, |data| {
