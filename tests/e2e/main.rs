@@ -14,6 +14,7 @@ mod coordination;
 mod crash;
 mod durability;
 mod group_commit;
+mod hardening;
 mod http;
 mod sandbox;
 mod serve;

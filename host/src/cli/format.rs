@@ -1,5 +1,6 @@
 //! Human-readable tables and JSON lines for the CLI.
 
+use super::out::outln;
 use crate::audit::AuditEntry;
 use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
@@ -28,18 +29,15 @@ pub fn fmt_time(ms: u64) -> String {
 
 pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
     if !as_json {
-        println!(
-            "{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} key",
-            "id", "kind", "entity", "agent", "version", "delivered"
-        );
+        outln!("{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} key", "id", "kind", "entity", "agent", "version", "delivered");
     }
     for a in actions {
         if as_json {
-            println!("{}", serde_json::to_string(a).unwrap_or_default());
+            outln!("{}", serde_json::to_string(a).unwrap_or_default());
             continue;
         }
         let delivered = a.delivered_at_ms.map_or_else(|| "pending".to_string(), fmt_time);
-        println!(
+        outln!(
             "{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} {}",
             a.id,
             a.kind,
@@ -54,7 +52,7 @@ pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
 
 pub fn print_conflicts(r: &Report, as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
         return;
     }
     // The first 12 seqs, and how many more there are in all.
@@ -65,28 +63,28 @@ pub fn print_conflicts(r: &Report, as_json: bool) {
     };
     let seqs = |s: &[u64]| listed(s, s.len());
     let section = |title: &str, map: &std::collections::BTreeMap<String, crate::coord::conflicts::Tally>| {
-        println!("{title}:");
+        outln!("{title}:");
         if map.is_empty() {
-            println!("  none");
+            outln!("  none");
         }
         for (k, t) in map {
-            println!("  {k:<48} {:>4}   audit seqs {}", t.count, listed(&t.seqs, t.count));
+            outln!("  {k:<48} {:>4}   audit seqs {}", t.count, listed(&t.seqs, t.count));
         }
     };
     section("refusals by agent pair (agent vs the other party)", &r.by_pair);
     section("refusals by entity", &r.by_entity);
     section("refusals by field", &r.by_field);
     section("agents acting on stale versions (conflicts)", &r.stale);
-    println!("refusal rate per agent (refused / writes, actions and leases):");
+    outln!("refusal rate per agent (refused / writes, actions and leases):");
     for (agent, (refused, total)) in &r.refusal_rate {
-        println!("  {agent:<10} {refused}/{total}");
+        outln!("  {agent:<10} {refused}/{total}");
     }
-    println!("ping-pongs (a field put back by another agent, twice or more):");
+    outln!("ping-pongs (a field put back by another agent, twice or more):");
     if r.ping_pongs.is_empty() {
-        println!("  none");
+        outln!("  none");
     }
     for p in &r.ping_pongs {
-        println!(
+        outln!(
             "  {}.{} between {} and {}: {} flips   events {}",
             p.entity,
             p.field,
@@ -96,14 +94,14 @@ pub fn print_conflicts(r: &Report, as_json: bool) {
             seqs(&p.events)
         );
     }
-    println!("cascades:");
-    println!(
+    outln!("cascades:");
+    outln!(
         "  stopped at the depth limit: {}   audit seqs {}",
         r.stopped_cascades.count,
         listed(&r.stopped_cascades.seqs, r.stopped_cascades.count)
     );
     if !r.deepest_chain.is_empty() {
-        println!(
+        outln!(
             "  deepest chain: invocations {} (see `concord audit --trace {}`)",
             seqs(&r.deepest_chain),
             r.deepest_chain[0]
@@ -118,17 +116,17 @@ fn value(v: &Option<Value>) -> String {
 pub fn print_entity(e: &Entity, as_json: bool) {
     if as_json {
         let view = crate::coord::import::EntityView::of(e);
-        println!("{}", serde_json::to_string(&view).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&view).unwrap_or_default());
         return;
     }
-    println!("{}  version {}  (updated by {} at {})", e.entity, e.version, e.updated_by, fmt_time(e.updated_at_ms));
+    outln!("{}  version {}  (updated by {} at {})", e.entity, e.version, e.updated_by, fmt_time(e.updated_at_ms));
     let width = e.fields.keys().map(String::len).max().unwrap_or(0);
     for (k, v) in &e.fields {
         // JSON as it parses (the same text however it was spaced, and
         // whether it was read from the store or through a running host).
         match v {
-            Value::Json(_) => println!("  {k:width$}  {}", v.to_json()),
-            _ => println!("  {k:width$}  {v}"),
+            Value::Json(_) => outln!("  {k:width$}  {}", v.to_json()),
+            _ => outln!("  {k:width$}  {v}"),
         }
     }
 }
@@ -136,10 +134,10 @@ pub fn print_entity(e: &Entity, as_json: bool) {
 pub fn print_events(events: &[Event], as_json: bool) {
     for e in events {
         if as_json {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            outln!("{}", serde_json::to_string(e).unwrap_or_default());
             continue;
         }
-        println!(
+        outln!(
             "#{:<5} {}  {:<8} {} v{} {}  \"{}\" (invocation {})",
             e.seq,
             fmt_time(e.at_ms),
@@ -151,17 +149,14 @@ pub fn print_events(events: &[Event], as_json: bool) {
             e.invocation
         );
         for c in &e.changes {
-            println!("         {}: {} -> {}", c.name, value(&c.before), value(&c.after));
+            outln!("         {}: {} -> {}", c.name, value(&c.before), value(&c.after));
         }
     }
 }
 
 pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
     if !as_json {
-        println!(
-            "{:>5}  {:<24} {:<11} {:>5}  {:<20} {:<9}  outcome",
-            "seq", "time", "agent", "inv", "call", "decision"
-        );
+        outln!("{:>5}  {:<24} {:<11} {:>5}  {:<20} {:<9}  outcome", "seq", "time", "agent", "inv", "call", "decision");
     }
     print_audit_rows(entries, as_json);
 }
@@ -170,7 +165,7 @@ pub fn print_audit(entries: &[AuditEntry], as_json: bool) {
 pub fn print_audit_rows(entries: &[AuditEntry], as_json: bool) {
     for e in entries {
         if as_json {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            outln!("{}", serde_json::to_string(e).unwrap_or_default());
             continue;
         }
         let mut outcome = e.outcome.replace('\n', " ");
@@ -187,7 +182,7 @@ pub fn print_audit_rows(entries: &[AuditEntry], as_json: bool) {
         if outcome.chars().count() > 140 {
             outcome = outcome.chars().take(139).collect::<String>() + "…";
         }
-        println!(
+        outln!(
             "{:>5}  {:<24} {:<11} {:>5}  {:<20} {:<9}  {}",
             e.seq,
             fmt_time(e.at_ms),
@@ -204,10 +199,10 @@ pub fn print_agents(agents: &[AgentView], as_json: bool) {
     for a in agents {
         let fields = &a.writes;
         if as_json {
-            println!("{}", json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields }));
+            outln!("{}", json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields }));
         } else {
-            println!("{:<10} sha256:{}  {}", a.name, a.digest, a.path.display());
-            println!("           writes: {}", if fields.is_empty() { "(nothing)".into() } else { fields.join(", ") });
+            outln!("{:<10} sha256:{}  {}", a.name, a.digest, a.path.display());
+            outln!("           writes: {}", if fields.is_empty() { "(nothing)".into() } else { fields.join(", ") });
         }
     }
 }
@@ -220,13 +215,13 @@ pub fn print_step(step: &StepReport) {
     match step {
         StepReport::Paused { id, agent, call, note, .. } => {
             if let Some(note) = note {
-                println!("[{line:>8}] -- {note}");
+                outln!("[{line:>8}] -- {note}");
             }
-            println!("[{line:>8}] {agent:<8} paused before {call} (trigger `{id}`; resumes later in the script)");
+            outln!("[{line:>8}] {agent:<8} paused before {call} (trigger `{id}`; resumes later in the script)");
         }
         StepReport::Finished { note, invocation, .. } => {
             if let Some(note) = note {
-                println!("[{line:>8}] -- {note}");
+                outln!("[{line:>8}] -- {note}");
             }
             let (tag, text) = match &invocation.outcome {
                 Outcome::Ok(s) => ("ok", s),
@@ -234,9 +229,11 @@ pub fn print_step(step: &StepReport) {
                 Outcome::Trapped(s) => ("TRAPPED", s),
                 Outcome::Stopped(s) => ("STOPPED", s),
             };
-            println!(
+            outln!(
                 "[{line:>8}] {:<8} invocation {:<4} {tag}: {text}  ({} host calls)",
-                invocation.agent, invocation.id, invocation.host_calls
+                invocation.agent,
+                invocation.id,
+                invocation.host_calls
             );
         }
     }

@@ -5,7 +5,8 @@
 //! - `source`: where a command reads and writes: the store, or the API of
 //!   the `concord serve` that holds it (through `client`).
 //! - `reads`, `operate`, `run`, `service`: the commands, by family.
-//! - `format`: tables and JSON lines.
+//! - `format`: tables and JSON lines; `out`: stdout, and what a closed
+//!   pipe means (a read command ends quietly; `run` and `serve` go on).
 //!
 //! Exit codes: 0 success; 1 the work ran but something in it failed (an
 //! invocation failed or trapped, the audit chain is broken, `check` found
@@ -19,6 +20,7 @@ pub mod args;
 mod client;
 mod format;
 mod operate;
+mod out;
 mod reads;
 mod run;
 mod service;
@@ -99,6 +101,17 @@ pub fn main() -> ExitCode {
         Ok(Err(f)) => {
             eprintln!("error: {:#}", f.error);
             ExitCode::from(f.code)
+        }
+        Err(payload) if payload.is::<out::StdoutGone>() => {
+            // The reader went away (`| head`): that ends a command quietly,
+            // as it ends `cat`. Any other write error is named.
+            match payload.downcast::<out::StdoutGone>().map(|gone| gone.0) {
+                Ok(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: cannot write to standard output: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(_) => {
             let what = fault.lock().map(|m| m.clone()).unwrap_or_default().unwrap_or_else(|| "no message".into());

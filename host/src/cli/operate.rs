@@ -2,6 +2,7 @@
 //! They write as `human:NAME`, on the store, or through the running host
 //! (which records its token's name).
 
+use super::out::outln;
 use super::source::{Access, Source};
 use super::{Failure, format};
 use crate::coord::import::{self, ImportError};
@@ -31,7 +32,7 @@ pub(super) fn pin(
     let source = Source::open(config, Access::Write)?;
     let by = source.by(by)?;
     let event = source.pin(entity, &fields, by, reason)?;
-    println!("pinned {} on {entity} (event {}, version {})", names(&fields), event.seq, event.version);
+    outln!("pinned {} on {entity} (event {}, version {})", names(&fields), event.seq, event.version);
     Ok(0)
 }
 
@@ -45,7 +46,7 @@ pub(super) fn unpin(
     let source = Source::open(Config::load(config_path)?, Access::Write)?;
     let by = source.by(by)?;
     let event = source.unpin(entity, fields, by, reason)?;
-    println!("unpinned {} on {entity} (event {})", fields.join(", "), event.seq);
+    outln!("unpinned {} on {entity} (event {})", fields.join(", "), event.seq);
     Ok(0)
 }
 
@@ -59,7 +60,7 @@ pub(super) fn revert(
     let source = Source::open(Config::load(config_path)?, Access::Write)?;
     let by = source.by(by)?;
     let event = source.revert(seq, by, reason, force)?;
-    println!("reverted event {seq} with event {} ({} now at version {})", event.seq, event.entity, event.version);
+    outln!("reverted event {seq} with event {} ({} now at version {})", event.seq, event.entity, event.version);
     format::print_events(std::slice::from_ref(&event), false);
     Ok(0)
 }
@@ -80,7 +81,7 @@ pub(super) fn import(config_path: &Path, file: &Path, by: Option<String>, batch:
         .map_err(|rows| in_file(ImportError::Rows(rows)))?;
     let rows = import::check_rows(&config.schema, &raw).map_err(in_file)?;
     if rows.is_empty() {
-        println!("{label} holds no rows: nothing imported");
+        outln!("{label} holds no rows: nothing imported");
         return Ok(0);
     }
     let source = Source::open(config, Access::Write)?;
@@ -93,7 +94,7 @@ pub(super) fn import(config_path: &Path, file: &Path, by: Option<String>, batch:
             Ok(events) => {
                 done += events.len();
                 let seqs = (events.first().map_or(0, |e| e.seq), events.last().map_or(0, |e| e.seq));
-                println!("imported lines {first}-{last}: {} entities (events {}-{})", events.len(), seqs.0, seqs.1);
+                outln!("imported lines {first}-{last}: {} entities (events {}-{})", events.len(), seqs.0, seqs.1);
             }
             Err(f) => {
                 if done > 0 {
@@ -103,7 +104,7 @@ pub(super) fn import(config_path: &Path, file: &Path, by: Option<String>, batch:
             }
         }
     }
-    println!("imported {done} rows from {label}");
+    outln!("imported {done} rows from {label}");
     Ok(0)
 }
 
@@ -125,11 +126,20 @@ pub(super) fn export(config_path: &Path, kind: Option<String>, out: Option<PathB
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    // A write error on stdout takes the path of every command's output
+    // (`out`): a closed pipe ends the export quietly.
+    let to_stdout = out.is_none();
+    let written = |r: std::io::Result<()>| -> Result<(), Failure> {
+        match r {
+            Err(e) if to_stdout => super::out::stop(e),
+            r => Ok(r?),
+        }
+    };
     let (mut after, mut n) = (None::<String>, 0usize);
     loop {
         let (page, next) = source.list(kind.as_deref(), after.as_deref())?;
         for view in &page {
-            writeln!(sink, "{}", serde_json::to_string(view)?)?;
+            written(writeln!(sink, "{}", serde_json::to_string(view)?))?;
         }
         n += page.len();
         match next {
@@ -137,9 +147,9 @@ pub(super) fn export(config_path: &Path, kind: Option<String>, out: Option<PathB
             None => break,
         }
     }
-    sink.flush()?;
+    written(sink.flush())?;
     if let Some(path) = out {
-        println!("{n} entities written to {}", path.display());
+        outln!("{n} entities written to {}", path.display());
     }
     Ok(0)
 }

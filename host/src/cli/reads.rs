@@ -5,6 +5,7 @@
 
 use super::args::{AuditAction, AuditArgs};
 use super::client::segment;
+use super::out::{out, outln};
 use super::source::{Access, Source};
 use super::{Failure, format};
 use crate::audit::checkpoint;
@@ -105,19 +106,14 @@ pub(super) fn audit(config_path: &Path, args: AuditArgs) -> Result<u8, Failure> 
             };
             let v = source.verify_checkpoint(&cp, trusted.as_deref())?;
             if matches!(v, Verification::Intact { .. }) {
-                println!(
-                    "the log extends checkpoint {} (entry {}, signed by {})",
-                    path.display(),
-                    cp.seq,
-                    cp.public_key
-                );
+                outln!("the log extends checkpoint {} (entry {}, signed by {})", path.display(), cp.seq, cp.public_key);
             }
             return Ok(report_verification(v));
         }
         Some(AuditAction::Keygen { key, force }) => {
             let public = checkpoint::generate_key(&key, force)?;
             source.record_key(&public, None)?;
-            println!(
+            outln!(
                 "wrote a new signing key to {} (public key {public}); keep it apart from {}",
                 key.display(),
                 source.config().kb_path.display()
@@ -130,9 +126,9 @@ pub(super) fn audit(config_path: &Path, args: AuditArgs) -> Result<u8, Failure> 
             match out {
                 Some(path) => {
                     std::fs::write(&path, text)?;
-                    println!("checkpoint of entry {} written to {}", cp.seq, path.display());
+                    outln!("checkpoint of entry {} written to {}", cp.seq, path.display());
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
             return Ok(0);
         }
@@ -146,9 +142,9 @@ pub(super) fn audit(config_path: &Path, args: AuditArgs) -> Result<u8, Failure> 
             match out {
                 Some(path) => {
                     std::fs::write(&path, text)?;
-                    println!("{} entries written to {}", entries.len(), path.display());
+                    outln!("{} entries written to {}", entries.len(), path.display());
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
             return Ok(0);
         }
@@ -231,11 +227,11 @@ fn follow_audit(client: &super::client::Client, filter: &AuditFilter, after: u64
 fn report_verification(v: Verification) -> u8 {
     match v {
         Verification::Intact { entries, head } => {
-            println!("audit chain intact: {entries} entries, head {head}");
+            outln!("audit chain intact: {entries} entries, head {head}");
             0
         }
         Verification::Broken { seq, problem } => {
-            println!("audit chain BROKEN at entry {seq}: {problem}");
+            outln!("audit chain BROKEN at entry {seq}: {problem}");
             1
         }
     }
@@ -270,13 +266,13 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
 
 pub(super) fn replay(config: &Path) -> Result<u8, Failure> {
     let report = open(config, Access::Read)?.replay()?;
-    println!("replayed {} events into {} entities", report.events, report.entities);
+    outln!("replayed {} events into {} entities", report.events, report.entities);
     if report.differences.is_empty() {
-        println!("the projection equals the replay");
+        outln!("the projection equals the replay");
         Ok(0)
     } else {
         for d in &report.differences {
-            println!("DIFFERS {d}");
+            outln!("DIFFERS {d}");
         }
         Ok(1)
     }

@@ -1,5 +1,6 @@
 //! `concord run` (play a script on a host of its own) and `concord check`.
 
+use super::out::outln;
 use super::{Failure, format};
 use crate::coord::conflicts;
 use crate::coord::script::{self, Script, StepReport};
@@ -34,29 +35,31 @@ pub(super) fn check(config_path: &Path) -> Result<u8, Failure> {
     let report = RedbStore::check(&config.kb_path)?;
     for table in &report.tables {
         for problem in &table.problems {
-            println!("DAMAGED {}: {problem}", table.table);
+            outln!("DAMAGED {}: {problem}", table.table);
         }
         if table.unlisted > 0 {
-            println!("DAMAGED {}: and {} more problems", table.table, table.unlisted);
+            outln!("DAMAGED {}: and {} more problems", table.table, table.unlisted);
         }
     }
-    println!(
+    outln!(
         "read {} records in {} tables in {:.1} s",
         report.records(),
         report.tables.len(),
         started.elapsed().as_secs_f64()
     );
     if report.is_clean() {
-        println!("no damage found");
+        outln!("no damage found");
         Ok(0)
     } else {
-        println!("the knowledge base is damaged: restore it from a backup (nothing was changed)");
+        outln!("the knowledge base is damaged: restore it from a backup (nothing was changed)");
         Ok(1)
     }
 }
 
 /// `concord run --script FILE`.
 pub(super) fn script(config_path: &Path, script_path: &Path) -> Result<u8, Failure> {
+    // A reader that goes away must not change how this ends (see `out`).
+    super::out::keep_going_when_closed();
     let config = Config::load(config_path)?;
     refuse_if_served(&config, "play a script")?;
     // Parse the whole script before starting, so a bad line writes nothing.
@@ -74,9 +77,9 @@ pub(super) fn script(config_path: &Path, script_path: &Path) -> Result<u8, Failu
         eprintln!("warning: {w}");
     }
     let names: Vec<String> = host.agents().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
-    println!("concord: {} agents loaded: {}", names.len(), names.join(", "));
-    println!("concord: knowledge base {}", host.config().kb_path.display());
-    println!();
+    outln!("concord: {} agents loaded: {}", names.len(), names.join(", "));
+    outln!("concord: knowledge base {}", host.config().kb_path.display());
+    outln!();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = runtime.block_on(script::run(host.clone(), &script, format::print_step))?;
@@ -84,18 +87,18 @@ pub(super) fn script(config_path: &Path, script_path: &Path) -> Result<u8, Failu
     let ok = results.iter().filter(|i| i.outcome.is_ok()).count();
     let failed = results.iter().filter(|i| matches!(i.outcome, Outcome::Failed(_))).count();
     let trapped = results.iter().filter(|i| matches!(i.outcome, Outcome::Trapped(_) | Outcome::Stopped(_))).count();
-    println!();
-    println!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
+    outln!();
+    outln!("summary: {} invocations: {ok} ok, {failed} failed, {trapped} trapped", results.len());
     let report = host.conflicts(conflicts::MAX_WINDOW_MS)?;
     let counts: Vec<String> = report.refused.iter().map(|(d, n)| format!("{n} {d}")).collect();
-    println!(
+    outln!(
         "         refused by the host in this knowledge base: {}",
         if counts.is_empty() { "nothing".to_string() } else { counts.join(", ") }
     );
     let actions = host.store().actions()?;
     let delivered = actions.iter().filter(|a| a.delivered_at_ms.is_some()).count();
-    println!("         actions: {} recorded, {delivered} delivered ({})", actions.len(), sink_name(host.config()));
-    println!("         see `concord audit` for every call, `concord history KIND/ID` for every change");
+    outln!("         actions: {} recorded, {delivered} delivered ({})", actions.len(), sink_name(host.config()));
+    outln!("         see `concord audit` for every call, `concord history KIND/ID` for every change");
     Ok(if failed + trapped == 0 { 0 } else { 1 })
 }
 

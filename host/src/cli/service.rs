@@ -4,6 +4,7 @@
 use super::Failure;
 use super::args::TokenAction;
 use super::client::{Client, segment};
+use super::out::outln;
 use crate::host::Host;
 use crate::policy::config::Config;
 use crate::server::wire::{InvocationAnswer, InvokeRequest};
@@ -15,6 +16,8 @@ use std::sync::Arc;
 /// `concord serve`: until SIGINT or SIGTERM; a second signal stops at once
 /// (acknowledged commits are on disk already, in the journal).
 pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8, Failure> {
+    // A reader that goes away must not change how this ends (see `out`).
+    super::out::keep_going_when_closed();
     let config = Config::load(config_path)?;
     let listen = listen.unwrap_or(config.server.listen);
     // Refused before anything loads or opens.
@@ -39,8 +42,8 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
     let served = runtime.block_on(async {
         let server = Server::start(host.clone(), listen).await?;
         let names: Vec<String> = host.agents().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
-        println!("concord: serving http://{} ({} agents: {})", server.addr(), names.len(), names.join(", "));
-        println!("concord: knowledge base {}", host.config().kb_path.display());
+        outln!("concord: serving http://{} ({} agents: {})", server.addr(), names.len(), names.join(", "));
+        outln!("concord: knowledge base {}", host.config().kb_path.display());
         if server.is_open() {
             eprintln!(
                 "warning: NO API TOKENS are configured: anyone who can reach {} may trigger agents and act as an operator. \
@@ -53,7 +56,7 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
                 "warning: the tokens file has no tokens yet, so every request is refused; add one with `concord token add NAME --role operator`"
             );
         }
-        println!("concord: Ctrl-C (or SIGTERM) stops it gracefully; a second one stops at once");
+        outln!("concord: Ctrl-C (or SIGTERM) stops it gracefully; a second one stops at once");
         let (mut term, mut int) = signals()?;
         tokio::select! {
             _ = term.recv() => {}
@@ -82,7 +85,7 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
         Some(host) => drop(host),
         None => tracing::error!("the host is still in use at the end of the shutdown"),
     }
-    println!("concord: stopped");
+    outln!("concord: stopped");
     Ok(0)
 }
 
@@ -130,9 +133,9 @@ pub(super) fn invoke(
     let path = format!("/v1/invoke/{}{}", segment(agent), if wait { "" } else { "?wait=false" });
     let answer: InvocationAnswer = client.post(&path, &req)?;
     if json {
-        println!("{}", serde_json::to_string(&answer)?);
+        outln!("{}", serde_json::to_string(&answer)?);
     } else if answer.invocations.is_empty() {
-        println!("{:<8} invocation {:<4} {}", answer.agent, answer.invocation, answer.status);
+        outln!("{:<8} invocation {:<4} {}", answer.agent, answer.invocation, answer.status);
     }
     let mut failed = false;
     for inv in &answer.invocations {
@@ -149,9 +152,12 @@ pub(super) fn invoke(
         };
         if !json {
             let cause = inv.causation.map(|c| format!(" <- {c}")).unwrap_or_default();
-            println!(
+            outln!(
                 "{:<8} invocation {:<4} {tag}: {}  ({} host calls){cause}",
-                inv.agent, inv.invocation, inv.report, inv.host_calls
+                inv.agent,
+                inv.invocation,
+                inv.report,
+                inv.host_calls
             );
         }
     }
@@ -173,7 +179,7 @@ pub(super) fn token(config_path: &Path, action: TokenAction) -> Result<u8, Failu
     match action {
         TokenAction::Add { name, role } => {
             let token = tokens::add(&path, &name, role)?;
-            println!("{token}");
+            outln!("{token}");
             eprintln!(
                 "token `{name}` ({role}) added to {}. It is shown this once; only its sha256 is kept. Use it as `Authorization: Bearer …`, or CONCORD_TOKEN for the CLI.",
                 path.display()
@@ -182,17 +188,17 @@ pub(super) fn token(config_path: &Path, action: TokenAction) -> Result<u8, Failu
         TokenAction::List => {
             let all = tokens::read(&path)?;
             if all.is_empty() {
-                println!("no tokens in {} (add one with `concord token add NAME --role ROLE`)", path.display());
+                outln!("no tokens in {} (add one with `concord token add NAME --role ROLE`)", path.display());
             }
             for t in all {
-                println!("{:<16} {:<9} created {}", t.name, t.role, super::format::fmt_time(t.created_at_ms));
+                outln!("{:<16} {:<9} created {}", t.name, t.role, super::format::fmt_time(t.created_at_ms));
             }
         }
         TokenAction::Remove { name } => {
             if !tokens::remove(&path, &name)? {
                 return Err(Failure::not_found(format!("there is no token named `{name}` in {}", path.display())));
             }
-            println!("removed token `{name}`; a running host refuses it within a second");
+            outln!("removed token `{name}`; a running host refuses it within a second");
         }
     }
     Ok(0)

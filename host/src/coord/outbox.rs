@@ -59,8 +59,11 @@ pub struct StdoutSink;
 
 impl Sink for StdoutSink {
     fn deliver(&self, action: &ActionRecord) -> Result<(), SinkError> {
-        println!("{}", line(action));
-        Ok(())
+        // A closed stdout is a delivery that failed (the action stays in the
+        // outbox), not a panic in the delivering thread.
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), "{}", line(action))
+            .map_err(|e| SinkError { sink: "stdout".into(), reason: format!("cannot write: {e}") })
     }
 }
 
