@@ -78,6 +78,21 @@ fn mark_denial(d: &mut AuditDraft, denial: &Denial) {
     d.outcome = denial.to_string();
 }
 
+/// Records a policy refusal in its audit draft: the decision, the rule,
+/// and for a forbidden field who may write it.
+fn mark_refusal(d: &mut AuditDraft, refusal: &Refusal) {
+    d.decision = match refusal {
+        Refusal::Forbidden(f) => {
+            d.peer = Some(f.writers.join(","));
+            d.fields = vec![f.field.clone()];
+            Decision::Forbidden
+        }
+        Refusal::Invalid(_) => Decision::Invalid,
+    };
+    d.rule = Some(refusal.rule());
+    d.outcome = refusal.to_string();
+}
+
 /// Work an invocation leaves for the dispatcher: its committed changes (for
 /// subscriptions) and its change requests (for the owners).
 #[derive(Debug, Clone, Default)]
@@ -529,16 +544,7 @@ impl Gate {
         draft.fields = written;
 
         if let Err(refusal) = self.policy.check_commit(&caller.agent, &writes) {
-            draft.decision = match &refusal {
-                Refusal::Forbidden(f) => {
-                    draft.peer = Some(f.writers.join(","));
-                    draft.fields = vec![f.field.clone()];
-                    Decision::Forbidden
-                }
-                Refusal::Invalid(_) => Decision::Invalid,
-            };
-            draft.rule = Some(refusal.rule());
-            draft.outcome = refusal.to_string();
+            mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
         }
@@ -794,37 +800,66 @@ impl Gate {
         entity: EntityRef,
         ttl_ms: u64,
     ) -> Result<Result<Lease, WriteError>, HostFault> {
-        let started = self.enter(caller, calls::LEASE).await?;
+        self.lease_call(caller, entity, ttl_ms, None).await
+    }
+
+    /// `coord.renew`: extends the caller's live lease, keeping its token.
+    pub async fn renew(
+        &self,
+        caller: &Caller,
+        entity: EntityRef,
+        token: u64,
+        ttl_ms: u64,
+    ) -> Result<Result<Lease, WriteError>, HostFault> {
+        self.lease_call(caller, entity, ttl_ms, Some(token)).await
+    }
+
+    /// `coord.lease` (`renew` none) and `coord.renew`: one path, so that
+    /// both check the same bounds and are audited alike.
+    async fn lease_call(
+        &self,
+        caller: &Caller,
+        entity: EntityRef,
+        ttl_ms: u64,
+        renew: Option<u64>,
+    ) -> Result<Result<Lease, WriteError>, HostFault> {
+        let call = if renew.is_some() { calls::RENEW } else { calls::LEASE };
+        let started = self.enter(caller, call).await?;
         let max_outcome = self.limits.audit_arg_bytes;
-        let mut draft =
-            self.draft(caller, calls::LEASE, vec![entity.key()], json!({ "entity": entity.key(), "ttl_ms": ttl_ms }));
-        if let Err(refusal) = self.policy.check_read(&entity) {
-            draft.decision = Decision::Invalid;
-            draft.outcome = refusal.to_string();
+        let args = match renew {
+            Some(token) => json!({ "entity": entity.key(), "token": token, "ttl_ms": ttl_ms }),
+            None => json!({ "entity": entity.key(), "ttl_ms": ttl_ms }),
+        };
+        let mut draft = self.draft(caller, call, vec![entity.key()], args);
+        if let Err(refusal) = self.policy.check_lease(&caller.agent, &entity, ttl_ms, self.limits.lease_max_ms) {
+            mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
         }
         let actor = caller.actor();
         let (outcome, entry) = self
             .blocking(move |s| {
-                s.lease(
-                    actor,
-                    entity,
-                    ttl_ms,
-                    now_ms(),
-                    Box::new(move |o: &LeaseOutcome| {
-                        let mut d = draft;
-                        d.duration_us = elapsed_us(started);
-                        match o {
-                            LeaseOutcome::Granted(l) => {
-                                d.outcome = format!("granted token {} until {} ms", l.token, l.expires_at_ms);
-                            }
-                            LeaseOutcome::Denied(denial) => mark_denial(&mut d, denial),
+                let audit = Box::new(move |o: &LeaseOutcome| {
+                    let mut d = draft;
+                    d.duration_us = elapsed_us(started);
+                    match o {
+                        LeaseOutcome::Granted(l) => {
+                            d.outcome = format!(
+                                "{} token {} until {} ms",
+                                if renew.is_some() { "renewed" } else { "granted" },
+                                l.token,
+                                l.expires_at_ms
+                            );
                         }
-                        d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
-                        d
-                    }),
-                )
+                        LeaseOutcome::Denied(denial) => mark_denial(&mut d, denial),
+                    }
+                    d.outcome = audit::bounded(std::mem::take(&mut d.outcome), max_outcome);
+                    d
+                });
+                match renew {
+                    Some(token) => s.renew(actor, entity, token, ttl_ms, now_ms(), audit),
+                    None => s.lease(actor, entity, ttl_ms, now_ms(), audit),
+                }
             })
             .await?;
         self.count_entry(&entry);

@@ -3,6 +3,10 @@
 //! real compiled agent, and would fail if its hole came back.
 
 use crate::common::{concord, demo_dir};
+use crate::http::Served;
+use concord::audit::{AuditFilter, calls};
+use hyper::StatusCode;
+use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -61,4 +65,112 @@ fn a_closed_stdout_ends_a_read_command_quietly_and_never_changes_how_a_run_ends(
     // And the store is as it was: the chain verifies, nothing is marked open.
     let verify = concord(dir.path(), &["audit", "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+/// The probe's results, from an invoke answer.
+fn results(answer: &serde_json::Value) -> Vec<serde_json::Value> {
+    let report = answer["report"].as_str().unwrap_or_else(|| panic!("a report: {answer}"));
+    serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"))
+}
+
+fn ops(ops: serde_json::Value) -> serde_json::Value {
+    json!({ "kind": "probe", "body": { "ops": ops } })
+}
+
+/// A lease can no longer block everyone forever: its TTL is bounded, only
+/// an agent with a stake in the entity may take one, the holder renews it
+/// explicitly (keeping its token), an operator can break it (audited; the
+/// holder's token goes stale), and `get` shows it while it is live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_bounded_held_only_by_a_writer_renewed_explicitly_and_broken_by_an_operator() {
+    let s = Served::start(&[("sales", "probe"), ("support", "probe"), ("outsider", "probe")], "").await;
+    let create = ops(json!([{ "op": "commit", "writes": [
+        { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]));
+    assert_eq!(s.api.post("/v1/invoke/support", create).await.status, StatusCode::OK);
+
+    // Seen at HEAD: a lease for 2^64-1 ms, granted. Now `invalid`, naming the limit.
+    let forever = ops(json!([{ "op": "lease", "entity": "customer/acme", "ttl_ms": u64::MAX }]));
+    let r = results(&s.api.post("/v1/invoke/sales", forever).await.body);
+    assert_eq!(r[0]["error"], "invalid", "{r:?}");
+    assert!(r[0]["text"].as_str().unwrap().contains("limits.lease_max_ms"), "{r:?}");
+
+    // Seen at HEAD: an agent that may write no field of customer/acme leased it.
+    let take = ops(json!([{ "op": "lease", "entity": "customer/acme", "ttl_ms": 30_000 }]));
+    let r = results(&s.api.post("/v1/invoke/outsider", take.clone()).await.body);
+    assert_eq!(r[0]["error"], "forbidden", "{r:?}");
+    assert_eq!(r[0]["field"], "*");
+    assert!(r[0]["text"].as_str().unwrap().contains("[kinds.customer] leases"), "{r:?}");
+    let writers: Vec<&str> = r[0]["writers"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(writers.contains(&"sales") && writers.contains(&"support") && !writers.contains(&"outsider"));
+
+    // Sales leases, then renews with its token: the same token, a later expiry.
+    let r = results(&s.api.post("/v1/invoke/sales", take.clone()).await.body);
+    let (token, until) = (r[0]["token"].as_u64().expect("granted"), r[0]["expires_at_ms"].as_u64().unwrap());
+    let renew = |token: u64, ttl: u64| {
+        ops(json!([{ "op": "renew", "entity": "customer/acme", "token": token, "ttl_ms": ttl }]))
+    };
+    let r = results(&s.api.post("/v1/invoke/sales", renew(token, 60_000)).await.body);
+    assert_eq!(r[0]["token"], token, "a renewal keeps the token: {r:?}");
+    assert!(r[0]["expires_at_ms"].as_u64().unwrap() > until, "{r:?}");
+    // A renewal is bounded as a lease is, and only the holder's token renews.
+    let r = results(&s.api.post("/v1/invoke/sales", renew(token, 60_001)).await.body);
+    assert_eq!(r[0]["error"], "invalid", "{r:?}");
+    let r = results(&s.api.post("/v1/invoke/support", renew(token, 1_000)).await.body);
+    assert_eq!(r[0]["error"], "stale_fence", "support does not hold it: {r:?}");
+
+    // `get` (API and CLI view) shows the live lease.
+    let view = s.api.get("/v1/entities/customer/acme").await;
+    assert_eq!(view.body["lease"]["holder"], "sales", "{}", view.text);
+    assert_eq!(view.body["lease"]["token"], token);
+    assert!(s.api.get("/v1/entities/customer/acme?at=1").await.body.get("lease").is_none(), "no lease in the past");
+
+    // Support is blocked; an operator breaks the lease, with a reason.
+    let write = ops(json!([{ "op": "get", "entity": "customer/acme" },
+        { "op": "commit", "writes": [{ "entity": "customer/acme", "expect": "read", "set": { "status": "at_risk" } }] }]));
+    let r = results(&s.api.post("/v1/invoke/support", write.clone()).await.body);
+    assert_eq!(r[1]["error"], "leased", "{r:?}");
+    let broke = s
+        .api
+        .post("/v1/entities/customer/acme/lease/break", json!({ "reason": "sales is stuck", "by": "alice" }))
+        .await;
+    assert_eq!(broke.status, StatusCode::OK, "{}", broke.text);
+    assert_eq!(broke.body["holder"], "sales");
+    let r = results(&s.api.post("/v1/invoke/support", write).await.body);
+    assert!(r[1].get("versions").is_some(), "support writes once the lease is broken: {r:?}");
+    // The holder's token is stale now: its renewal and its fenced write are refused.
+    let r = results(&s.api.post("/v1/invoke/sales", renew(token, 1_000)).await.body);
+    assert_eq!(r[0]["error"], "stale_fence", "{r:?}");
+    // Nothing left to break: refused, naming why.
+    let again = s.api.post("/v1/entities/customer/acme/lease/break", json!({ "reason": "again" })).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    assert!(again.text.contains("no live lease"), "{}", again.text);
+
+    // The break is audited as the operator's, naming the holder.
+    let entries = s.env.audit(AuditFilter { call: Some(calls::BREAK_LEASE.into()), ..AuditFilter::default() });
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].agent, "human:alice");
+    assert_eq!(entries[0].peer.as_deref(), Some("sales"));
+    assert!(entries[0].args.contains("sales is stuck"), "{:?}", entries[0]);
+    let renewals = s.env.audit(AuditFilter { call: Some(calls::RENEW.into()), ..AuditFilter::default() });
+    assert_eq!(renewals.len(), 4, "every renewal is audited, refused or not");
+
+    // And from the CLI, with no host running: `concord lease break`, and `get` shows a lease.
+    let env = s.stop().await;
+    let r = env.probe("support", json!([{ "op": "lease", "entity": "customer/acme", "ttl_ms": 30_000 }])).await;
+    assert!(r[0]["token"].is_u64(), "{r:?}");
+    let crate::common::Env { dir, host } = env;
+    drop(std::sync::Arc::into_inner(host).expect("no other host handles"));
+    let dir = dir.path();
+    let get = concord(dir, &["get", "customer/acme"]);
+    let shown = String::from_utf8_lossy(&get.stdout);
+    assert!(shown.contains("leased by support until"), "{shown}");
+    let cli = concord(dir, &["lease", "break", "customer/acme", "--by", "bob", "--reason", "support is gone"]);
+    assert_eq!(cli.status.code(), Some(0), "{}", stderr(&cli));
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("broke support's lease on customer/acme"));
+    let get = concord(dir, &["get", "customer/acme", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&get.stdout).expect("json");
+    assert!(v.get("lease").is_none(), "{v}");
+    let again = concord(dir, &["lease", "break", "customer/acme", "--by", "bob", "--reason", "again"]);
+    assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
+    assert!(stderr(&again).contains("no live lease"), "{}", stderr(&again));
 }

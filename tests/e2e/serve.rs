@@ -467,6 +467,7 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/entities/{kind}/{id}/history",
         "/v1/entities/{kind}/{id}/pin",
         "/v1/entities/{kind}/{id}/unpin",
+        "/v1/entities/{kind}/{id}/lease/break",
         "/v1/entities:import",
         "/v1/events/{seq}/revert",
         "/v1/audit",

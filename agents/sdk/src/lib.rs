@@ -144,6 +144,15 @@ pub fn describe(error: &WriteError) -> String {
                 if c.changed_fields.is_empty() { String::new() } else { format!(" ({})", c.changed_fields.join(", ")) };
             format!("conflict: {} {now}; last changed by {}{fields}", c.entity, c.changed_by)
         }
+        // `coord.lease` by an agent that writes none of the entity's fields.
+        WriteError::Forbidden(f) if f.field == "*" => format!(
+            "forbidden: {} may not lease {}: it writes none of its fields; those who may lease it: {} \
+             (more are granted in `[kinds.{}] leases`)",
+            f.agent,
+            f.entity,
+            f.writers.join(", "),
+            f.entity.kind
+        ),
         WriteError::Forbidden(f) => {
             format!(
                 "forbidden: {} may not write {}.{}; it belongs to {}",
@@ -159,7 +168,7 @@ pub fn describe(error: &WriteError) -> String {
         WriteError::Leased(l) => format!("leased: {} is leased by {} until {} ms", l.entity, l.holder, l.expires_at_ms),
         WriteError::StaleFence(f) => match f.current {
             Some(c) => format!("stale fence: token {} for {} is superseded by {c}", f.token, f.entity),
-            None => format!("stale fence: token {} for {} has expired", f.token, f.entity),
+            None => format!("stale fence: token {} for {} has expired, or was released or broken", f.token, f.entity),
         },
         WriteError::Invalid(m) => format!("invalid: {m}"),
     }

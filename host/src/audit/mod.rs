@@ -117,6 +117,7 @@ pub mod calls {
     pub const REQUEST_CHANGE: &str = "coord.request-change";
     pub const RESOLVE_CHANGE: &str = "coord.resolve-change";
     pub const LEASE: &str = "coord.lease";
+    pub const RENEW: &str = "coord.renew";
     pub const RELEASE: &str = "coord.release";
     pub const CHANGES: &str = "coord.changes-since-read";
     /// A cascade step that was not run (depth limit).
@@ -132,13 +133,14 @@ pub mod calls {
     pub const UNPIN: &str = "human.unpin";
     pub const REVERT: &str = "human.revert";
     pub const IMPORT: &str = "human.import";
+    pub const BREAK_LEASE: &str = "human.lease-break";
     /// A checkpoint of the chain was made for an operator (over the API).
     pub const CHECKPOINT: &str = "audit.checkpoint";
     /// A request to the API was refused: no valid token, or too low a role.
     pub const API_REFUSED: &str = "api.refused";
     /// Every call an agent itself can make (not the invocation bracket).
-    pub const AGENT_CALLS: [&str; 11] =
-        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RELEASE, CHANGES];
+    pub const AGENT_CALLS: [&str; 12] =
+        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RENEW, RELEASE, CHANGES];
 }
 
 /// The agent name of host lifecycle entries.

@@ -127,6 +127,11 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Operators and leases: `concord lease break KIND/ID --reason ...`.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseAction,
+    },
     /// Rebuild the projection from the event log and report any difference.
     Replay,
     /// Verify every page's checksum and decode every record of the knowledge
@@ -224,6 +229,23 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseAction {
+    /// Break the entity's live lease, whoever holds it (a holder that is
+    /// stuck or gone); its fencing token goes stale. Audited.
+    Break {
+        /// The entity, as kind/id.
+        entity: EntityRef,
+        /// Who is breaking it (recorded as `human:NAME`). Through a running
+        /// host with tokens, the token's name is who acts.
+        #[arg(long)]
+        by: Option<String>,
+        /// Why; kept in the audit.
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -4,7 +4,7 @@ use super::out::outln;
 use crate::audit::AuditEntry;
 use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
-use crate::kb::ActionRecord;
+use crate::kb::{ActionRecord, Lease};
 use crate::kb::{Entity, Event, Value};
 use crate::runtime::Outcome;
 use crate::server::wire::AgentView;
@@ -113,9 +113,10 @@ fn value(v: &Option<Value>) -> String {
     v.as_ref().map_or_else(|| "∅".to_string(), ToString::to_string)
 }
 
-pub fn print_entity(e: &Entity, as_json: bool) {
+pub fn print_entity(e: &Entity, lease: Option<&Lease>, as_json: bool) {
     if as_json {
-        let view = crate::coord::import::EntityView::of(e);
+        let mut view = crate::coord::import::EntityView::of(e);
+        view.lease = lease.cloned();
         outln!("{}", serde_json::to_string(&view).unwrap_or_default());
         return;
     }
@@ -128,6 +129,9 @@ pub fn print_entity(e: &Entity, as_json: bool) {
             Value::Json(_) => outln!("  {k:width$}  {}", v.to_json()),
             _ => outln!("  {k:width$}  {v}"),
         }
+    }
+    if let Some(l) = lease {
+        outln!("leased by {} until {} (token {})", l.holder, fmt_time(l.expires_at_ms), l.token);
     }
 }
 

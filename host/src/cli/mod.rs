@@ -26,7 +26,7 @@ mod run;
 mod service;
 mod source;
 
-pub use args::{AuditAction, AuditArgs, Cli, Command, TokenAction};
+pub use args::{AuditAction, AuditArgs, Cli, Command, LeaseAction, TokenAction};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -180,6 +180,9 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Actions { json } => reads::actions(config, json),
         Command::Pin { entity, assignments, by, reason } => operate::pin(config, &entity, &assignments, by, &reason),
         Command::Unpin { entity, fields, by, reason } => operate::unpin(config, &entity, &fields, by, &reason),
+        Command::Lease { action: LeaseAction::Break { entity, by, reason } } => {
+            operate::break_lease(config, &entity, by, &reason)
+        }
         Command::Revert { seq, by, reason, force } => operate::revert(config, seq, by, &reason, force),
         Command::Import { file, by, batch } => operate::import(config, &file, by, batch),
         Command::Export { kind, out } => operate::export(config, kind, out),

@@ -50,6 +50,30 @@ pub(super) fn unpin(
     Ok(0)
 }
 
+/// `concord lease break KIND/ID`.
+pub(super) fn break_lease(
+    config_path: &Path,
+    entity: &EntityRef,
+    by: Option<String>,
+    reason: &str,
+) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    config.schema.check_ref(entity).map_err(Failure::usage)?;
+    if reason.trim().is_empty() {
+        return Err(Failure::usage("give a --reason: it is kept in the audit"));
+    }
+    let source = Source::open(config, Access::Write)?;
+    let by = source.by(by)?;
+    let lease = source.break_lease(entity, by, reason)?;
+    outln!(
+        "broke {}'s lease on {entity} (token {}, which was live until {}); a write with that token is refused",
+        lease.holder,
+        lease.token,
+        format::fmt_time(lease.expires_at_ms)
+    );
+    Ok(0)
+}
+
 pub(super) fn revert(
     config_path: &Path,
     seq: u64,

@@ -9,11 +9,11 @@ use crate::audit::{AuditEntry, AuditFilter, Verification};
 use crate::coord::conflicts::Report;
 use crate::coord::import::{EntityView, RawRow, Row};
 use crate::coord::{conflicts, import, operator};
-use crate::kb::{ActionRecord, AtPoint, Entity, EntityRef, Event, RedbStore, ReplayReport, Store, Value};
+use crate::kb::{ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, RedbStore, ReplayReport, Store, Value};
 use crate::policy::config::Config;
 use crate::server::wire::{
-    ActionPage, AgentList, AgentView, AuditPage, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
-    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, TraceView, UnpinRequest,
+    ActionPage, AgentList, AgentView, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage,
+    EventPage, ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, TraceView, UnpinRequest,
     VerifyRequest, VerifyView,
 };
 use std::collections::BTreeSet;
@@ -73,11 +73,15 @@ impl Source {
         }
     }
 
-    pub fn get(&self, entity: &EntityRef, at: Option<AtPoint>) -> Result<Option<Entity>, Failure> {
+    /// The entity (at `at`, or now), and its live lease when it is now.
+    pub fn get(&self, entity: &EntityRef, at: Option<AtPoint>) -> Result<Option<(Entity, Option<Lease>)>, Failure> {
         match self {
             Source::Local { store, .. } => Ok(match at {
-                Some(at) => store.get_at(entity, at)?,
-                None => store.get(entity)?,
+                Some(at) => store.get_at(entity, at)?.map(|e| (e, None)),
+                None => match store.get(entity)? {
+                    Some(e) => Some((e, store.live_lease(entity, crate::kb::now_ms())?)),
+                    None => None,
+                },
             }),
             Source::Remote { config, client } => {
                 let mut path = format!("/v1/entities/{}/{}", segment(&entity.kind), segment(&entity.id));
@@ -91,7 +95,10 @@ impl Source {
                     ));
                 }
                 match client.get::<EntityView>(&path) {
-                    Ok(view) => Ok(Some(view.into_entity(&config.schema).map_err(anyhow::Error::msg)?)),
+                    Ok(mut view) => {
+                        let lease = view.lease.take();
+                        Ok(Some((view.into_entity(&config.schema).map_err(anyhow::Error::msg)?, lease)))
+                    }
                     Err(e) if e.downcast_ref::<super::client::Refused>().is_some_and(|r| r.error == "not_found") => {
                         Ok(None)
                     }
@@ -267,6 +274,18 @@ impl Source {
             Source::Remote { client, .. } => {
                 let path = format!("/v1/entities/{}/{}/unpin", segment(&entity.kind), segment(&entity.id));
                 Ok(client.post(&path, &UnpinRequest { fields: fields.to_vec(), reason: reason.into(), by })?)
+            }
+        }
+    }
+
+    pub fn break_lease(&self, entity: &EntityRef, by: Option<String>, reason: &str) -> Result<Lease, Failure> {
+        match self {
+            Source::Local { store, .. } => {
+                Ok(operator::break_lease(store, entity, by.as_deref().unwrap_or_default(), reason)?)
+            }
+            Source::Remote { client, .. } => {
+                let path = format!("/v1/entities/{}/{}/lease/break", segment(&entity.kind), segment(&entity.id));
+                Ok(client.post(&path, &BreakLeaseRequest { reason: reason.into(), by })?)
             }
         }
     }

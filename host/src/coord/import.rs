@@ -362,6 +362,10 @@ pub struct EntityView {
     pub updated_by: String,
     /// Field values as plain JSON.
     pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The live lease on the entity, if there is one (in `get`'s view of
+    /// the present only; never in an export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::kb::Lease>,
 }
 
 impl EntityView {
@@ -372,6 +376,7 @@ impl EntityView {
             updated_at_ms: e.updated_at_ms,
             updated_by: e.updated_by.clone(),
             fields: e.fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+            lease: None,
         }
     }
 

@@ -1,9 +1,10 @@
-//! Operator commands: human pins and reverts. They write as `human:NAME`,
+//! Operator commands: human pins, reverts and lease breaks. They write as `human:NAME`,
 //! through the same store transactions (events, projection, audit) as agents.
 
 use crate::audit::{AuditDraft, Decision, calls};
 use crate::kb::{
-    Actor, CommitOutcome, CommitRequest, EntityRef, Event, EventKind, Expect, Store, StoreError, Value, Write, now_ms,
+    Actor, CommitOutcome, CommitRequest, EntityRef, Event, EventKind, Expect, Lease, Store, StoreError, Value, Write,
+    now_ms,
 };
 use crate::policy::schema::{FieldType, Schema};
 use serde_json::json;
@@ -98,6 +99,21 @@ pub fn unpin(
     });
     let (event, _) = store.unpin(entity.clone(), fields.to_vec(), by.into(), reason.into(), now_ms(), audit)?;
     Ok(event)
+}
+
+/// Breaks the entity's live lease, whoever holds it: for a holder that is
+/// stuck or gone. Its fencing token goes stale, so a write it still makes
+/// with the token is refused. Refused if no lease is live.
+pub fn break_lease(store: &dyn Store, entity: &EntityRef, by: &str, reason: &str) -> Result<Lease, StoreError> {
+    let draft = human_draft(by, calls::BREAK_LEASE, entity, json!({ "reason": reason }), Vec::new());
+    let audit = Box::new(move |l: &Lease| {
+        let mut d = draft.clone();
+        d.peer = Some(l.holder.clone());
+        d.outcome = format!("broke {}'s lease (token {}, live until {} ms)", l.holder, l.token, l.expires_at_ms);
+        d
+    });
+    let (lease, _) = store.break_lease(entity.clone(), now_ms(), audit)?;
+    Ok(lease)
 }
 
 /// Undoes event `seq` by appending a compensating event that sets every

@@ -310,7 +310,7 @@ pub struct Pin {
 }
 
 /// A lease on an entity: while it is live, only its holder may write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub entity: EntityRef,
     pub holder: String,

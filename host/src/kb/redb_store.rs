@@ -2815,6 +2815,62 @@ impl Store for RedbStore {
         })
     }
 
+    fn renew(
+        &self,
+        actor: Actor,
+        entity: EntityRef,
+        token: u64,
+        ttl_ms: u64,
+        now_ms: u64,
+        audit: Auditor<LeaseOutcome>,
+    ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
+        self.audited(now_ms, move |txn| {
+            let key = entity.key();
+            let mut leases = txn.leases().map_err(backend)?;
+            let live = load_lease(&*leases, &key)?.filter(|l| l.is_live(now_ms));
+            let outcome = match live {
+                // The same token: fences the holder already gave out stay good.
+                Some(mut l) if l.token == token && l.holder == actor.name => {
+                    l.expires_at_ms = now_ms.saturating_add(ttl_ms);
+                    leases.insert(key.as_str(), encode(&l)?.as_slice()).map_err(backend)?;
+                    LeaseOutcome::Granted(l)
+                }
+                live => LeaseOutcome::Denied(Denial::StaleFence {
+                    entity: entity.clone(),
+                    token,
+                    current: live.map(|l| l.token),
+                }),
+            };
+            let draft = audit(&outcome);
+            Ok((outcome, draft))
+        })
+    }
+
+    fn break_lease(
+        &self,
+        entity: EntityRef,
+        at_ms: u64,
+        audit: Auditor<Lease>,
+    ) -> Result<(Lease, AuditEntry), StoreError> {
+        self.audited(at_ms, move |txn| {
+            let key = entity.key();
+            let mut leases = txn.leases().map_err(backend)?;
+            let Some(lease) = load_lease(&*leases, &key)?.filter(|l| l.is_live(at_ms)) else {
+                return Err(StoreError::Rejected(format!(
+                    "{entity} holds no live lease: nothing to break (see `concord get {entity}`)"
+                )));
+            };
+            leases.remove(key.as_str()).map_err(backend)?;
+            let draft = audit(&lease);
+            Ok((lease, draft))
+        })
+    }
+
+    fn live_lease(&self, entity: &EntityRef, now_ms: u64) -> Result<Option<Lease>, StoreError> {
+        let txn = self.read()?;
+        Ok(load_lease(&txn.open_table(LEASES).map_err(backend)?, &entity.key())?.filter(|l| l.is_live(now_ms)))
+    }
+
     fn request_change(
         &self,
         request: ChangeRequest,

@@ -283,6 +283,31 @@ pub trait Store: Send + Sync + 'static {
         audit: Auditor<bool>,
     ) -> Result<(bool, AuditEntry), StoreError>;
 
+    /// Extends the live lease whose token is `token`, held by the actor, to
+    /// `ttl_ms` from now, keeping its token; denied as a stale fence if
+    /// that lease is gone or another's.
+    fn renew(
+        &self,
+        actor: Actor,
+        entity: EntityRef,
+        token: u64,
+        ttl_ms: u64,
+        now_ms: u64,
+        audit: Auditor<LeaseOutcome>,
+    ) -> Result<(LeaseOutcome, AuditEntry), StoreError>;
+
+    /// An operator's break of the entity's live lease, whoever holds it.
+    /// Returns the lease broken; [`StoreError::Rejected`] if none is live.
+    fn break_lease(
+        &self,
+        entity: EntityRef,
+        at_ms: u64,
+        audit: Auditor<Lease>,
+    ) -> Result<(Lease, AuditEntry), StoreError>;
+
+    /// The entity's lease, if one is live at `now_ms`.
+    fn live_lease(&self, entity: &EntityRef, now_ms: u64) -> Result<Option<Lease>, StoreError>;
+
     /// Records a change request (a handoff) as an event on the entity.
     fn request_change(
         &self,

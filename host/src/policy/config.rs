@@ -57,6 +57,10 @@ pub struct Limits {
     pub max_host_calls: u32,
     /// The largest arguments one host call may carry, in bytes (as JSON).
     pub max_call_bytes: usize,
+    /// The longest lease one `coord.lease` or `coord.renew` grants, in ms.
+    /// A lease blocks every other writer of its entity, so none may be
+    /// open-ended: a holder that needs longer renews.
+    pub lease_max_ms: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             max_cascade_depth: 4,
             max_host_calls: 10_000,
             max_call_bytes: 1 << 20,
+            lease_max_ms: 60_000,
         }
     }
 }
@@ -236,12 +241,16 @@ struct RawLimits {
     max_cascade_depth: Option<Spanned<u64>>,
     max_host_calls: Option<Spanned<u64>>,
     max_call_bytes: Option<Spanned<u64>>,
+    lease_max_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKind {
     fields: BTreeMap<Spanned<String>, Spanned<RawField>>,
+    /// Agents granted leases on the kind besides its writers.
+    #[serde(default)]
+    leases: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +344,9 @@ impl Config {
             limits.max_call_bytes =
                 to_usize(b, raw.limits.max_call_bytes.as_ref().map(Spanned::span), "max_call_bytes")?;
         }
+        if let Some(ms) = positive(&raw.limits.lease_max_ms, "lease_max_ms")? {
+            limits.lease_max_ms = ms;
+        }
 
         let mut kinds = BTreeMap::new();
         for (name, kind) in raw.kinds {
@@ -342,6 +354,13 @@ impl Config {
             let name = name.into_inner();
             check_name(&name).map_err(|why| err(Some(span.clone()), format!("kind `{name}`: {why}")))?;
             let kind = kind.into_inner();
+            let leases = match kind.leases {
+                Some(list) if list.get_ref().iter().any(|a| a.trim().is_empty()) => {
+                    return Err(err(Some(list.span()), format!("kind `{name}`: `leases` lists an empty agent name")));
+                }
+                Some(list) => list.into_inner(),
+                None => Vec::new(),
+            };
             if kind.fields.is_empty() {
                 return Err(err(Some(span), format!("kind `{name}` declares no fields: add `[kinds.{name}.fields]`")));
             }
@@ -399,7 +418,7 @@ impl Config {
                 };
                 fields.insert(field, FieldDef { ty, writers, line: line_of(text, fspan.start) });
             }
-            kinds.insert(name, KindDef { fields });
+            kinds.insert(name, KindDef { fields, leases });
         }
         if kinds.is_empty() {
             return Err(err(None, "no entity kinds are declared: add at least one `[kinds.NAME.fields]` table".into()));
@@ -559,6 +578,23 @@ deal_stage = { type = "text", owner = "sales" }
         assert!(e.to_string().starts_with("test.toml:3:"), "{e}");
         assert!(e.message.contains("unknown type `number`"), "{e}");
         assert!(e.message.contains("integer"), "the error lists the valid types: {e}");
+    }
+
+    #[test]
+    fn leases_are_bounded_and_granted_by_kind() {
+        let text = "[limits]\nlease_max_ms = 5000\n[kinds.c]\nleases = [\"coordinator\"]\n[kinds.c.fields]\nx = { type = \"text\", owner = \"a\" }\n";
+        let c = parse(text).expect("valid");
+        assert_eq!(c.limits.lease_max_ms, 5000);
+        let kind = &c.schema.kinds["c"];
+        assert!(kind.may_lease("a") && kind.may_lease("coordinator") && !kind.may_lease("b"));
+        assert_eq!(kind.lessees(), ["a", "coordinator"]);
+        assert_eq!(Limits::default().lease_max_ms, 60_000, "no lease is open-ended by default");
+        let e = parse("[kinds.c]\nleases = [\" \"]\n[kinds.c.fields]\nx = { type = \"text\", owner = \"a\" }\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[limits]\nlease_max_ms = 0\n[kinds.c.fields]\nx = { type = \"text\", owner = \"a\" }\n")
+            .unwrap_err();
+        assert!(e.message.contains("lease_max_ms"), "{e}");
     }
 
     #[test]

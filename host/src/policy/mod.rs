@@ -31,12 +31,26 @@ pub struct Forbidden {
     pub rule: String,
 }
 
+/// `field` of a [`Forbidden`] lease: the agent may write no field of the
+/// entity, and `writers` are the agents that may lease it.
+pub const ANY_FIELD: &str = "*";
+
+impl Forbidden {
+    fn describe(&self) -> String {
+        if self.field == ANY_FIELD {
+            format!("{} may not lease {}: {}", self.agent, self.entity, self.rule)
+        } else {
+            format!("{} may not write {}.{}: the field is {}", self.agent, self.entity, self.field, self.rule)
+        }
+    }
+}
+
 /// Why policy refused a commit. The commit is refused whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
     /// A field the agent may not write.
-    #[error("{} may not write {}.{}: the field is {}", .0.agent, .0.entity, .0.field, .0.rule)]
+    #[error("{}", .0.describe())]
     Forbidden(Box<Forbidden>),
     /// A schema violation or malformed request.
     #[error("{0}")]
@@ -47,6 +61,9 @@ impl Refusal {
     /// The rule that decided, as recorded in the audit.
     pub fn rule(&self) -> String {
         match self {
+            Refusal::Forbidden(f) if f.field == ANY_FIELD => {
+                format!("lease: {} may lease {}", f.writers.join(", "), f.entity.kind)
+            }
             Refusal::Forbidden(f) => format!("ownership: {}.{} is {}", f.entity.kind, f.field, f.rule),
             Refusal::Invalid(_) => "schema".into(),
         }
@@ -74,6 +91,36 @@ impl Policy {
     /// Checks an entity reference for a read.
     pub fn check_read(&self, entity: &EntityRef) -> Result<(), Refusal> {
         self.schema.check_ref(entity).map(|_| ()).map_err(Refusal::Invalid)
+    }
+
+    /// Checks a lease request (`coord.lease`, `coord.renew`): a sane entity,
+    /// a TTL within `max_ms` (`limits.lease_max_ms`: a lease blocks every
+    /// other writer, so none is open-ended), and an agent with a stake in
+    /// the entity ([`schema::KindDef::may_lease`]).
+    pub fn check_lease(&self, agent: &str, entity: &EntityRef, ttl_ms: u64, max_ms: u64) -> Result<(), Refusal> {
+        let kind = self.schema.check_ref(entity).map_err(Refusal::Invalid)?;
+        if ttl_ms > max_ms {
+            return Err(Refusal::Invalid(format!(
+                "a lease's ttl-ms is at most {max_ms} (limits.lease_max_ms); {ttl_ms} was asked: \
+                 take a shorter lease and renew it (coord.renew) while the work goes on"
+            )));
+        }
+        if !kind.may_lease(agent) {
+            let lessees = kind.lessees();
+            return Err(Refusal::Forbidden(Box::new(Forbidden {
+                entity: entity.clone(),
+                field: ANY_FIELD.into(),
+                agent: agent.to_string(),
+                rule: format!(
+                    "it writes no field of `{k}`, and a lease would stop those who do ({}); \
+                     to grant it leases, add it to `[kinds.{k}] leases`",
+                    lessees.join(", "),
+                    k = entity.kind
+                ),
+                writers: lessees,
+            })));
+        }
+        Ok(())
     }
 
     /// Checks a whole commit: shape, schema and ownership. Returns the first

@@ -134,6 +134,26 @@ pub struct FieldDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindDef {
     pub fields: BTreeMap<String, FieldDef>,
+    /// Agents granted leases on the kind although they write none of its
+    /// fields (`[kinds.NAME] leases = [...]`); its writers may lease anyway.
+    pub leases: Vec<String>,
+}
+
+impl KindDef {
+    /// Whether `agent` may take a lease on an entity of this kind: a lease
+    /// stops every other writer, so only an agent with a stake in the
+    /// entity (one that may write some field) or one granted leases may.
+    pub fn may_lease(&self, agent: &str) -> bool {
+        self.fields.values().any(|f| f.writers.allows(agent)) || self.leases.iter().any(|a| a == agent)
+    }
+
+    /// The agents that may lease an entity of this kind, for messages.
+    pub fn lessees(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.fields.values().flat_map(|f| f.writers.names()).collect();
+        names.extend(self.leases.iter().cloned());
+        names.into_iter().collect()
+    }
 }
 
 /// Every declared kind.
@@ -188,8 +208,9 @@ impl Schema {
             .collect()
     }
 
-    /// Every agent name the config mentions as an owner or writer.
+    /// Every agent name the config mentions as an owner, a writer or a
+    /// lessee.
     pub fn named_agents(&self) -> std::collections::BTreeSet<String> {
-        self.kinds.values().flat_map(|k| k.fields.values()).flat_map(|f| f.writers.names()).collect()
+        self.kinds.values().flat_map(KindDef::lessees).collect()
     }
 }

@@ -266,6 +266,20 @@ impl coord::Host for InvocationState {
             .map_err(Into::into))
     }
 
+    async fn renew(
+        &mut self,
+        entity: wit::EntityRef,
+        token: u64,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<wit::LeaseGrant, wit::WriteError>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate
+            .renew(&caller, entity.into(), token, ttl_ms)
+            .await?
+            .map(|l| wit::LeaseGrant { token: l.token, expires_at_ms: l.expires_at_ms })
+            .map_err(Into::into))
+    }
+
     async fn release(&mut self, entity: wit::EntityRef, token: u64) -> wasmtime::Result<bool> {
         let (gate, caller) = (self.gate.clone(), self.caller.clone());
         Ok(gate.release(&caller, entity.into(), token).await?)

@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let operator = OpenApiRouter::<Arc<App>>::new()
         .routes(routes!(operator::pin))
         .routes(routes!(operator::unpin))
+        .routes(routes!(operator::break_lease))
         .routes(routes!(operator::revert))
         .routes(routes!(operator::import_rows))
         .routes(routes!(operator::checkpoint))

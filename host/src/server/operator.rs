@@ -1,4 +1,4 @@
-//! Operators over HTTP: pin, unpin, revert, import, and the audit's
+//! Operators over HTTP: pin, unpin, revert, lease breaks, import, and the audit's
 //! checkpoints and key rotations. The acting human is the token's name
 //! (`human:NAME` in the events and the audit), never a name the request
 //! gives; each goes through the same store transactions as `concord pin`
@@ -9,12 +9,12 @@ use super::error::{ApiError, ErrorBody, Json, Path};
 use super::state::App;
 use super::tokens::Principal;
 use super::wire::{
-    CheckpointHead, CheckpointRequest, ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest,
-    UnpinRequest,
+    BreakLeaseRequest, CheckpointHead, CheckpointRequest, ImportAnswer, ImportRequest, KeyRequest, PinRequest,
+    Recorded, RevertRequest, UnpinRequest,
 };
 use crate::audit::{AuditDraft, calls};
 use crate::coord::{import, operator};
-use crate::kb::{Event, Value};
+use crate::kb::{Event, Lease, Value};
 use axum::Extension;
 use axum::extract::State;
 use std::sync::Arc;
@@ -101,6 +101,30 @@ pub async fn unpin(
         .blocking(move |app| Ok(operator::unpin(app.host.store().as_ref(), &entity, &req.fields, &by, &req.reason)?))
         .await;
     Ok(Json(app.durable_result(event).await?))
+}
+
+/// Break the entity's live lease, whoever holds it (a holder that is stuck
+/// or gone). The holder's fencing token goes stale at once.
+#[utoipa::path(post, path = "/v1/entities/{kind}/{id}/lease/break", tag = "operator",
+    params(("kind" = String, Path, example = "customer"), ("id" = String, Path, example = "acme")),
+    request_body = BreakLeaseRequest,
+    responses(
+        (status = 200, description = "The lease that was broken", body = Lease),
+        (status = 409, description = "No lease is live on the entity", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn break_lease(
+    State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    Json(req): Json<BreakLeaseRequest>,
+) -> Result<Json<Lease>, ApiError> {
+    let by = acting_human(&principal, req.by.as_deref())?;
+    let entity = app.entity(kind, id)?;
+    reason_of(&req.reason)?;
+    let lease =
+        app.blocking(move |app| Ok(operator::break_lease(app.host.store().as_ref(), &entity, &by, &req.reason)?)).await;
+    Ok(Json(app.durable_result(lease).await?))
 }
 
 /// Undo an event by appending a compensating one (history is never

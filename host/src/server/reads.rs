@@ -67,9 +67,14 @@ pub async fn entity(
                 Some(at) => store.get_at(&e, at)?,
                 None => store.get(&e)?,
             };
-            found.map(|f| EntityView::of(&f)).ok_or_else(|| {
+            let mut view = found.map(|f| EntityView::of(&f)).ok_or_else(|| {
                 ApiError::not_found("not_found", format!("{e} does not exist (see its history, or check the id)"))
-            })
+            })?;
+            // A lease is a thing of the present: shown only when no `at` is.
+            if at.is_none() {
+                view.lease = store.live_lease(&e, crate::kb::now_ms())?;
+            }
+            Ok(view)
         })
         .await?;
     Ok(Json(app.durable(found).await?))

@@ -17,6 +17,7 @@
 //!   "based_on": N | "read", "key": "..."}`
 //! - `{"op": "lease", "entity": "k/i", "ttl_ms": N}`; a later commit write
 //!   with `"fence": "lease"` carries the last token, or `"fence": N`
+//! - `{"op": "renew", "entity": "k/i", "token": N | "lease", "ttl_ms": N}`
 //! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
 //! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
 //! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
@@ -238,6 +239,17 @@ impl Handler for Probe {
                             last_lease = Some(l.token);
                             json!({ "token": l.token, "expires_at_ms": l.expires_at_ms })
                         }
+                        Err(err) => error_json(&err),
+                    }
+                }
+                "renew" => {
+                    let e = entity(op)?;
+                    let token = match &op["token"] {
+                        Json::String(s) if s == "lease" => last_lease.ok_or("token=lease without a lease")?,
+                        n => n.as_u64().ok_or("token must be lease or a number")?,
+                    };
+                    match coord::renew(&e, token, op["ttl_ms"].as_u64().unwrap_or(60_000)) {
+                        Ok(l) => json!({ "token": l.token, "expires_at_ms": l.expires_at_ms }),
                         Err(err) => error_json(&err),
                     }
                 }
