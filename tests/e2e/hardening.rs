@@ -2,9 +2,10 @@
 //! host now does instead (issue 21). Each test runs the real binary or a
 //! real compiled agent, and would fail if its hole came back.
 
-use crate::common::{concord, demo_dir};
+use crate::common::{Env, FAST_LIMITS, concord, config_text, demo_dir};
 use crate::http::Served;
-use concord::audit::{AuditFilter, calls};
+use concord::audit::{AuditFilter, Decision, calls};
+use concord::coord::conflicts;
 use hyper::StatusCode;
 use serde_json::json;
 use std::path::Path;
@@ -173,4 +174,51 @@ async fn a_lease_is_bounded_held_only_by_a_writer_renewed_explicitly_and_broken_
     let again = concord(dir, &["lease", "break", "customer/acme", "--by", "bob", "--reason", "again"]);
     assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
     assert!(stderr(&again).contains("no live lease"), "{}", stderr(&again));
+}
+
+/// A rule with a typo is refused at start, with its line; one that still
+/// cannot be evaluated at run time fails closed: the write is refused,
+/// audited naming the rule and the error, and counted as a conflict.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_that_cannot_be_evaluated_fails_closed() {
+    let rule = |when: &str| {
+        format!(
+            "{}\n[[rules]]\nname = \"big-accounts-by-hand\"\nwhen = \"{when}\"\nagents = [\"sales\"]\nfields = [\"status\"]\neffect = \"deny\"\nreason = \"big accounts are handled by hand\"\n",
+            config_text(FAST_LIMITS)
+        )
+    };
+    // Seen at HEAD: accepted at start, then never matching. Now refused, with the line.
+    for (when, named) in [("sise(pins) > 0", "`sise`"), ("entity.contract_valu > 1000000", "`entity.contract_valu`")] {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("concord.toml"), rule(when)).expect("config");
+        let line =
+            rule(when).lines().collect::<Vec<_>>().iter().rposition(|l| l.starts_with("when = ")).expect("when line")
+                + 1;
+        let o = concord(dir.path(), &["agents"]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("concord.toml:{line}: rule `big-accounts-by-hand`")), "{}", stderr(&o));
+        assert!(stderr(&o).contains(named), "{}", stderr(&o));
+    }
+
+    // A field the schema declares, read without has() on an entity that
+    // lacks it: the condition fails at run time, and the write is refused.
+    let env = Env::with_config(&[("sales", "probe")], &rule("entity.contract_value > 1000000"));
+    let r = env
+        .probe(
+            "sales",
+            json!([{ "op": "commit", "writes": [
+            { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]),
+        )
+        .await;
+    assert_eq!(r[0]["error"], "denied", "{r:?}");
+    assert_eq!(r[0]["rule"], "big-accounts-by-hand");
+    assert!(r[0]["text"].as_str().unwrap().contains("could not be evaluated"), "{r:?}");
+    assert!(env.get("customer/acme").is_none(), "nothing was written");
+    let refused = env.audit(AuditFilter { call: Some(calls::COMMIT.into()), ..AuditFilter::default() });
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].decision, Decision::Denied);
+    assert_eq!(refused[0].rule.as_deref(), Some("rule: big-accounts-by-hand"));
+    assert!(refused[0].outcome.contains("No such key: contract_value"), "{}", refused[0].outcome);
+    let report = env.host.conflicts(conflicts::MAX_WINDOW_MS).expect("report");
+    assert_eq!(report.by_pair["sales vs rule:big-accounts-by-hand: denied"].count, 1, "{:?}", report.by_pair);
 }

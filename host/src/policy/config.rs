@@ -460,7 +460,10 @@ impl Config {
                 line_of(text, span.start),
             )
             .map_err(|e| {
-                err(Some(when_span), format!("rule `{}`: the `when` condition is not valid CEL: {e}", r.name))
+                err(Some(when_span.clone()), format!("rule `{}`: the `when` condition is not valid CEL: {e}", r.name))
+            })?;
+            rule.check(&schema).map_err(|e| {
+                err(Some(when_span), format!("rule `{}`: the `when` condition cannot be evaluated: {e}", r.name))
             })?;
             rules.push(rule);
         }

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: `concord.toml`, parsed and validated whole.
 //! - [`schema`]: kinds, typed fields, and the ownership map.
-//! - [`rules`]: coordination rules (CEL conditions, defer or deny).
+//! - [`rules`]: coordination rules (CEL conditions, defer or deny);
+//!   [`condition`]: a condition checked at start against what it can see.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
@@ -10,6 +11,7 @@
 //! sees it. Versions (conflicts) are checked later, by the store, inside the
 //! write transaction.
 
+pub mod condition;
 pub mod config;
 pub mod rules;
 pub mod schema;

@@ -21,8 +21,11 @@
 //!   `reason` and `age_ms`;
 //! - `now_ms`: the time, in ms since the epoch.
 //!
-//! A condition that fails to evaluate (a type error, say) does not match;
-//! the failure is logged as a warning naming the rule.
+//! A condition is checked at start against these variables and the schema
+//! (`condition`). One that still fails to evaluate at run time (a type
+//! error, a field an entity lacks read without `has()`) fails closed: the
+//! rule refuses with its effect, and the refusal names the rule and the
+//! error, so a broken `deny` rule never lets a write through.
 
 use crate::kb::{Denial, GuardInput, Value as KbValue, now_ms};
 use cel::{Context, Program, Value};
@@ -67,6 +70,12 @@ impl Rule {
         let program = Program::compile(&when).map_err(|e| e.to_string())?;
         let needs_recent = program.references().has_variable("recent");
         Ok(Rule { name, when, program, agents, fields, actions, defer, reason, enabled, line, needs_recent })
+    }
+
+    /// Checks the condition against the variables it can see and the
+    /// schema's fields (see `condition`).
+    pub(crate) fn check(&self, schema: &super::schema::Schema) -> Result<(), String> {
+        super::condition::check(&self.program, schema)
     }
 
     /// Whether the rule's subject covers this write or action.
@@ -141,23 +150,31 @@ impl Rules {
         }
         let ctx = Self::context(agent, input, covering.iter().any(|r| r.needs_recent));
         for rule in covering {
-            match rule.program.execute(&ctx) {
-                Ok(Value::Bool(true)) => {
-                    return Some(Denial::Rule {
-                        entity: input.entity.clone(),
-                        rule: rule.name.clone(),
-                        defer: rule.defer,
-                        reason: rule.reason.clone(),
-                    });
+            let failed = match rule.program.execute(&ctx) {
+                Ok(Value::Bool(true)) => None,
+                Ok(Value::Bool(false)) => continue,
+                Ok(other) => Some(format!("it gave {other:?}, not a boolean")),
+                Err(e) => Some(e.to_string()),
+            };
+            // Fails closed: a rule that cannot decide refuses, saying why,
+            // rather than let through what it may exist to stop.
+            let reason = match failed {
+                None => rule.reason.clone(),
+                Some(why) => {
+                    tracing::warn!(rule = %rule.name, "rule condition failed on {}: {why}; refused", input.entity);
+                    format!(
+                        "the rule's condition could not be evaluated on {} ({why}), so the host refuses: \
+                         fix `when` in concord.toml (guard a field an entity may lack with has())",
+                        input.entity
+                    )
                 }
-                Ok(Value::Bool(false)) => {}
-                Ok(other) => {
-                    tracing::warn!(rule = %rule.name, "rule condition gave {other:?}, not a boolean; it does not match")
-                }
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, "rule condition failed on {}: {e}; it does not match", input.entity)
-                }
-            }
+            };
+            return Some(Denial::Rule {
+                entity: input.entity.clone(),
+                rule: rule.name.clone(),
+                defer: rule.defer,
+                reason,
+            });
         }
         None
     }
@@ -280,9 +297,37 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_condition_does_not_match() {
+    fn a_failing_condition_fails_closed_naming_the_rule_and_the_error() {
+        // `open_tickets` read without has(), on an entity that lacks it.
         let rules = Rules::new(vec![rule("entity.open_tickets > 0", &[], &[], &[])]);
-        assert!(!check(&rules, "sales", &acme(None), vec!["status"], None, &[]));
+        let e = acme(None);
+        let input = GuardInput {
+            entity: &e.entity,
+            current: Some(&e),
+            fields: vec!["status"],
+            action: None,
+            pins: &[],
+            recent: &Vec::new,
+        };
+        match rules.evaluate("sales", &input) {
+            Some(Denial::Rule { rule, reason, .. }) => {
+                assert_eq!(rule, "r");
+                assert!(reason.contains("could not be evaluated") && reason.contains("open_tickets"), "{reason}");
+            }
+            other => panic!("refused, not {other:?}"),
+        }
+        // And a condition that is not a boolean.
+        let rules = Rules::new(vec![rule("version", &[], &[], &[])]);
+        assert!(check(&rules, "sales", &acme(Some(1)), vec!["status"], None, &[]));
+        // A condition that holds or does not is not touched.
+        assert!(!check(
+            &Rules::new(vec![rule("version > 100", &[], &[], &[])]),
+            "sales",
+            &e,
+            vec!["status"],
+            None,
+            &[]
+        ));
         assert!(
             Rule::new("bad".into(), "entity.(".into(), vec![], vec![], vec![], true, String::new(), true, 1).is_err()
         );
