@@ -211,6 +211,8 @@ pub struct Gate {
     policy: Arc<Policy>,
     rules: Arc<Rules>,
     limits: Limits,
+    /// The loaded agents: a change request goes to one of them.
+    agents: std::collections::BTreeSet<String>,
     metrics: GateMetrics,
 }
 
@@ -218,8 +220,15 @@ pub struct Gate {
 pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
-    pub fn new(store: Arc<dyn Store>, policy: Arc<Policy>, rules: Arc<Rules>, limits: Limits) -> Self {
-        Self { store, policy, rules, limits, metrics: GateMetrics::default() }
+    /// `agents`: the names of the loaded agents.
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: Arc<Policy>,
+        rules: Arc<Rules>,
+        limits: Limits,
+        agents: std::collections::BTreeSet<String>,
+    ) -> Self {
+        Self { store, policy, rules, limits, agents, metrics: GateMetrics::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -695,6 +704,27 @@ impl Gate {
             return Ok(Err(WriteError::Refused(Refusal::Invalid(why))));
         }
         draft.peer = Some(owner.clone());
+        // A request must reach someone who can act on it: a loaded agent
+        // (not `host`, a human, or a name nobody runs), with something to do.
+        let nobody = if !self.agents.contains(&owner) {
+            let loaded: Vec<&str> = self.agents.iter().map(String::as_str).collect();
+            Some(format!(
+                "`{}` is not a loaded agent, so nobody would answer this change request: address the agent that \
+                 owns the fields (loaded: {})",
+                audit::bounded(owner.clone(), 64),
+                loaded.join(", ")
+            ))
+        } else if proposed.is_empty() {
+            Some(format!("a change request proposes at least one field for {owner} to set; this one proposes none"))
+        } else {
+            None
+        };
+        if let Some(problem) = nobody {
+            draft.decision = Decision::Invalid;
+            draft.outcome.clone_from(&problem);
+            self.record(draft, started)?;
+            return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
+        }
         // The owner must be able to apply what is proposed: the same checks
         // as the owner's own commit would get.
         let as_owner = Write {

@@ -73,10 +73,12 @@ impl Host {
             tracing::warn!("{w}");
         }
         let policy = Arc::new(Policy::new(config.schema.clone()));
-        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.clone()));
+        let agents = runtime.agents().map(|a| a.name.clone()).collect();
+        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.clone(), agents));
         record_start(store_of(&gate), &config, &runtime)?;
         let tracker = std::sync::Mutex::new(Tracker::load(store_of(&gate))?);
         let host = Host { config, gate, runtime, warnings, sink, tracker };
+        host.expire_change_requests(crate::kb::now_ms())?;
         let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
         if !leftover.delivered.is_empty() {
             tracing::info!("delivered {} action(s) left in the outbox by the last run", leftover.delivered.len());
@@ -138,7 +140,19 @@ impl Host {
         if let Err(e) = self.deliver_actions() {
             tracing::warn!("actions not delivered yet: {e}");
         }
+        if let Err(e) = self.expire_change_requests(crate::kb::now_ms()) {
+            tracing::warn!("change requests not expired yet: {e}");
+        }
         Ok(done)
+    }
+
+    /// Closes the change requests nobody resolved within
+    /// `limits.change_request_ttl_ms` of `now_ms` (see
+    /// [`crate::coord::expiry`]). Runs at start, after each trigger's
+    /// cascade, and now and then in `concord serve`; it reads the store and
+    /// may write it: call it off the async threads.
+    pub fn expire_change_requests(&self, now_ms: u64) -> Result<Vec<crate::kb::Event>, StoreError> {
+        crate::coord::expiry::expire(self.store().as_ref(), self.config.limits.change_request_ttl_ms, now_ms)
     }
 
     pub fn config(&self) -> &Config {

@@ -222,3 +222,71 @@ async fn a_rule_that_cannot_be_evaluated_fails_closed() {
     let report = env.host.conflicts(conflicts::MAX_WINDOW_MS).expect("report");
     assert_eq!(report.by_pair["sales vs rule:big-accounts-by-hand: denied"].count, 1, "{:?}", report.by_pair);
 }
+
+/// A change request must reach a loaded agent that can apply it, with
+/// something to apply; one its owner never resolves expires, as an event
+/// on the entity that the requester sees, and cannot be resolved after.
+#[tokio::test(flavor = "multi_thread")]
+async fn change_requests_go_to_someone_and_expire_when_nobody_answers() {
+    let env = Env::new(&[("sales", "probe"), ("support", "probe")]);
+    let create = json!([{ "op": "commit", "writes": [
+        { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]);
+    env.probe("support", create).await;
+    let ask = |owner: &str, proposed: serde_json::Value| json!([{ "op": "request_change", "owner": owner, "entity": "customer/acme", "proposed": proposed, "reason": "r" }]);
+    // Seen at HEAD: each of these was accepted, recorded, and went nowhere.
+    for (owner, proposed, says) in [
+        ("host", json!({ "open_tickets": 1 }), "`host` is not a loaded agent"),
+        ("human:alice", json!({ "open_tickets": 1 }), "`human:alice` is not a loaded agent"),
+        ("billing", json!({ "open_tickets": 1 }), "loaded: sales, support"),
+        ("support", json!({}), "proposes none"),
+        ("sales", json!({ "open_tickets": 1 }), "sales cannot apply"),
+    ] {
+        let r = env.probe("sales", ask(owner, proposed)).await;
+        assert_eq!(r[0]["error"], "invalid", "{owner}: {r:?}");
+        assert!(r[0]["text"].as_str().unwrap().contains(says), "{owner}: {r:?}");
+    }
+    let requested = env.audit(AuditFilter { call: Some(calls::REQUEST_CHANGE.into()), ..AuditFilter::default() });
+    assert!(requested.iter().all(|e| e.decision == Decision::Invalid), "each refusal is audited");
+    let events_before = env.host.store().history(&"customer/acme".parse().unwrap(), 0, 100).unwrap().len();
+    assert_eq!(events_before, 1, "no refused request became an event");
+
+    // Support (a probe) is asked, and does not answer.
+    let r = env.probe("sales", ask("support", json!({ "open_tickets": 2 }))).await;
+    let id = r[0]["request"].as_u64().unwrap_or_else(|| panic!("accepted: {r:?}"));
+    let ttl = concord::policy::config::Limits::default().change_request_ttl_ms;
+    let asked_at = env.host.store().event(id).unwrap().expect("the request's event").at_ms;
+    assert!(env.host.expire_change_requests(asked_at + ttl - 1).unwrap().is_empty(), "not yet");
+    let expired = env.host.expire_change_requests(asked_at + ttl).unwrap();
+    assert_eq!(expired.len(), 1);
+    let e = &expired[0];
+    assert_eq!((e.agent.as_str(), e.kind.as_str()), ("host", "change_resolved"));
+    let detail: serde_json::Value = serde_json::from_str(e.detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["expired"], true);
+    assert_eq!(detail["request"], id);
+    assert_eq!(detail["from"], "sales");
+    assert!(e.reason.contains("support did not resolve it"), "{}", e.reason);
+    assert!(env.host.expire_change_requests(asked_at + 10 * ttl).unwrap().is_empty(), "each expires once");
+
+    // The requester sees it, the late owner is told, and the audit has it.
+    let r = env.probe("sales", json!([{ "op": "changes", "entity": "customer/acme" }])).await;
+    assert!(
+        r[0].as_array().unwrap().iter().any(|ev| ev["agent"] == "host" && ev["kind"] == "change_resolved"),
+        "{r:?}"
+    );
+    let r = env.probe("support", json!([{ "op": "resolve", "request": id, "applied": true }])).await;
+    assert_eq!(r[0]["error"], "resolve", "{r:?}");
+    assert!(r[0]["text"].as_str().unwrap().contains("expired"), "{r:?}");
+    let audited = env.audit(AuditFilter { call: Some(calls::CHANGE_EXPIRED.into()), ..AuditFilter::default() });
+    assert_eq!(audited.len(), 1);
+    assert_eq!((audited[0].agent.as_str(), audited[0].peer.as_deref()), ("host", Some("support")));
+
+    // After a restart the cursor holds: the first never expires again, and
+    // the second does when its time comes.
+    let r = env.probe("sales", ask("support", json!({ "open_tickets": 3 }))).await;
+    let second = r[0]["request"].as_u64().expect("accepted");
+    let env = env.restart();
+    assert!(env.host.expire_change_requests(asked_at + 10 * ttl).unwrap().iter().all(|e| {
+        serde_json::from_str::<serde_json::Value>(e.detail.as_deref().unwrap()).unwrap()["request"] == second
+    }));
+    assert_eq!(env.audit(AuditFilter { call: Some(calls::CHANGE_EXPIRED.into()), ..AuditFilter::default() }).len(), 2);
+}

@@ -126,6 +126,8 @@ pub mod calls {
     pub const HOST_START: &str = "host.start";
     pub const HOST_STOP: &str = "host.stop";
     pub const CONFIG_CHANGED: &str = "config.changed";
+    /// A change request closed by the host because nobody resolved it.
+    pub const CHANGE_EXPIRED: &str = "change.expired";
     /// A new audit signing key (`concord audit keygen`).
     pub const KEY_ROTATED: &str = "audit.key";
     /// Operator commands.

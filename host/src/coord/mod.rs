@@ -7,7 +7,8 @@
 //!   causes, with causation and depth.
 //! - [`outbox`]: delivering recorded actions to a sink, at least once, with
 //!   idempotency keys.
-//! - [`operator`]: human pins and reverts.
+//! - [`operator`]: human pins, reverts and lease breaks.
+//! - [`expiry`]: change requests that nobody resolves expire.
 //! - [`import`]: `concord import` and `concord export`: entities in and out, as an operator.
 //! - [`conflicts`]: the `concord conflicts` analysis.
 //! - [`trace`]: causation chains (`concord audit --trace`).
@@ -18,6 +19,7 @@
 
 pub mod cascade;
 pub mod conflicts;
+pub mod expiry;
 pub mod import;
 pub mod operator;
 pub mod outbox;

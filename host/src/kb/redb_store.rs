@@ -2913,6 +2913,62 @@ impl Store for RedbStore {
         })
     }
 
+    fn change_requests(&self, after: u64, limit: usize) -> Result<Vec<ChangeRequest>, StoreError> {
+        let txn = self.read()?;
+        let requests = txn.open_table(REQUESTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in requests.range(after.saturating_add(1)..).map_err(backend)?.take(limit) {
+            let (id, v) = item.map_err(backend)?;
+            out.push(decode(v.value(), || format!("change request {}", id.value()))?);
+        }
+        Ok(out)
+    }
+
+    fn expire_change_request(
+        &self,
+        id: u64,
+        reason: String,
+        at_ms: u64,
+        audit: Auditor<Event>,
+    ) -> Result<(Event, AuditEntry), StoreError> {
+        self.audited(at_ms, move |txn| {
+            let mut requests = txn.requests().map_err(backend)?;
+            let mut r: ChangeRequest = match requests.get(id).map_err(backend)? {
+                Some(v) => decode(v.value(), || format!("change request {id}"))?,
+                None => return Err(StoreError::Rejected(format!("there is no change request {id}"))),
+            };
+            if r.applied.is_some() {
+                return Err(StoreError::Rejected(format!("change request {id} is resolved already")));
+            }
+            r.applied = Some(false);
+            r.resolution = Some(reason.clone());
+            requests.insert(id, encode(&r)?.as_slice()).map_err(backend)?;
+            drop(requests);
+            let version = {
+                let entities = txn.entities().map_err(backend)?;
+                load_entity(&*entities, &r.entity.key())?.map_or(0, |e| e.version)
+            };
+            let event = Event {
+                seq: next_seq(&*txn.events().map_err(backend)?)?,
+                at_ms,
+                agent: crate::audit::HOST.into(),
+                entity: r.entity.clone(),
+                version,
+                kind: EventKind::ChangeResolved,
+                changes: vec![],
+                reason,
+                invocation: 0,
+                detail: Some(
+                    serde_json::json!({ "request": id, "applied": false, "expired": true, "from": r.from, "owner": r.owner })
+                        .to_string(),
+                ),
+            };
+            append_event(txn, &event)?;
+            let draft = audit(&event);
+            Ok((event, draft))
+        })
+    }
+
     fn resolve_change(
         &self,
         id: u64,
@@ -2933,7 +2989,10 @@ impl Store for RedbStore {
                 Some(r) if r.owner != actor.name => {
                     Err(format!("change request {id} is addressed to {}, not {}", r.owner, actor.name))
                 }
-                Some(r) if r.applied.is_some() => Err(format!("change request {id} is already resolved")),
+                Some(r) if r.applied.is_some() => Err(format!(
+                    "change request {id} is already resolved ({})",
+                    r.resolution.as_deref().unwrap_or_default()
+                )),
                 Some(mut r) => {
                     r.applied = Some(applied);
                     r.resolution = Some(reason.to_string());

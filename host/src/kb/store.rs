@@ -317,6 +317,23 @@ pub trait Store: Send + Sync + 'static {
         audit: Auditor<Event>,
     ) -> Result<(ChangeRequest, AuditEntry), StoreError>;
 
+    /// Change requests with ids above `after`, in id (and so asking) order,
+    /// at most `limit`, open or closed.
+    fn change_requests(&self, after: u64, limit: usize) -> Result<Vec<ChangeRequest>, StoreError>;
+
+    /// Closes open change request `id` as expired: it is marked declined
+    /// with `reason`, and a `change_resolved` event by `host` (its detail
+    /// says `"expired": true`) is appended on its entity, where the
+    /// requester sees it. [`StoreError::Rejected`] if it is closed already
+    /// (its owner answered meanwhile): nothing is written then.
+    fn expire_change_request(
+        &self,
+        id: u64,
+        reason: String,
+        at_ms: u64,
+        audit: Auditor<Event>,
+    ) -> Result<(Event, AuditEntry), StoreError>;
+
     /// Records the owner's decision on an open change request. `Err(reason)`
     /// if the request is unknown, not addressed to the actor, or closed.
     fn resolve_change(

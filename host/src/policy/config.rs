@@ -61,6 +61,10 @@ pub struct Limits {
     /// A lease blocks every other writer of its entity, so none may be
     /// open-ended: a holder that needs longer renews.
     pub lease_max_ms: u64,
+    /// How long a change request may stay open: one its owner has not
+    /// resolved by then expires, as an event on the entity that the
+    /// requester sees.
+    pub change_request_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             max_host_calls: 10_000,
             max_call_bytes: 1 << 20,
             lease_max_ms: 60_000,
+            change_request_ttl_ms: 3_600_000,
         }
     }
 }
@@ -242,6 +247,7 @@ struct RawLimits {
     max_host_calls: Option<Spanned<u64>>,
     max_call_bytes: Option<Spanned<u64>>,
     lease_max_ms: Option<Spanned<u64>>,
+    change_request_ttl_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +352,9 @@ impl Config {
         }
         if let Some(ms) = positive(&raw.limits.lease_max_ms, "lease_max_ms")? {
             limits.lease_max_ms = ms;
+        }
+        if let Some(ms) = positive(&raw.limits.change_request_ttl_ms, "change_request_ttl_ms")? {
+            limits.change_request_ttl_ms = ms;
         }
 
         let mut kinds = BTreeMap::new();

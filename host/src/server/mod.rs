@@ -175,6 +175,7 @@ async fn serve(
     builder.timer(TokioTimer::new()).header_read_timeout(app.config.header_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
     let warm = tokio::spawn(keep_reports_warm(app.clone()));
+    let expiring = tokio::spawn(expire_change_requests(app.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -206,6 +207,7 @@ async fn serve(
     }
     drop(listener);
     warm.abort();
+    expiring.abort();
     app.shutdown.send_replace(true);
     let drain = app.config.drain;
     tracing::info!("shutting down: waiting up to {} ms for invocations in flight", drain.as_millis());
@@ -229,6 +231,23 @@ async fn serve(
         }
         Ok(Err(e)) => tracing::warn!("actions not delivered: {e}"),
         _ => {}
+    }
+}
+
+/// Closes change requests nobody resolved in time (see
+/// [`crate::coord::expiry`]), every few seconds.
+async fn expire_change_requests(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let host = app.host.clone();
+        let expired = tokio::task::spawn_blocking(move || host.expire_change_requests(crate::kb::now_ms())).await;
+        match expired {
+            Ok(Ok(events)) if !events.is_empty() => {
+                tracing::info!("{} change request(s) expired unresolved", events.len())
+            }
+            Ok(Err(e)) => tracing::warn!("expiring change requests: {e}"),
+            _ => {}
+        }
     }
 }
 

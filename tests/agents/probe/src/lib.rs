@@ -21,6 +21,8 @@
 //! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
 //! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
 //! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
+//! - `{"op": "resolve", "request": N, "applied": bool}`: `{"resolved": true}`
+//!   or `{"error": "resolve", "text": ...}`
 //! - `{"op": "spin", "ms": N}`: busy for N ms, with no host call
 //! - `{"op": "scribble"}`: counts the pages of a 3 MiB static that are not
 //!   zero and the runs of this op in this instance, then dirties every page
@@ -287,6 +289,13 @@ impl Handler for Probe {
                     ) {
                         Ok(id) => json!({ "request": id }),
                         Err(err) => error_json(&err),
+                    }
+                }
+                "resolve" => {
+                    let id = op["request"].as_u64().ok_or("request must be a number")?;
+                    match coord::resolve_change(id, op["applied"].as_bool().unwrap_or(false), "probe") {
+                        Ok(()) => json!({ "resolved": true }),
+                        Err(m) => json!({ "error": "resolve", "text": m }),
                     }
                 }
                 other => return Err(format!("unknown op `{other}`")),
