@@ -216,6 +216,10 @@ pub struct Gate {
     metrics: GateMetrics,
 }
 
+/// The longest action kind accepted, in bytes: kinds are printed in
+/// every listing of the outbox.
+pub const MAX_ACTION_KIND: usize = 128;
+
 /// Largest `limit` a `history` call may ask for.
 pub const MAX_HISTORY: u32 = 1000;
 
@@ -632,6 +636,17 @@ impl Gate {
         }
         let problem = if kind.trim().is_empty() {
             Some("an action needs a kind, such as `email.send`".to_string())
+        } else if kind.len() > MAX_ACTION_KIND || kind.chars().any(crate::policy::schema::deceptive) {
+            Some(format!(
+                "an action kind is at most {MAX_ACTION_KIND} bytes of visible characters (such as `email.send`); \
+                 this one is {} bytes{}",
+                kind.len(),
+                if kind.chars().any(crate::policy::schema::deceptive) {
+                    " with control, bidirectional or invisible characters"
+                } else {
+                    ""
+                }
+            ))
         } else if let Err(e) = serde_json::from_str::<serde_json::Value>(&payload) {
             Some(format!("the action payload is not JSON: {e}"))
         } else {

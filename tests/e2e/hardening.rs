@@ -290,3 +290,54 @@ async fn change_requests_go_to_someone_and_expire_when_nobody_answers() {
     }));
     assert_eq!(env.audit(AuditFilter { call: Some(calls::CHANGE_EXPIRED.into()), ..AuditFilter::default() }).len(), 2);
 }
+
+/// What an agent says is bounded and cannot spoof the terminal: a 40 MiB
+/// report with a screen-clearing escape and a right-to-left override is
+/// cut at 64 KiB and printed with those characters escaped; an id with a
+/// bidirectional control or a `/`, and an action kind with an escape, are
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_text_is_bounded_and_cannot_spoof_what_is_printed() {
+    let limits = "memory_mib = 160\nfuel = 3_000_000_000\ntimeout_ms = 20_000\n";
+    let dir = {
+        let env = Env::with_limits(&[("hostile", "hostile"), ("sales", "probe")], limits);
+        // Ids and kinds that would print as something else.
+        for id in ["acme\u{202e}gpj", "acme\u{200b}", "acme/../x", "acme\u{1b}[2J"] {
+            let r = env
+                .probe(
+                    "sales",
+                    json!([{ "op": "commit", "writes": [
+                    { "entity": format!("customer/{id}"), "expect": "absent", "set": { "status": "active" } }] }]),
+                )
+                .await;
+            assert_eq!(r[0]["error"], "invalid", "{id:?}: {r:?}");
+        }
+        let ok = json!([{ "op": "commit", "writes": [
+            { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]);
+        env.probe("sales", ok).await;
+        for kind in ["email\u{1b}[31m.send", "email.\u{202e}dnes", &"e".repeat(129)] {
+            let r = env
+                .probe("sales", json!([{ "op": "act", "entity": "customer/acme", "kind": kind, "based_on": 1 }]))
+                .await;
+            assert_eq!(r[0]["error"], "invalid", "{kind:?}: {r:?}");
+        }
+        let inv = env.send("hostile", "loud_report", "customer/acme", json!({ "mib": 40 })).await;
+        let report = inv.outcome.text();
+        assert!(report.len() < (65 << 10) + 200, "the host keeps 64 KiB of a report, not {}", report.len());
+        assert!(report.ends_with("the host keeps 65536]"), "{}", &report[report.len() - 80..]);
+        let crate::common::Env { dir, host } = env;
+        drop(std::sync::Arc::into_inner(host).expect("no other host handles"));
+        dir
+    };
+    std::fs::write(
+        dir.path().join("loud.jsonl"),
+        "{\"agent\": \"hostile\", \"kind\": \"loud_report\", \"entity\": \"customer/acme\", \"body\": {\"mib\": 40}}\n",
+    )
+    .expect("script");
+    let run = concord(dir.path(), &["run", "--script", "loud.jsonl"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert!(out.len() < 200 << 10, "concord run printed {} bytes", out.len());
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{202e}'), "nothing raw reaches the terminal");
+    assert!(out.contains("\\u{1b}[2J\\u{202e}all clear"), "escaped, and so visible: {}", &out[..out.len().min(400)]);
+}

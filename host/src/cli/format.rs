@@ -149,7 +149,7 @@ pub fn print_events(events: &[Event], as_json: bool) {
             e.entity,
             e.version,
             e.kind.as_str(),
-            e.reason,
+            visible(&e.reason),
             e.invocation
         );
         for c in &e.changes {
@@ -172,7 +172,7 @@ pub fn print_audit_rows(entries: &[AuditEntry], as_json: bool) {
             outln!("{}", serde_json::to_string(e).unwrap_or_default());
             continue;
         }
-        let mut outcome = e.outcome.replace('\n', " ");
+        let mut outcome = visible(&e.outcome.replace('\n', " ")).into_owned();
         if let Some(c) = e.causation
             && e.call == crate::audit::calls::INVOCATION_START
         {
@@ -211,6 +211,20 @@ pub fn print_agents(agents: &[AgentView], as_json: bool) {
     }
 }
 
+/// Agent-supplied text as the terminal should show it: control,
+/// bidirectional and invisible characters (an escape sequence, U+202E)
+/// are printed as `\u{…}` escapes, so that nothing an agent writes can
+/// move the cursor, recolour the screen or pass for other text.
+pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(crate::policy::schema::deceptive) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| if crate::policy::schema::deceptive(c) { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}
+
 pub fn print_step(step: &StepReport) {
     let line = match step.line() {
         0 => "end".to_string(),
@@ -234,9 +248,10 @@ pub fn print_step(step: &StepReport) {
                 Outcome::Stopped(s) => ("STOPPED", s),
             };
             outln!(
-                "[{line:>8}] {:<8} invocation {:<4} {tag}: {text}  ({} host calls)",
+                "[{line:>8}] {:<8} invocation {:<4} {tag}: {}  ({} host calls)",
                 invocation.agent,
                 invocation.id,
+                visible(text),
                 invocation.host_calls
             );
         }

@@ -156,7 +156,7 @@ pub(super) fn invoke(
                 "{:<8} invocation {:<4} {tag}: {}  ({} host calls){cause}",
                 inv.agent,
                 inv.invocation,
-                inv.report,
+                super::format::visible(&inv.report),
                 inv.host_calls
             );
         }

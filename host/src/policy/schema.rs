@@ -168,6 +168,15 @@ pub fn shorten(s: &str) -> String {
     if s.chars().count() <= 64 { s.to_string() } else { format!("{}…", s.chars().take(64).collect::<String>()) }
 }
 
+/// Whether `c` could make one printed name pass for another: a control
+/// character (terminal escapes included), a bidirectional format character
+/// (U+202E turns what follows around), or an invisible one (zero-width
+/// space and joiners, the byte-order mark).
+pub fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// The longest entity id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -188,11 +197,22 @@ impl Schema {
                 entity.id.len()
             ));
         }
-        if entity.id.chars().any(char::is_control) {
+        if let Some(c) = entity.id.chars().find(|c| deceptive(*c)) {
             return Err(format!(
-                "entity id {:?} of kind `{}` contains control characters",
+                "entity id {:?} of kind `{}` contains U+{:04X}, a control, bidirectional or invisible character: \
+                 one id could pass for another where it is printed; use visible characters",
                 shorten(&entity.id),
-                entity.kind
+                entity.kind,
+                u32::from(c)
+            ));
+        }
+        if entity.id.contains('/') {
+            return Err(format!(
+                "entity id {:?} of kind `{}` contains `/`: `{}/{}` would read as a path; use another separator",
+                shorten(&entity.id),
+                entity.kind,
+                entity.kind,
+                shorten(&entity.id)
             ));
         }
         Ok(kind)

@@ -579,8 +579,8 @@ impl Runtime {
             causation: caller_causation,
         };
         match instance.concord_agent_handler().call_handle(&mut store, &msg).await {
-            Ok(Ok(report)) => Outcome::Ok(report),
-            Ok(Err(error)) => Outcome::Failed(error),
+            Ok(Ok(report)) => Outcome::Ok(bounded_report(report)),
+            Ok(Err(error)) => Outcome::Failed(bounded_report(error)),
             Err(e) => {
                 let mut why = describe_trap(&e, limits, "trap");
                 if let Some(tail) = stderr.tail() {
@@ -590,6 +590,27 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The most of an agent's report (or error) the host keeps: what `concord
+/// run`, the API and the invocation's status show. An agent's memory limit
+/// is the only other bound, and a 40 MiB report printed whole floods the
+/// terminal and the API's clients. (The audit keeps `audit_arg_bytes`.)
+pub const MAX_REPORT_BYTES: usize = 64 << 10;
+
+/// Cuts `text` to [`MAX_REPORT_BYTES`] at a character boundary, saying so.
+fn bounded_report(mut text: String) -> String {
+    if text.len() <= MAX_REPORT_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_REPORT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("… [cut: the report was {total} bytes; the host keeps {MAX_REPORT_BYTES}]"));
+    text
 }
 
 /// Turns a wasmtime error into a sentence that names the limit involved.

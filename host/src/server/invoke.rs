@@ -186,10 +186,10 @@ fn message_of(app: &App, agent: &str, req: &InvokeRequest) -> Result<Message, Ap
         ));
     }
     let kind = req.kind.trim();
-    if kind.is_empty() || kind.len() > 256 || kind.chars().any(char::is_control) {
+    if kind.is_empty() || kind.len() > 256 || kind.chars().any(crate::policy::schema::deceptive) {
         return Err(ApiError::unprocessable(
             "invalid_kind",
-            "`kind` must be 1 to 256 characters without control characters, such as `upsell`",
+            "`kind` must be 1 to 256 characters without control, bidirectional or invisible characters, such as `upsell`",
         ));
     }
     let entity = req.entity.as_deref().map(|s| app.entity_ref(s)).transpose()?;

@@ -18,6 +18,8 @@
 //! - `invalid_utf8`: passes bytes that are not UTF-8 where a string goes.
 //! - `socket`: tries to open a TCP connection.
 //! - `flood` `{calls}`: makes that many host calls.
+//! - `loud_report` `{mib}`: reports that many MiB, starting with a terminal
+//!   escape (clear the screen) and a right-to-left override.
 
 use concord_agent::{Handler, Message, Value, Write, kb};
 use std::hint::black_box;
@@ -124,6 +126,10 @@ impl Handler for Hostile {
                 Ok(_) => Ok("connected to 127.0.0.1:9".into()),
                 Err(e) => Err(format!("could not connect: {e}")),
             },
+            "loud_report" => {
+                let mib = body["mib"].as_u64().unwrap_or(40) as usize;
+                Ok(format!("\u{1b}[2J\u{202e}all clear{}", "x".repeat(mib << 20)))
+            }
             "flood" => {
                 let n = body["calls"].as_u64().unwrap_or(1_000_000);
                 for i in 0..n {
