@@ -102,6 +102,10 @@ async fn by_default_a_running_host_has_the_store_to_itself() {
     let expected = format!("already in use by pid {}", std::process::id());
     assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
     assert!(stderr(&o).contains("run it as `concord serve`"), "the error says how to read alongside: {}", stderr(&o));
+    // An operator is told the same, never a setting that cannot help it.
+    let o = concord(env.dir.path(), &["pin", "customer/acme", "status=active", "--by", "alice", "--reason", "r"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pin or revert") && !stderr(&o).contains("shared_reads"), "{}", stderr(&o));
     let o = concord(env.dir.path(), &["check"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let expected = format!("a host is using it (pid {}); stop that `concord run` first", std::process::id());

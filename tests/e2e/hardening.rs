@@ -341,3 +341,41 @@ async fn agent_text_is_bounded_and_cannot_spoof_what_is_printed() {
     assert!(!out.contains('\u{1b}') && !out.contains('\u{202e}'), "nothing raw reaches the terminal");
     assert!(out.contains("\\u{1b}[2J\\u{202e}all clear"), "escaped, and so visible: {}", &out[..out.len().min(400)]);
 }
+
+/// A store cut short after a clean stop is named as damaged by the read
+/// commands, not as a host that stopped without closing it (whose remedy,
+/// starting a host, would not help).
+#[test]
+fn a_truncated_store_is_named_as_damaged_by_the_read_commands() {
+    let dir = demo_dir();
+    let run = concord(dir.path(), &["run", "--script", "acme.jsonl"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let file = std::fs::OpenOptions::new().write(true).open(dir.path().join("data/concord.redb")).expect("store");
+    file.set_len(50_000).expect("truncate");
+    for args in [&["get", "customer/acme"][..], &["audit"], &["history", "customer/acme"]] {
+        let o = concord(dir.path(), args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("the file is damaged") && stderr(&o).contains("backup"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("stopped without closing"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// And a host that was killed is named as such, with the remedy that works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_host_is_named_as_one_that_stopped_without_closing() {
+    let dir = crate::http::service_dir(&[("support", "probe")], "");
+    let p = crate::http::Process::start(dir.path());
+    let create = ops(json!([{ "op": "commit", "writes": [
+        { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]));
+    assert_eq!(p.api.post("/v1/invoke/support", create).await.status, StatusCode::OK);
+    p.signal("KILL");
+    p.wait();
+    let o = concord(dir.path(), &["get", "customer/acme"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stopped without closing") && stderr(&o).contains("start a host"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("damaged"), "{}", stderr(&o));
+}

@@ -1618,10 +1618,17 @@ impl RedbStore {
             .set_concurrency_mode(sharing.mode())
             .open_read_only(path)
             .map_err(|e| match e {
-                // Only a writer may repair, and recover the journal.
-                DatabaseError::RepairAborted => StoreError::Open {
+                // Only a writer may repair, and recover the journal. A host
+                // that stopped without closing leaves its pid file; with
+                // none, the last host closed the file, and what redb wants
+                // repaired is damage done since (a file cut short, say).
+                DatabaseError::RepairAborted if pid_path(path).exists() => StoreError::Open {
                     path: path.to_path_buf(),
                     reason: "the last host using it stopped without closing it; start a host on it once to recover it (`concord serve`; the read commands then go through it)".into(),
+                },
+                DatabaseError::RepairAborted => StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: "the file is damaged: the last host closed it cleanly, and it has changed since (cut short or overwritten). Restore it from a backup, or move it away to start empty; `concord run` or `concord serve` on it names the damage and changes nothing".into(),
                 },
                 e => open_error(path, e),
             })?;

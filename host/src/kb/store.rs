@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("the knowledge base {path} is already in use{}; let it finish or stop it first; to read while a host runs, run it as `concord serve`, which the CLI reads through", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
+    #[error("the knowledge base {path} is already in use{}; let it finish or stop it first; to read, pin or revert while a host runs, run it as `concord serve`, which the CLI goes through", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
     InUse { path: PathBuf, pid: Option<u32> },
     #[error("the knowledge base {path} does not exist yet; run `concord run` to create it")]
     Missing { path: PathBuf },

@@ -174,8 +174,8 @@ async fn serve(
     // nothing, or trickles its headers, is dropped and holds nothing.
     builder.timer(TokioTimer::new()).header_read_timeout(app.config.header_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let warm = tokio::spawn(keep_reports_warm(app.clone()));
-    let expiring = tokio::spawn(expire_change_requests(app.clone()));
+    let warm = tokio::spawn(keep_reports_warm(app.clone(), stopped.clone()));
+    let expiring = tokio::spawn(expire_change_requests(app.clone(), stopped.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -206,8 +206,6 @@ async fn serve(
         }
     }
     drop(listener);
-    warm.abort();
-    expiring.abort();
     app.shutdown.send_replace(true);
     let drain = app.config.drain;
     tracing::info!("shutting down: waiting up to {} ms for invocations in flight", drain.as_millis());
@@ -232,13 +230,22 @@ async fn serve(
         Ok(Err(e)) => tracing::warn!("actions not delivered: {e}"),
         _ => {}
     }
+    // They end at `stopped`, after the sweep or count under way; awaited so
+    // that their handles on the host are gone once the server is, and
+    // whoever started it has the host to itself.
+    let _ = warm.await;
+    let _ = expiring.await;
 }
 
 /// Closes change requests nobody resolved in time (see
 /// [`crate::coord::expiry`]), every few seconds.
-async fn expire_change_requests(app: Arc<App>) {
+/// Ends at `stopped`, never mid-way: a sweep under way finishes first.
+async fn expire_change_requests(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
         let host = app.host.clone();
         let expired = tokio::task::spawn_blocking(move || host.expire_change_requests(crate::kb::now_ms())).await;
         match expired {
@@ -253,7 +260,8 @@ async fn expire_change_requests(app: Arc<App>) {
 
 /// Counts the conflicts report as the logs grow, so that a report (and
 /// the stop) has little left to count.
-async fn keep_reports_warm(app: Arc<App>) {
+/// Ends at `stopped`, never mid-way (as [`expire_change_requests`]).
+async fn keep_reports_warm(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     loop {
         {
             let _one_at_a_time = app.conflicts_lock.lock().await;
@@ -263,6 +271,9 @@ async fn keep_reports_warm(app: Arc<App>) {
                 tracing::warn!("counting the conflicts report: {e}");
             }
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }
