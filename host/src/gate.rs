@@ -213,6 +213,8 @@ pub struct Gate {
     limits: Limits,
     /// The loaded agents: a change request goes to one of them.
     agents: std::collections::BTreeSet<String>,
+    /// Each agent's actions in the last minute and hour.
+    rate: crate::policy::rate::ActionRate,
     metrics: GateMetrics,
 }
 
@@ -232,7 +234,8 @@ impl Gate {
         limits: Limits,
         agents: std::collections::BTreeSet<String>,
     ) -> Self {
-        Self { store, policy, rules, limits, agents, metrics: GateMetrics::default() }
+        let rate = crate::policy::rate::ActionRate::new(limits.actions_per_minute, limits.actions_per_hour);
+        Self { store, policy, rules, limits, agents, rate, metrics: GateMetrics::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -659,15 +662,38 @@ impl Gate {
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
         }
-        let request = ActRequest {
-            actor: caller.actor(),
-            entity,
-            based_on,
-            kind,
-            payload,
-            idempotency_key: key,
-            at_ms: now_ms(),
+        // Who may ask for this kind, then the bounds: the outbox's, then the
+        // agent's rate. A bound is "not now" (deferred), naming its key.
+        if let Err(refusal) = self.policy.check_action(&caller.agent, &entity, &kind) {
+            mark_refusal(&mut draft, &refusal);
+            self.record(draft, started)?;
+            return Ok(Err(WriteError::Refused(refusal)));
+        }
+        let at_ms = now_ms();
+        let pending = self.store.outbox_len()?;
+        let admitted = if pending >= self.limits.max_pending_actions {
+            Err((
+                "actions.max_pending",
+                format!(
+                    "the outbox holds {pending} undelivered actions (actions.max_pending = {}); \
+                     try again once the sink has caught up",
+                    self.limits.max_pending_actions
+                ),
+            ))
+        } else {
+            self.rate.admit(&caller.agent, at_ms)
         };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err((key, reason)) => {
+                let denial = Denial::Rule { entity: entity.clone(), rule: key.into(), defer: true, reason };
+                mark_denial(&mut draft, &denial);
+                self.record(draft, started)?;
+                return Ok(Err(WriteError::Denied(Box::new(denial))));
+            }
+        };
+        let request =
+            ActRequest { actor: caller.actor(), entity, based_on, kind, payload, idempotency_key: key, at_ms };
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
         let (outcome, entry) = self
             .blocking(move |s| {
@@ -692,6 +718,10 @@ impl Gate {
             })
             .await?;
         self.count_entry(&entry);
+        match &outcome {
+            ActOutcome::Recorded(_) => admitted.keep(),
+            _ => admitted.release(&self.rate),
+        }
         Ok(match outcome {
             ActOutcome::Recorded(a) => Ok(a.id),
             ActOutcome::Conflict(c) => Err(WriteError::Conflict(Box::new(c))),

@@ -56,11 +56,13 @@ async fn the_upsell_action_is_never_delivered_after_at_risk() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_rules_hold_and_a_disabled_rule_does_not() {
     async fn check(enabled: bool) {
-        let config = if enabled {
-            config_text(FAST_LIMITS)
-        } else {
-            config_text(FAST_LIMITS).replace("effect = \"defer\"", "effect = \"defer\"\nenabled = false")
-        };
+        // Two more action kinds than the example declares.
+        let kinds = config_text(FAST_LIMITS).replace(
+            "\"email.upsell\" = [\"sales\"]",
+            "\"email.upsell\" = [\"sales\"]\n\"email.renewal_reminder\" = [\"sales\"]\n\"crm.sync\" = [\"support\"]",
+        );
+        let config =
+            if enabled { kinds } else { kinds.replace("effect = \"defer\"", "effect = \"defer\"\nenabled = false") };
         let env = Env::with_config(&[("sales", "probe"), ("support", "probe"), ("product", "probe")], &config);
         let create = json!([{"op": "commit", "writes": [{"entity": "customer/acme", "expect": "absent",
             "set": {"status": "active", "open_tickets": 0}}]}]);

@@ -379,3 +379,65 @@ async fn a_killed_host_is_named_as_one_that_stopped_without_closing() {
     assert!(stderr(&o).contains("stopped without closing") && stderr(&o).contains("start a host"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("damaged"), "{}", stderr(&o));
 }
+
+/// Side effects are asked for only by whom the config names, at a bounded
+/// rate, into a bounded outbox: an agent that owns nothing cannot send an
+/// email, nor can one send 3,000.
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_are_declared_rate_limited_and_the_outbox_is_bounded() {
+    let config = |actions: &str| {
+        config_text(FAST_LIMITS).replace("per_minute = 60\nper_hour = 1_000\nmax_pending = 10_000\n", actions)
+    };
+    let acts = |kind: &str, n: usize| {
+        let mut ops = vec![json!({ "op": "get", "entity": "customer/acme" })];
+        ops.extend((0..n).map(|i| json!({ "op": "act", "entity": "customer/acme", "kind": kind, "based_on": "read", "key": format!("k{i}") })));
+        serde_json::Value::Array(ops)
+    };
+    let create = json!([{ "op": "commit", "writes": [
+        { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]);
+
+    let env = Env::with_config(&[("sales", "probe"), ("outsider", "probe")], &config("per_minute = 5\n"));
+    env.probe("sales", create.clone()).await;
+    // Seen at HEAD: any agent could ask for any kind.
+    let r = env.probe("outsider", acts("email.upsell", 1)).await;
+    assert_eq!(r[1]["error"], "forbidden", "{r:?}");
+    assert_eq!(r[1]["field"], "action:email.upsell");
+    assert_eq!(r[1]["writers"], json!(["sales"]));
+    let r = env.probe("sales", acts("email.spam", 1)).await;
+    assert_eq!(r[1]["error"], "forbidden", "{r:?}");
+    assert!(r[1]["text"].as_str().unwrap().contains("not declared"), "{r:?}");
+    // Seen at HEAD: 3,000 in one invocation, all delivered. Now five a minute.
+    let r = env.probe("sales", acts("email.upsell", 12)).await;
+    let recorded = r[1..].iter().filter(|x| x.get("action").is_some()).count();
+    assert_eq!(recorded, 5, "{r:?}");
+    assert!(r[6..].iter().all(|x| x["error"] == "deferred" && x["rule"] == "actions.per_minute"), "{r:?}");
+    env.host.deliver_actions().expect("delivers");
+    assert_eq!(env.delivered().len(), 5, "only what was recorded reaches the sink");
+    let deferred = env.audit(AuditFilter { decision: Some(Decision::Deferred), ..AuditFilter::default() });
+    assert_eq!(deferred.len(), 7, "each refusal is audited");
+    assert!(deferred.iter().all(|e| e.rule.as_deref() == Some("rule: actions.per_minute")));
+    let forbidden = env.audit(AuditFilter { decision: Some(Decision::Forbidden), ..AuditFilter::default() });
+    assert_eq!(forbidden.len(), 2);
+
+    // The outbox holds at most `max_pending` undelivered; once the sink has
+    // caught up, actions are taken again.
+    let env = Env::with_config(&[("sales", "probe")], &config("max_pending = 3\n"));
+    env.probe("sales", create).await;
+    let r = env.probe("sales", acts("email.upsell", 5)).await;
+    assert_eq!(r[1..].iter().filter(|x| x.get("action").is_some()).count(), 3, "{r:?}");
+    assert_eq!(r[4]["rule"], "actions.max_pending", "{r:?}");
+    assert!(r[4]["text"].as_str().unwrap().contains("the outbox holds 3 undelivered actions"), "{r:?}");
+    env.host.deliver_actions().expect("delivers");
+    assert_eq!(env.delivered().len(), 3);
+    let r = env.probe("sales", acts("email.upsell", 1)).await;
+    assert!(r[1].get("action").is_some(), "{r:?}");
+
+    // A bad [actions] table is refused with its line.
+    let dir = tempfile::tempdir().expect("dir");
+    let text = config("per_minute = 0\n");
+    std::fs::write(dir.path().join("concord.toml"), &text).expect("config");
+    let o = concord(dir.path(), &["agents"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let line = text.lines().position(|l| l.starts_with("per_minute")).unwrap() + 1;
+    assert!(stderr(&o).contains(&format!("concord.toml:{line}: actions.per_minute")), "{}", stderr(&o));
+}

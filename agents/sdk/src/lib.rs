@@ -153,6 +153,18 @@ pub fn describe(error: &WriteError) -> String {
             f.writers.join(", "),
             f.entity.kind
         ),
+        // `coord.act` of a kind this agent may not request.
+        WriteError::Forbidden(f) if f.field.starts_with("action:") => format!(
+            "forbidden: {} may not request action `{}` on {}; {}",
+            f.agent,
+            &f.field["action:".len()..],
+            f.entity,
+            if f.writers.is_empty() {
+                "the kind is not declared under [actions.kinds] in concord.toml".to_string()
+            } else {
+                format!("who may: {}", f.writers.join(", "))
+            }
+        ),
         WriteError::Forbidden(f) => {
             format!(
                 "forbidden: {} may not write {}.{}; it belongs to {}",

@@ -2715,6 +2715,11 @@ impl Store for RedbStore {
         })
     }
 
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        txn.open_table(OUTBOX).map_err(backend)?.len().map_err(backend)
+    }
+
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
         let txn = self.read()?;
         let outbox = txn.open_table(OUTBOX).map_err(backend)?;

@@ -258,6 +258,9 @@ pub trait Store: Send + Sync + 'static {
     /// waits here until these are.
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
 
+    /// How many recorded actions wait in the outbox (as readers see it).
+    fn outbox_len(&self) -> Result<u64, StoreError>;
+
     /// Every recorded action, oldest first.
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError>;
 

@@ -143,7 +143,10 @@ mod tests {
         let field = |ty| FieldDef { ty, writers: Writers::Owner("a".into()), line: 1 };
         let fields =
             [("status".to_string(), field(FieldType::Text)), ("open_tickets".into(), field(FieldType::Integer))];
-        Schema { kinds: [("customer".to_string(), KindDef { fields: fields.into(), leases: Vec::new() })].into() }
+        Schema {
+            kinds: [("customer".to_string(), KindDef { fields: fields.into(), leases: Vec::new() })].into(),
+            ..Schema::default()
+        }
     }
 
     fn checked(when: &str) -> Result<(), String> {

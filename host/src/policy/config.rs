@@ -65,6 +65,14 @@ pub struct Limits {
     /// resolved by then expires, as an event on the entity that the
     /// requester sees.
     pub change_request_ttl_ms: u64,
+    /// Actions one agent may record per minute and per hour (`[actions]
+    /// per_minute`, `per_hour`); past them it is deferred.
+    pub actions_per_minute: u32,
+    pub actions_per_hour: u32,
+    /// Undelivered actions the outbox holds at most (`[actions]
+    /// max_pending`); past it a new action is deferred until the sink
+    /// catches up.
+    pub max_pending_actions: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +88,9 @@ impl Default for Limits {
             max_call_bytes: 1 << 20,
             lease_max_ms: 60_000,
             change_request_ttl_ms: 3_600_000,
+            actions_per_minute: 60,
+            actions_per_hour: 1_000,
+            max_pending_actions: 10_000,
         }
     }
 }
@@ -187,11 +198,17 @@ struct RawSubscription {
 struct RawActions {
     #[serde(default = "default_sink")]
     sink: String,
+    /// Each action kind, with the agents that may request it.
+    #[serde(default)]
+    kinds: BTreeMap<Spanned<String>, Spanned<Vec<String>>>,
+    per_minute: Option<Spanned<u64>>,
+    per_hour: Option<Spanned<u64>>,
+    max_pending: Option<Spanned<u64>>,
 }
 
 impl Default for RawActions {
     fn default() -> Self {
-        Self { sink: default_sink() }
+        Self { sink: default_sink(), kinds: BTreeMap::new(), per_minute: None, per_hour: None, max_pending: None }
     }
 }
 
@@ -294,7 +311,7 @@ impl Config {
             line: span.map(|s| line_of(text, s.start)),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim_end().to_string()))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim_end().to_string()))?;
 
         let mut limits = Limits::default();
         let positive = |v: &Option<Spanned<u64>>, name: &str| -> Result<Option<u64>, ConfigError> {
@@ -355,6 +372,22 @@ impl Config {
         }
         if let Some(ms) = positive(&raw.limits.change_request_ttl_ms, "change_request_ttl_ms")? {
             limits.change_request_ttl_ms = ms;
+        }
+        for (value, name, target) in [
+            (&raw.actions.per_minute, "per_minute", &mut limits.actions_per_minute),
+            (&raw.actions.per_hour, "per_hour", &mut limits.actions_per_hour),
+        ] {
+            if let Some(v) = value {
+                *target = u32::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    err(Some(v.span()), format!("actions.{name} must be 1 to 4294967295 (actions per agent)"))
+                })?;
+            }
+        }
+        if let Some(v) = &raw.actions.max_pending {
+            if *v.get_ref() == 0 {
+                return Err(err(Some(v.span()), "actions.max_pending must be at least 1".into()));
+            }
+            limits.max_pending_actions = *v.get_ref();
         }
 
         let mut kinds = BTreeMap::new();
@@ -433,7 +466,30 @@ impl Config {
             return Err(err(None, "no entity kinds are declared: add at least one `[kinds.NAME.fields]` table".into()));
         }
 
-        let schema = Schema { kinds };
+        let mut actions = BTreeMap::new();
+        for (kind, agents) in std::mem::take(&mut raw.actions.kinds) {
+            let (span, kind) = (kind.span(), kind.into_inner());
+            if kind.is_empty()
+                || kind.len() > 128
+                || !kind.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(err(
+                    Some(span),
+                    format!(
+                        "action kind `{kind}`: use 1 to 128 ASCII letters, digits, `.`, `_` or `-`, such as `email.upsell`"
+                    ),
+                ));
+            }
+            let (aspan, agents) = (agents.span(), agents.into_inner());
+            if agents.is_empty() || agents.iter().any(|a| a.trim().is_empty()) {
+                return Err(err(
+                    Some(aspan),
+                    format!("action kind `{kind}` must list the agents that may request it, with no empty names"),
+                ));
+            }
+            actions.insert(kind, agents);
+        }
+        let schema = Schema { kinds, actions };
 
         let mut rules = Vec::new();
         let mut names = std::collections::BTreeSet::new();

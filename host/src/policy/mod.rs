@@ -4,6 +4,7 @@
 //! - [`schema`]: kinds, typed fields, and the ownership map.
 //! - [`rules`]: coordination rules (CEL conditions, defer or deny);
 //!   [`condition`]: a condition checked at start against what it can see.
+//! - [`rate`]: how many actions an agent may record per minute and hour.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
@@ -13,6 +14,7 @@
 
 pub mod condition;
 pub mod config;
+pub mod rate;
 pub mod rules;
 pub mod schema;
 pub mod server;
@@ -37,10 +39,16 @@ pub struct Forbidden {
 /// entity, and `writers` are the agents that may lease it.
 pub const ANY_FIELD: &str = "*";
 
+/// How `field` of a [`Forbidden`] action names it: `action:KIND`, with
+/// `writers` the agents that may request the kind.
+pub const ACTION_PREFIX: &str = "action:";
+
 impl Forbidden {
     fn describe(&self) -> String {
         if self.field == ANY_FIELD {
             format!("{} may not lease {}: {}", self.agent, self.entity, self.rule)
+        } else if let Some(kind) = self.field.strip_prefix(ACTION_PREFIX) {
+            format!("{} may not request action `{kind}` on {}: the kind is {}", self.agent, self.entity, self.rule)
         } else {
             format!("{} may not write {}.{}: the field is {}", self.agent, self.entity, self.field, self.rule)
         }
@@ -63,6 +71,7 @@ impl Refusal {
     /// The rule that decided, as recorded in the audit.
     pub fn rule(&self) -> String {
         match self {
+            Refusal::Forbidden(f) if f.field.starts_with(ACTION_PREFIX) => format!("actions: {}", f.field),
             Refusal::Forbidden(f) if f.field == ANY_FIELD => {
                 format!("lease: {} may lease {}", f.writers.join(", "), f.entity.kind)
             }
@@ -123,6 +132,31 @@ impl Policy {
             })));
         }
         Ok(())
+    }
+
+    /// Checks that `agent` may ask for an action of `kind` on `entity`:
+    /// the kind is declared in `[actions.kinds]` with the agent among those
+    /// who may. Denied by default, as fields are.
+    pub fn check_action(&self, agent: &str, entity: &EntityRef, kind: &str) -> Result<(), Refusal> {
+        self.schema.check_ref(entity).map_err(Refusal::Invalid)?;
+        let allowed = self.schema.actions.get(kind);
+        if allowed.is_some_and(|a| a.iter().any(|x| x == agent)) {
+            return Ok(());
+        }
+        let rule = match allowed {
+            Some(who) => format!("requested only by {}", who.join(", ")),
+            None => format!(
+                "not declared: add `\"{}\" = [\"{agent}\"]` under `[actions.kinds]` in concord.toml to allow it",
+                kind.escape_debug()
+            ),
+        };
+        Err(Refusal::Forbidden(Box::new(Forbidden {
+            entity: entity.clone(),
+            field: format!("{ACTION_PREFIX}{kind}"),
+            agent: agent.to_string(),
+            writers: allowed.cloned().unwrap_or_default(),
+            rule,
+        })))
     }
 
     /// Checks a whole commit: shape, schema and ownership. Returns the first

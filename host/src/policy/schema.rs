@@ -160,6 +160,10 @@ impl KindDef {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Schema {
     pub kinds: BTreeMap<String, KindDef>,
+    /// Each action kind an agent may ask for (`[actions.kinds]`), with
+    /// the agents that may: any other kind is refused, as a field nobody
+    /// owns is.
+    pub actions: BTreeMap<String, Vec<String>>,
 }
 
 /// A name for an error message: cut at 64 characters, so that a hostile
@@ -228,9 +232,9 @@ impl Schema {
             .collect()
     }
 
-    /// Every agent name the config mentions as an owner, a writer or a
-    /// lessee.
+    /// Every agent name the config mentions as an owner, a writer, a
+    /// lessee or a requester of actions.
     pub fn named_agents(&self) -> std::collections::BTreeSet<String> {
-        self.kinds.values().flat_map(KindDef::lessees).collect()
+        self.kinds.values().flat_map(KindDef::lessees).chain(self.actions.values().flatten().cloned()).collect()
     }
 }
