@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 examples="${1:-20}"
 root="$PWD"
 venv="$root/target/venv"
-if [ ! -x "$venv/bin/schemathesis" ]; then
+# A venv that does not run (moved with its target dir, say) is made anew.
+if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
