@@ -149,7 +149,7 @@ pub fn print_events(events: &[Event], as_json: bool) {
             e.entity,
             e.version,
             e.kind.as_str(),
-            visible(&e.reason),
+            visible(&clip(&e.reason, MAX_REASON_CHARS)),
             e.invocation
         );
         for c in &e.changes {
@@ -211,6 +211,19 @@ pub fn print_agents(agents: &[AgentView], as_json: bool) {
     }
 }
 
+/// The most of an event's reason a table shows (`--json` has it whole): a
+/// commit may carry up to `limits.max_call_bytes` of it.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `s` cut to `max` characters, saying how much was left out.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let total = s.chars().count();
+    if total <= max {
+        return s.into();
+    }
+    format!("{}… ({} more characters; --json shows them)", s.chars().take(max).collect::<String>(), total - max).into()
+}
+
 /// Agent-supplied text as the terminal should show it: control,
 /// bidirectional and invisible characters (an escape sequence, U+202E)
 /// are printed as `\u{…}` escapes, so that nothing an agent writes can
@@ -261,6 +274,15 @@ pub fn print_step(step: &StepReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_text_is_clipped_and_made_visible() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "x".repeat(1000);
+        assert!(clip(&long, 500).ends_with("… (500 more characters; --json shows them)"));
+        assert_eq!(visible("a\u{1b}[2Jb\u{202e}c"), "a\\u{1b}[2Jb\\u{202e}c");
+        assert_eq!(visible("plain ünïcode"), "plain ünïcode");
+    }
 
     #[test]
     fn times_format_as_utc() {
