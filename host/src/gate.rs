@@ -218,9 +218,9 @@ pub struct Gate {
     metrics: GateMetrics,
 }
 
-/// The longest action kind accepted, in bytes: kinds are printed in
-/// every listing of the outbox.
-pub const MAX_ACTION_KIND: usize = 128;
+/// The longest idempotency key of an action, in bytes: keys are printed
+/// in every listing of the outbox.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// Largest `limit` a `history` call may ask for.
 pub const MAX_HISTORY: u32 = 1000;
@@ -639,16 +639,17 @@ impl Gate {
         }
         let problem = if kind.trim().is_empty() {
             Some("an action needs a kind, such as `email.send`".to_string())
-        } else if kind.len() > MAX_ACTION_KIND || kind.chars().any(crate::policy::schema::deceptive) {
+        } else if !crate::policy::schema::valid_action_kind(&kind) {
             Some(format!(
-                "an action kind is at most {MAX_ACTION_KIND} bytes of visible characters (such as `email.send`); \
-                 this one is {} bytes{}",
-                kind.len(),
-                if kind.chars().any(crate::policy::schema::deceptive) {
-                    " with control, bidirectional or invisible characters"
-                } else {
-                    ""
-                }
+                "action kind {:?} is not 1 to {} ASCII letters, digits, `.`, `_` or `-` (such as `email.send`)",
+                crate::policy::schema::shorten(&kind),
+                crate::policy::schema::MAX_ACTION_KIND
+            ))
+        } else if key.as_ref().is_some_and(|k| {
+            k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || k.chars().any(crate::policy::schema::deceptive)
+        }) {
+            Some(format!(
+                "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} bytes of visible characters (it is printed with the action)"
             ))
         } else if let Err(e) = serde_json::from_str::<serde_json::Value>(&payload) {
             Some(format!("the action payload is not JSON: {e}"))
@@ -670,20 +671,9 @@ impl Gate {
             return Ok(Err(WriteError::Refused(refusal)));
         }
         let at_ms = now_ms();
-        let pending = self.store.outbox_len()?;
-        let admitted = if pending >= self.limits.max_pending_actions {
-            Err((
-                "actions.max_pending",
-                format!(
-                    "the outbox holds {pending} undelivered actions (actions.max_pending = {}); \
-                     try again once the sink has caught up",
-                    self.limits.max_pending_actions
-                ),
-            ))
-        } else {
-            self.rate.admit(&caller.agent, at_ms)
-        };
-        let admitted = match admitted {
+        // The outbox's bound is checked by the store, in the transaction
+        // that records (see `ActRequest::max_pending`).
+        let admitted = match self.rate.admit(&caller.agent, at_ms) {
             Ok(a) => a,
             Err((key, reason)) => {
                 let denial = Denial::Rule { entity: entity.clone(), rule: key.into(), defer: true, reason };
@@ -692,8 +682,16 @@ impl Gate {
                 return Ok(Err(WriteError::Denied(Box::new(denial))));
             }
         };
-        let request =
-            ActRequest { actor: caller.actor(), entity, based_on, kind, payload, idempotency_key: key, at_ms };
+        let request = ActRequest {
+            actor: caller.actor(),
+            entity,
+            based_on,
+            kind,
+            payload,
+            idempotency_key: key,
+            at_ms,
+            max_pending: self.limits.max_pending_actions,
+        };
         let (rules, agent) = (self.rules.clone(), caller.agent.clone());
         let (outcome, entry) = self
             .blocking(move |s| {
@@ -718,9 +716,14 @@ impl Gate {
             })
             .await?;
         self.count_entry(&entry);
-        match &outcome {
-            ActOutcome::Recorded(_) => admitted.keep(),
-            _ => admitted.release(&self.rate),
+        // Only a new record keeps its place: a repeated key answers with
+        // the first action, recorded before; a refusal records nothing. (A
+        // fault above drops `admitted`, which gives its place back too.)
+        if let ActOutcome::Recorded(a) = &outcome
+            && a.recorded_at_ms == at_ms
+            && a.invocation == caller.invocation
+        {
+            admitted.keep();
         }
         Ok(match outcome {
             ActOutcome::Recorded(a) => Ok(a.id),

@@ -48,8 +48,10 @@ fn a_closed_stdout_ends_a_read_command_quietly_and_never_changes_how_a_run_ends(
     assert_eq!(ends.status.code(), Some(0), "a read after the run: {}", String::from_utf8_lossy(&ends.stderr));
     assert_eq!(String::from_utf8_lossy(&ends.stdout).lines().count(), 13, "every trigger of the script ran");
 
-    // Each read and operator family, with nobody reading: exit 0, nothing
-    // on stderr (no internal-fault line, no panic report).
+    // Each read and operator family, with nobody reading: exit 141 (as a
+    // shell reports SIGPIPE; never 0, so that a verdict nobody read does
+    // not pass for success), nothing on stderr (no internal-fault line, no
+    // panic report).
     for args in [
         &["audit", "--json"][..],
         &["audit"],
@@ -58,11 +60,31 @@ fn a_closed_stdout_ends_a_read_command_quietly_and_never_changes_how_a_run_ends(
         &["conflicts"],
         &["export"],
         &["agents"],
+        &["audit", "verify"],
     ] {
         let o = with_stdout_closed(dir.path(), args);
-        assert_eq!(o.status.code(), Some(0), "concord {args:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(141), "concord {args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o), "", "concord {args:?} says nothing when its reader is gone");
     }
+    // Work that must not depend on a reader goes on: every row is imported,
+    // and a token that nobody was shown is not kept.
+    let rows: String =
+        (0..5).map(|i| format!("{{\"entity\":\"customer/c{i}\",\"fields\":{{\"status\":\"active\"}}}}\n")).collect();
+    std::fs::write(dir.path().join("rows.jsonl"), rows).expect("rows");
+    let o = with_stdout_closed(dir.path(), &["import", "rows.jsonl", "--by", "alice", "--batch", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for i in 0..5 {
+        assert_eq!(concord(dir.path(), &["get", &format!("customer/c{i}")]).status.code(), Some(0), "row {i} imported");
+    }
+    let config = std::fs::read_to_string(dir.path().join("concord.toml")).expect("config");
+    std::fs::write(dir.path().join("concord.toml"), format!("{config}\n[server]\ntokens = \"tokens\"\n"))
+        .expect("config");
+    let o = with_stdout_closed(dir.path(), &["token", "add", "alice", "--role", "operator"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("so it was not kept"), "{}", stderr(&o));
+    let list = concord(dir.path(), &["token", "list"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("alice"), "{}", String::from_utf8_lossy(&list.stdout));
+
     // And the store is as it was: the chain verifies, nothing is marked open.
     let verify = concord(dir.path(), &["audit", "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stderr));
@@ -302,7 +324,7 @@ async fn agent_text_is_bounded_and_cannot_spoof_what_is_printed() {
     let dir = {
         let env = Env::with_limits(&[("hostile", "hostile"), ("sales", "probe")], limits);
         // Ids and kinds that would print as something else.
-        for id in ["acme\u{202e}gpj", "acme\u{200b}", "acme/../x", "acme\u{1b}[2J"] {
+        for id in ["acme\u{202e}gpj", "acme\u{200b}", "acme\u{ad}", "acme\u{e0041}", "acme/../x", "acme\u{1b}[2J"] {
             let r = env
                 .probe(
                     "sales",
@@ -315,7 +337,7 @@ async fn agent_text_is_bounded_and_cannot_spoof_what_is_printed() {
         let ok = json!([{ "op": "commit", "writes": [
             { "entity": "customer/acme", "expect": "absent", "set": { "status": "active" } }] }]);
         env.probe("sales", ok).await;
-        for kind in ["email\u{1b}[31m.send", "email.\u{202e}dnes", &"e".repeat(129)] {
+        for kind in ["email\u{1b}[31m.send", "email.\u{202e}dnes", "email send", &"e".repeat(129)] {
             let r = env
                 .probe("sales", json!([{ "op": "act", "entity": "customer/acme", "kind": kind, "based_on": 1 }]))
                 .await;

@@ -45,7 +45,7 @@ pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
             a.agent,
             a.based_on,
             delivered,
-            a.idempotency_key
+            visible(&a.idempotency_key)
         );
     }
 }
@@ -110,7 +110,7 @@ pub fn print_conflicts(r: &Report, as_json: bool) {
 }
 
 fn value(v: &Option<Value>) -> String {
-    v.as_ref().map_or_else(|| "∅".to_string(), ToString::to_string)
+    v.as_ref().map_or_else(|| "∅".to_string(), |v| visible(&v.to_string()).into_owned())
 }
 
 pub fn print_entity(e: &Entity, lease: Option<&Lease>, as_json: bool) {
@@ -126,8 +126,8 @@ pub fn print_entity(e: &Entity, lease: Option<&Lease>, as_json: bool) {
         // JSON as it parses (the same text however it was spaced, and
         // whether it was read from the store or through a running host).
         match v {
-            Value::Json(_) => outln!("  {k:width$}  {}", v.to_json()),
-            _ => outln!("  {k:width$}  {v}"),
+            Value::Json(_) => outln!("  {k:width$}  {}", visible(&v.to_json().to_string())),
+            _ => outln!("  {k:width$}  {}", visible(&v.to_string())),
         }
     }
     if let Some(l) = lease {

@@ -12,7 +12,8 @@
 //! invocation failed or trapped, the audit chain is broken, `check` found
 //! damage); 2 bad usage;
 //! 3 bad input (config, agents, script, store, a request the host refused);
-//! 4 not found; 5 an internal fault (a panic on the main thread, such as
+//! 4 not found; 141 standard output closed before the command was done
+//! (`| head`); 5 an internal fault (a panic on the main thread, such as
 //! redb's on a page damaged behind its back: reported as an error that says
 //! what to do).
 
@@ -104,13 +105,16 @@ pub fn main() -> ExitCode {
         }
         Err(payload) if payload.is::<out::StdoutGone>() => {
             // The reader went away (`| head`): that ends a command quietly,
-            // as it ends `cat`. Any other write error is named.
+            // with the code a shell gives `cat` killed by SIGPIPE (128 + 13),
+            // never 0: a verdict the reader did not see (`check`, `audit
+            // verify`) must not pass for success. Any other write error is
+            // named.
             match payload.downcast::<out::StdoutGone>().map(|gone| gone.0) {
                 Ok(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                     eprintln!("error: cannot write to standard output: {e}");
                     ExitCode::from(1)
                 }
-                _ => ExitCode::SUCCESS,
+                _ => ExitCode::from(141),
             }
         }
         Err(_) => {

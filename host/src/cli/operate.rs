@@ -92,6 +92,8 @@ pub(super) fn revert(
 /// `concord import FILE`: every row is checked against the schema before
 /// anything is written; then the rows go in batches, each all or nothing.
 pub(super) fn import(config_path: &Path, file: &Path, by: Option<String>, batch: usize) -> Result<u8, Failure> {
+    // Every row is imported whether or not anyone reads the progress.
+    super::out::keep_going_when_closed();
     if batch == 0 || batch > import::MAX_BATCH {
         return Err(Failure::usage(format!("--batch is 1 to {}", import::MAX_BATCH)));
     }

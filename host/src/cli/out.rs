@@ -7,11 +7,15 @@
 //! - a read or operator command ends quietly: the write unwinds with a
 //!   [`StdoutGone`] payload through `resume_unwind`, which skips the panic
 //!   hook (no report, no backtrace); destructors run, so a store handle is
-//!   closed as on any return, and `main` exits 0;
-//! - `run` and `serve` keep going ([`keep_going_when_closed`]): once stdout
-//!   is gone their output is dropped, so the script finishes and the host
-//!   stops exactly as they would have with a reader. A closed pipe never
-//!   changes how a run ends.
+//!   closed as on any return, and `main` exits 141, as a shell reports a
+//!   command killed by SIGPIPE (never 0: a verdict nobody read is no
+//!   success);
+//! - `run`, `serve`, `import` and `token add` keep going
+//!   ([`keep_going_when_closed`]): their work must not depend on a reader,
+//!   so once stdout is gone their output is dropped, and the script
+//!   finishes, the host stops, every row is imported and the token is kept
+//!   exactly as with a reader. (A new token printed to nobody is lost, as
+//!   its file keeps only its digest: remove it and add another.)
 //!
 //! Any other write error (a full disk under `> file`) takes the same paths,
 //! and `main` names it.

@@ -179,7 +179,22 @@ pub(super) fn token(config_path: &Path, action: TokenAction) -> Result<u8, Failu
     match action {
         TokenAction::Add { name, role } => {
             let token = tokens::add(&path, &name, role)?;
-            outln!("{token}");
+            // Shown once or not kept: a token nobody saw (stdout closed)
+            // would be a credential no one holds.
+            let shown = {
+                use std::io::Write as _;
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{token}").and_then(|()| stdout.flush())
+            };
+            if let Err(e) = shown {
+                tokens::remove(&path, &name)?;
+                return Err(Failure {
+                    code: 1,
+                    error: anyhow::anyhow!(
+                        "cannot print the new token ({e}), so it was not kept: run `concord token add` again with stdout open"
+                    ),
+                });
+            }
             eprintln!(
                 "token `{name}` ({role}) added to {}. It is shown this once; only its sha256 is kept. Use it as `Authorization: Bearer …`, or CONCORD_TOKEN for the CLI.",
                 path.display()

@@ -2678,6 +2678,19 @@ impl Store for RedbStore {
                 if let Some(d) = denied {
                     break 'decide ActOutcome::Denied(d);
                 }
+                let pending = txn.outbox().map_err(backend)?.len().map_err(backend)?;
+                if pending >= request.max_pending {
+                    break 'decide ActOutcome::Denied(Denial::Rule {
+                        entity: request.entity.clone(),
+                        rule: "actions.max_pending".into(),
+                        defer: true,
+                        reason: format!(
+                            "the outbox holds {pending} undelivered actions (actions.max_pending = {}); \
+                             try again once the sink has caught up",
+                            request.max_pending
+                        ),
+                    });
+                }
                 let id = actions.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
                 let record = ActionRecord {
                     id,
@@ -2713,11 +2726,6 @@ impl Store for RedbStore {
             let draft = audit(&outcome);
             Ok((outcome, draft))
         })
-    }
-
-    fn outbox_len(&self) -> Result<u64, StoreError> {
-        let txn = self.read()?;
-        txn.open_table(OUTBOX).map_err(backend)?.len().map_err(backend)
     }
 
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {

@@ -114,6 +114,10 @@ pub struct ActRequest {
     /// Given by the agent, or made up from the outbox id.
     pub idempotency_key: Option<String>,
     pub at_ms: u64,
+    /// The most undelivered actions the outbox may hold; a new action past
+    /// it is deferred (`actions.max_pending`). Checked in the transaction
+    /// that records, so concurrent requests cannot overshoot it.
+    pub max_pending: u64,
 }
 
 /// What an action request did.
@@ -257,9 +261,6 @@ pub trait Store: Send + Sync + 'static {
     /// ones: a store that lets reads see a commit before it is on disk
     /// waits here until these are.
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
-
-    /// How many recorded actions wait in the outbox (as readers see it).
-    fn outbox_len(&self) -> Result<u64, StoreError>;
 
     /// Every recorded action, oldest first.
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError>;

@@ -469,10 +469,7 @@ impl Config {
         let mut actions = BTreeMap::new();
         for (kind, agents) in std::mem::take(&mut raw.actions.kinds) {
             let (span, kind) = (kind.span(), kind.into_inner());
-            if kind.is_empty()
-                || kind.len() > 128
-                || !kind.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
+            if !super::schema::valid_action_kind(&kind) {
                 return Err(err(
                     Some(span),
                     format!(

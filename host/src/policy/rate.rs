@@ -3,10 +3,10 @@
 //!
 //! Counted in memory, per host: a restart starts the count afresh, and
 //! several hosts count apart. An action takes its place in the window when
-//! it is asked for ([`ActionRate::admit`]) and gives it back if the store
-//! does not record it ([`Admitted::release`]: a conflict, a rule), so that
-//! a refusal costs an agent nothing and two concurrent calls cannot both
-//! take the last place.
+//! it is asked for ([`ActionRate::admit`]) and gives it back unless it is
+//! kept ([`Admitted::keep`], once the store recorded it): a refusal, a
+//! repeated key or a fault costs an agent nothing, and two concurrent
+//! calls cannot both take the last place.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,12 +24,15 @@ pub struct ActionRate {
     seen: Mutex<HashMap<String, VecDeque<u64>>>,
 }
 
-/// An action's place in its agent's window.
+/// An action's place in its agent's window: given back when dropped,
+/// unless kept.
 #[derive(Debug)]
-#[must_use = "release the place if the action is not recorded"]
-pub struct Admitted {
+#[must_use = "a place not kept is given back at once"]
+pub struct Admitted<'a> {
+    rate: &'a ActionRate,
     agent: String,
     at_ms: u64,
+    kept: bool,
 }
 
 impl ActionRate {
@@ -39,7 +42,7 @@ impl ActionRate {
 
     /// Takes a place for one action of `agent` at `now_ms`, or says which
     /// limit it is past (its config key) and when a place frees.
-    pub fn admit(&self, agent: &str, now_ms: u64) -> Result<Admitted, (&'static str, String)> {
+    pub fn admit(&self, agent: &str, now_ms: u64) -> Result<Admitted<'_>, (&'static str, String)> {
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let times = seen.entry(agent.to_string()).or_default();
         while times.front().is_some_and(|t| t.saturating_add(HOUR_MS) <= now_ms) {
@@ -64,23 +67,29 @@ impl ActionRate {
             ));
         }
         times.push_back(now_ms);
-        Ok(Admitted { agent: agent.to_string(), at_ms: now_ms })
+        Ok(Admitted { rate: self, agent: agent.to_string(), at_ms: now_ms, kept: false })
     }
 }
 
-impl Admitted {
-    /// Gives the place back: the action was not recorded.
-    pub fn release(self, rate: &ActionRate) {
-        let mut seen = rate.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+impl Admitted<'_> {
+    /// Keeps the place: the action was recorded.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let mut seen = self.rate.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(times) = seen.get_mut(&self.agent)
             && let Some(i) = times.iter().rposition(|t| *t == self.at_ms)
         {
             times.remove(i);
         }
     }
-
-    /// Keeps the place: the action was recorded.
-    pub fn keep(self) {}
 }
 
 #[cfg(test)]
@@ -102,8 +111,8 @@ mod tests {
         rate.admit("sales", HOUR_MS).expect("the first has left the hour").keep();
         // A released place is free again.
         let rate = ActionRate::new(1, 10);
-        rate.admit("sales", 0).expect("1").release(&rate);
-        rate.admit("sales", 0).expect("released, so free").keep();
+        drop(rate.admit("sales", 0).expect("1"));
+        rate.admit("sales", 0).expect("not kept, so free").keep();
         assert!(rate.admit("sales", 0).is_err());
     }
 }

@@ -176,9 +176,45 @@ pub fn shorten(s: &str) -> String {
 /// character (terminal escapes included), a bidirectional format character
 /// (U+202E turns what follows around), or an invisible one (zero-width
 /// space and joiners, the byte-order mark).
+///
+/// The invisible ones are Unicode's default-ignorable code points (soft
+/// hyphen, variation selectors, tag characters, Hangul fillers, ...), and
+/// the line and paragraph separators.
 pub fn deceptive(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// The longest action kind, in bytes.
+pub const MAX_ACTION_KIND: usize = 128;
+
+/// Whether `kind` is a well-formed action kind: 1 to [`MAX_ACTION_KIND`]
+/// ASCII letters, digits, `.`, `_` or `-` (`email.upsell`). The same rule
+/// holds in `[actions.kinds]` and in `coord.act`, so a refused kind can
+/// always be declared.
+pub fn valid_action_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= MAX_ACTION_KIND
+        && kind.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// The longest entity id accepted, in bytes.
