@@ -34,7 +34,8 @@ the server file beside the knowledge base; the token comes from CONCORD_TOKEN).
 
 Exit codes: 0 ok; 1 something in the run failed (an invocation, the audit chain,
 damage `check` found); 2 bad usage; 3 bad input (config, agents, script, store);
-4 not found; 5 an internal fault (a damaged store: run `concord check`; or a bug).
+4 not found; 5 an internal fault (a damaged store: run `concord check`; or a bug);
+141 stdout closed before the command was done (`| head`).
 Logs go to stderr; set CONCORD_LOG (e.g. CONCORD_LOG=debug) to see more.";
 
 /// Concord: sandboxed WebAssembly agents sharing one versioned, owned,
