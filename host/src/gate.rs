@@ -663,8 +663,8 @@ impl Gate {
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
         }
-        // Who may ask for this kind, then the bounds: the outbox's, then the
-        // agent's rate. A bound is "not now" (deferred), naming its key.
+        // Who may ask for this kind, then the agent's rate: a bound is "not
+        // now" (deferred), naming its key.
         if let Err(refusal) = self.policy.check_action(&caller.agent, &entity, &kind) {
             mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;

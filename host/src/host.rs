@@ -140,17 +140,14 @@ impl Host {
         if let Err(e) = self.deliver_actions() {
             tracing::warn!("actions not delivered yet: {e}");
         }
-        if let Err(e) = self.expire_change_requests(crate::kb::now_ms()) {
-            tracing::warn!("change requests not expired yet: {e}");
-        }
         Ok(done)
     }
 
     /// Closes the change requests nobody resolved within
     /// `limits.change_request_ttl_ms` of `now_ms` (see
-    /// [`crate::coord::expiry`]). Runs at start, after each trigger's
-    /// cascade, and now and then in `concord serve`; it reads the store and
-    /// may write it: call it off the async threads.
+    /// [`crate::coord::expiry`]). Runs at start and every few seconds in
+    /// `concord serve` (not on each trigger's path); it reads the store
+    /// and may write it: call it off the async threads.
     pub fn expire_change_requests(&self, now_ms: u64) -> Result<Vec<crate::kb::Event>, StoreError> {
         crate::coord::expiry::expire(self.store().as_ref(), self.config.limits.change_request_ttl_ms, now_ms)
     }

@@ -1,16 +1,7 @@
 //! The `concord` binary, as a user runs it.
 
-use crate::common::{concord, demo_dir, root};
+use crate::common::{concord, demo_dir, root, stderr, stdout};
 use std::path::Path;
-use std::process::Output;
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[test]
 fn the_demo_runs_and_the_read_verbs_show_who_did_what() {

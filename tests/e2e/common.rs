@@ -199,6 +199,16 @@ pub fn concord(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("concord runs")
 }
 
+/// A command's stdout, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A temp folder laid out like the repo for the demo: the three example
 /// agents, the example config (test limits) and the Acme script.
 pub fn demo_dir() -> tempfile::TempDir {

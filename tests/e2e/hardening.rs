@@ -2,7 +2,7 @@
 //! host now does instead (issue 21). Each test runs the real binary or a
 //! real compiled agent, and would fail if its hole came back.
 
-use crate::common::{Env, FAST_LIMITS, concord, config_text, demo_dir};
+use crate::common::{Env, FAST_LIMITS, concord, config_text, demo_dir, stderr};
 use crate::http::Served;
 use concord::audit::{AuditFilter, Decision, calls};
 use concord::coord::conflicts;
@@ -30,10 +30,6 @@ fn with_stdout_closed(dir: &Path, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .output()
         .expect("concord runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -1,20 +1,12 @@
 //! `concord serve` as a process: killed under load, drained by SIGTERM,
 //! and the CLI going through it.
 
-use crate::common::{concord, demo_dir};
+use crate::common::{concord, demo_dir, stderr, stdout};
 use crate::http::{Process, service_dir};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn probe(ops: Value) -> Value {
     json!({ "kind": "probe", "body": { "ops": ops } })

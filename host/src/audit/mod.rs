@@ -485,17 +485,25 @@ impl ChainVerifier {
 
 /// Bounds a call's arguments for the audit, marking what was cut.
 pub fn bounded(mut json: String, max: usize) -> String {
-    if json.len() <= max {
-        return json;
-    }
     let total = json.len();
+    if cut_to(&mut json, max) {
+        json.push_str(&format!("…(truncated, {total} bytes in all)"));
+    }
+    json
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary. Returns
+/// whether anything was cut.
+pub(crate) fn cut_to(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
     let mut cut = max;
-    while !json.is_char_boundary(cut) {
+    while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    json.truncate(cut);
-    json.push_str(&format!("…(truncated, {total} bytes in all)"));
-    json
+    text.truncate(cut);
+    true
 }
 
 #[cfg(test)]

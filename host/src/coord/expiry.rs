@@ -9,8 +9,8 @@
 //! in `changes-since-read`, and an audit entry (agent `host`, call
 //! `change.expired`, the owner as the other party).
 //!
-//! [`expire`] runs at start, after each trigger's cascade, and every few
-//! seconds in `concord serve`. Requests are numbered in the order they were
+//! [`expire`] runs at start and every few seconds in `concord serve`; a
+//! script (`concord run`) sweeps at its start. Requests are numbered in the order they were
 //! asked, so it walks them from a cursor kept in the store's host state
 //! (every request at or below it is closed) and stops at the first open
 //! one that is not old enough: each run reads only what is new or open.

@@ -600,16 +600,10 @@ pub const MAX_REPORT_BYTES: usize = 64 << 10;
 
 /// Cuts `text` to [`MAX_REPORT_BYTES`] at a character boundary, saying so.
 fn bounded_report(mut text: String) -> String {
-    if text.len() <= MAX_REPORT_BYTES {
-        return text;
-    }
     let total = text.len();
-    let mut cut = MAX_REPORT_BYTES;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
+    if crate::audit::cut_to(&mut text, MAX_REPORT_BYTES) {
+        text.push_str(&format!("… [cut: the report was {total} bytes; the host keeps {MAX_REPORT_BYTES}]"));
     }
-    text.truncate(cut);
-    text.push_str(&format!("… [cut: the report was {total} bytes; the host keeps {MAX_REPORT_BYTES}]"));
     text
 }
 
