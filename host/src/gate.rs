@@ -17,8 +17,7 @@ use crate::kb::{
     Event, EventKind, Lease, LeaseOutcome, Store, StoreError, Value, Write, now_ms,
 };
 use crate::metrics::GateMetrics;
-use crate::policy::config::Limits;
-use crate::policy::rules::Rules;
+use crate::policy::config::Config;
 use crate::policy::{Policy, Refusal};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -204,15 +203,30 @@ impl Breakpoint {
     }
 }
 
+/// What the gate decides with: a config and the policy made from it.
+/// Replaced whole by a config reload ([`Gate::reconfigure`]). A call that
+/// decides twice (a commit's ownership, then its rules in the writer)
+/// decides both times on the one snapshot it took at its start.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub policy: Arc<Policy>,
+}
+
+impl Settings {
+    pub fn new(config: Arc<Config>) -> Self {
+        let policy = Arc::new(Policy::new(config.schema.clone()));
+        Self { config, policy }
+    }
+}
+
 /// Applies policy and audit to every host call. Shared by all invocations.
 #[derive(Debug)]
 pub struct Gate {
     store: Arc<dyn Store>,
-    policy: Arc<Policy>,
-    rules: Arc<Rules>,
-    limits: Limits,
-    /// The loaded agents: a change request goes to one of them.
-    agents: std::collections::BTreeSet<String>,
+    settings: arc_swap::ArcSwap<Settings>,
+    /// The agents in service: a change request goes to one of them.
+    agents: arc_swap::ArcSwap<std::collections::BTreeSet<String>>,
     /// Each agent's actions in the last minute and hour.
     rate: crate::policy::rate::ActionRate,
     metrics: GateMetrics,
@@ -227,23 +241,43 @@ pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
     /// `agents`: the names of the loaded agents.
-    pub fn new(
-        store: Arc<dyn Store>,
-        policy: Arc<Policy>,
-        rules: Arc<Rules>,
-        limits: Limits,
-        agents: std::collections::BTreeSet<String>,
-    ) -> Self {
-        let rate = crate::policy::rate::ActionRate::new(limits.actions_per_minute, limits.actions_per_hour);
-        Self { store, policy, rules, limits, agents, rate, metrics: GateMetrics::default() }
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, agents: std::collections::BTreeSet<String>) -> Self {
+        let rate =
+            crate::policy::rate::ActionRate::new(config.limits.actions_per_minute, config.limits.actions_per_hour);
+        Self {
+            store,
+            settings: arc_swap::ArcSwap::from_pointee(Settings::new(config)),
+            agents: arc_swap::ArcSwap::from_pointee(agents),
+            rate,
+            metrics: GateMetrics::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.settings.load().policy.clone()
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.settings.load().config.clone()
+    }
+
+    /// Puts `config` in force from the next host call on: calls under way
+    /// finish on the settings they started with.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.rate.set_limits(config.limits.actions_per_minute, config.limits.actions_per_hour);
+        self.settings.store(Arc::new(Settings::new(config)));
+    }
+
+    /// The agents in service, for change requests (see
+    /// [`crate::runtime::Runtime::install`]).
+    pub fn set_agents(&self, agents: std::collections::BTreeSet<String>) {
+        self.agents.store(Arc::new(agents));
     }
 
     /// What the gate has counted (for `GET /metrics`).
@@ -296,7 +330,7 @@ impl Gate {
             call: call.to_string(),
             entities,
             arg_bytes: args.len(),
-            args: audit::bounded(args, self.limits.audit_arg_bytes),
+            args: audit::bounded(args, self.settings.load().config.limits.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
             peer: None,
@@ -311,8 +345,8 @@ impl Gate {
     /// is audited and the invocation trapped) and stops at a breakpoint.
     async fn enter(&self, caller: &Caller, call: &str) -> Result<Instant, HostFault> {
         let n = caller.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.limits.max_host_calls {
-            let max = self.limits.max_host_calls;
+        if n > self.settings.load().config.limits.max_host_calls {
+            let max = self.settings.load().config.limits.max_host_calls;
             let mut draft = self.draft(caller, call, vec![], json!({}));
             draft.decision = Decision::Invalid;
             draft.rule = Some("limits.max_host_calls".into());
@@ -333,7 +367,7 @@ impl Gate {
     /// Refuses a call whose arguments are larger than
     /// `limits.max_call_bytes`, marking the draft. Returns the refusal.
     fn oversize(&self, draft: &mut AuditDraft) -> Option<String> {
-        let max = self.limits.max_call_bytes;
+        let max = self.settings.load().config.limits.max_call_bytes;
         (draft.arg_bytes > max).then(|| {
             let why = format!(
                 "the arguments of {} are {} bytes; the limit is {max} (limits.max_call_bytes)",
@@ -351,7 +385,8 @@ impl Gate {
     /// so it runs on the caller's thread rather than the blocking pool.
     fn record(&self, mut draft: AuditDraft, started: Instant) -> Result<(), HostFault> {
         draft.duration_us = elapsed_us(started);
-        draft.outcome = audit::bounded(std::mem::take(&mut draft.outcome), self.limits.audit_arg_bytes);
+        draft.outcome =
+            audit::bounded(std::mem::take(&mut draft.outcome), self.settings.load().config.limits.audit_arg_bytes);
         self.count(&draft);
         self.store.append_read_audit(draft)?;
         Ok(())
@@ -373,7 +408,7 @@ impl Gate {
             call: calls::INVOCATION_START.into(),
             entities: entity.map(EntityRef::key).into_iter().collect(),
             arg_bytes: 0,
-            args: audit::bounded(message.to_string(), self.limits.audit_arg_bytes),
+            args: audit::bounded(message.to_string(), self.settings.load().config.limits.audit_arg_bytes),
             decision: Decision::Allowed,
             rule: None,
             peer: None,
@@ -400,7 +435,7 @@ impl Gate {
         let mut draft = self.draft(caller, calls::INVOCATION_END, vec![], json!({ "host_calls": caller.calls() }));
         draft.decision = decision;
         self.metrics.invocation(&caller.agent, decision);
-        draft.outcome = audit::bounded(outcome.to_string(), self.limits.audit_arg_bytes);
+        draft.outcome = audit::bounded(outcome.to_string(), self.settings.load().config.limits.audit_arg_bytes);
         self.record(draft, started)
     }
 
@@ -427,7 +462,7 @@ impl Gate {
             peer: None,
             fields: vec![],
             causation: Some(causation),
-            outcome: audit::bounded(outcome, self.limits.audit_arg_bytes),
+            outcome: audit::bounded(outcome, self.settings.load().config.limits.audit_arg_bytes),
             duration_us: 0,
         };
         self.count(&draft);
@@ -441,7 +476,7 @@ impl Gate {
         let key = entity.key();
         let args = format!("{{\"entity\":{}}}", serde_json::Value::from(key.as_str()));
         let mut draft = self.draft_with(caller, calls::GET, vec![key.clone()], args);
-        if let Err(refusal) = self.policy.check_read(&entity) {
+        if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
             draft.rule = Some(refusal.rule());
             draft.outcome = refusal.to_string();
@@ -500,7 +535,7 @@ impl Gate {
         entity: EntityRef,
         read: impl FnOnce(&dyn Store, &EntityRef) -> Result<Vec<Event>, StoreError> + Send + 'static,
     ) -> Result<Result<Vec<Event>, String>, HostFault> {
-        let result = match self.policy.check_read(&entity) {
+        let result = match self.settings.load().policy.check_read(&entity) {
             Err(refusal) => {
                 draft.decision = Decision::Invalid;
                 draft.rule = Some(refusal.rule());
@@ -536,7 +571,9 @@ impl Gate {
         reason: String,
     ) -> Result<Result<Vec<u64>, WriteError>, HostFault> {
         let started = self.enter(caller, calls::COMMIT).await?;
-        let max_outcome = self.limits.audit_arg_bytes;
+        // One snapshot of the settings for the whole call (see [`Settings`]).
+        let now = self.settings.load_full();
+        let max_outcome = now.config.limits.audit_arg_bytes;
         let entities: Vec<String> = writes.iter().map(|w| w.entity.key()).collect();
         let args = json!({
             "reason": reason,
@@ -559,7 +596,7 @@ impl Gate {
         written.dedup();
         draft.fields = written;
 
-        if let Err(refusal) = self.policy.check_commit(&caller.agent, &writes) {
+        if let Err(refusal) = now.policy.check_commit(&caller.agent, &writes) {
             mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
@@ -573,7 +610,7 @@ impl Gate {
             by_human: false,
             kind: EventKind::Updated,
         };
-        let (rules, agent) = (self.rules.clone(), caller.agent.clone());
+        let (rules, agent) = (now.config.rules.clone(), caller.agent.clone());
         let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
         // Answered by the store's writer when the commit is durable: no
         // thread waits for it meanwhile.
@@ -630,7 +667,9 @@ impl Gate {
         key: Option<String>,
     ) -> Result<Result<u64, WriteError>, HostFault> {
         let started = self.enter(caller, calls::ACT).await?;
-        let max_outcome = self.limits.audit_arg_bytes;
+        // One snapshot of the settings for the whole call (see [`Settings`]).
+        let now = self.settings.load_full();
+        let max_outcome = now.config.limits.audit_arg_bytes;
         let args = json!({ "kind": kind, "entity": entity.key(), "based_on": based_on, "idempotency_key": key, "payload": payload });
         let mut draft = self.draft(caller, calls::ACT, vec![entity.key()], args);
         if let Some(why) = self.oversize(&mut draft) {
@@ -654,7 +693,7 @@ impl Gate {
         } else if let Err(e) = serde_json::from_str::<serde_json::Value>(&payload) {
             Some(format!("the action payload is not JSON: {e}"))
         } else {
-            self.policy.check_read(&entity).err().map(|r| r.to_string())
+            now.policy.check_read(&entity).err().map(|r| r.to_string())
         };
         if let Some(problem) = problem {
             draft.decision = Decision::Invalid;
@@ -665,7 +704,7 @@ impl Gate {
         }
         // Who may ask for this kind, then the agent's rate: a bound is "not
         // now" (deferred), naming its key.
-        if let Err(refusal) = self.policy.check_action(&caller.agent, &entity, &kind) {
+        if let Err(refusal) = now.policy.check_action(&caller.agent, &entity, &kind) {
             mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
@@ -690,9 +729,9 @@ impl Gate {
             payload,
             idempotency_key: key,
             at_ms,
-            max_pending: self.limits.max_pending_actions,
+            max_pending: now.config.limits.max_pending_actions,
         };
-        let (rules, agent) = (self.rules.clone(), caller.agent.clone());
+        let (rules, agent) = (now.config.rules.clone(), caller.agent.clone());
         let (outcome, entry) = self
             .blocking(move |s| {
                 let guard = Box::new(move |input: &crate::kb::GuardInput<'_>| rules.evaluate(&agent, input));
@@ -754,8 +793,9 @@ impl Gate {
         draft.peer = Some(owner.clone());
         // A request must reach someone who can act on it: a loaded agent
         // (not `host`, a human, or a name nobody runs), with something to do.
-        let nobody = if !self.agents.contains(&owner) {
-            let loaded: Vec<&str> = self.agents.iter().map(String::as_str).collect();
+        let agents = self.agents.load();
+        let nobody = if !agents.contains(&owner) {
+            let loaded: Vec<&str> = agents.iter().map(String::as_str).collect();
             Some(format!(
                 "`{}` is not a loaded agent, so nobody would answer this change request: address the agent that \
                  owns the fields (loaded: {})",
@@ -782,7 +822,7 @@ impl Gate {
             unset: vec![],
             fence: None,
         };
-        if let Err(refusal) = self.policy.check_commit(&owner, std::slice::from_ref(&as_owner)) {
+        if let Err(refusal) = self.settings.load().policy.check_commit(&owner, std::slice::from_ref(&as_owner)) {
             let problem = format!("{owner} cannot apply this change request: {refusal}");
             draft.decision = Decision::Invalid;
             draft.rule = Some(refusal.rule());
@@ -832,7 +872,7 @@ impl Gate {
         reason: String,
     ) -> Result<Result<(), String>, HostFault> {
         let started = self.enter(caller, calls::RESOLVE_CHANGE).await?;
-        let max_outcome = self.limits.audit_arg_bytes;
+        let max_outcome = self.settings.load().config.limits.audit_arg_bytes;
         let args = json!({ "request": request, "applied": applied, "reason": reason });
         let draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
         let actor = caller.actor();
@@ -903,13 +943,18 @@ impl Gate {
     ) -> Result<Result<Lease, WriteError>, HostFault> {
         let call = if renew.is_some() { calls::RENEW } else { calls::LEASE };
         let started = self.enter(caller, call).await?;
-        let max_outcome = self.limits.audit_arg_bytes;
+        let max_outcome = self.settings.load().config.limits.audit_arg_bytes;
         let args = match renew {
             Some(token) => json!({ "entity": entity.key(), "token": token, "ttl_ms": ttl_ms }),
             None => json!({ "entity": entity.key(), "ttl_ms": ttl_ms }),
         };
         let mut draft = self.draft(caller, call, vec![entity.key()], args);
-        if let Err(refusal) = self.policy.check_lease(&caller.agent, &entity, ttl_ms, self.limits.lease_max_ms) {
+        if let Err(refusal) = self.settings.load().policy.check_lease(
+            &caller.agent,
+            &entity,
+            ttl_ms,
+            self.settings.load().config.limits.lease_max_ms,
+        ) {
             mark_refusal(&mut draft, &refusal);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(refusal)));
@@ -982,7 +1027,7 @@ impl Gate {
     ) -> Result<Result<Vec<Event>, String>, HostFault> {
         let started = self.enter(caller, calls::CHANGES).await?;
         let mut draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
-        if let Err(refusal) = self.policy.check_read(&entity) {
+        if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
             draft.outcome = refusal.to_string();
             self.record(draft, started)?;

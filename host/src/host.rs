@@ -6,11 +6,13 @@ use crate::coord::conflicts::{Report, Tracker};
 use crate::coord::outbox::{self, Delivery, Sink, SinkError};
 use crate::gate::{Breakpoint, Gate};
 use crate::kb::{RedbStore, Store, StoreError};
-use crate::policy::Policy;
-use crate::policy::config::Config;
-use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Origin, Runtime};
-use std::collections::VecDeque;
-use std::sync::Arc;
+use crate::policy::config::{Config, ConfigError};
+use crate::runtime::folder::{FileChange, Folder};
+use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Origin, RefusedFile, Runtime};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// Why the host did not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot open the action sink: {0}")]
     Sink(#[from] SinkError),
+    /// The config names what is not there (a schedule's agent).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Why an invocation could not be started. (How a started invocation ended,
@@ -40,16 +45,59 @@ pub enum InvokeError {
 }
 
 /// A running Concord host.
+///
+/// What can change while it runs: the agents ([`Host::reload_agents`]) and
+/// the config ([`Host::reload_config`]), each swapped whole. The config in
+/// force is the gate's ([`Host::config`]).
 #[derive(Debug)]
 pub struct Host {
-    config: Config,
     gate: Arc<Gate>,
     runtime: Runtime,
     warnings: Vec<String>,
     sink: Box<dyn Sink>,
     /// The conflicts report, counted as the logs grow (see
     /// [`Host::conflicts`]).
-    tracker: std::sync::Mutex<Tracker>,
+    tracker: Mutex<Tracker>,
+    /// The agents folder as last looked at.
+    folder: Mutex<Folder>,
+    /// Files of the agents folder that were refused, by path, until they
+    /// load or go.
+    refused: Mutex<BTreeMap<PathBuf, RefusedFile>>,
+    /// One reload (of agents or of the config) at a time.
+    reloading: Mutex<()>,
+}
+
+/// What a look at the agents folder changed.
+#[derive(Debug, Default)]
+pub struct AgentReload {
+    pub changes: Vec<AgentChange>,
+    /// Files still being written: look again after this long.
+    pub again_after: Option<Duration>,
+}
+
+/// One change of the agents in service, as audited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChange {
+    Loaded(AgentInfo),
+    Replaced {
+        old: AgentInfo,
+        new: AgentInfo,
+    },
+    Removed(AgentInfo),
+    /// The file does not load; whatever served under its name goes on.
+    Refused(RefusedFile),
+}
+
+/// What a config reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigReload {
+    /// The file's digest is the one in force.
+    Unchanged,
+    /// In force from the next host call; `changes` summarises the
+    /// difference (as audited).
+    Applied { from: String, to: String, changes: Vec<String> },
+    /// Not applied (as audited), with why: the old config stays.
+    Refused(String),
 }
 
 impl Host {
@@ -67,17 +115,33 @@ impl Host {
     /// configured one.
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
         let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
+        check_schedules(&config, &runtime)?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(&config.kb_path, config.kb_sharing)?);
         let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let policy = Arc::new(Policy::new(config.schema.clone()));
-        let agents = runtime.agents().map(|a| a.name.clone()).collect();
-        let gate = Arc::new(Gate::new(store, policy, config.rules.clone(), config.limits.clone(), agents));
+        let loaded = runtime.agents();
+        let folder = Folder::new(
+            &config.agents_dir,
+            config.agents_settle,
+            loaded.iter().map(|a| (a.path.clone(), a.digest.clone())),
+        );
+        let agents = loaded.into_iter().map(|a| a.name).collect();
+        let config = Arc::new(config);
+        let gate = Arc::new(Gate::new(store, config.clone(), agents));
         record_start(store_of(&gate), &config, &runtime)?;
-        let tracker = std::sync::Mutex::new(Tracker::load(store_of(&gate))?);
-        let host = Host { config, gate, runtime, warnings, sink, tracker };
+        let tracker = Mutex::new(Tracker::load(store_of(&gate))?);
+        let host = Host {
+            gate,
+            runtime,
+            warnings,
+            sink,
+            tracker,
+            folder: Mutex::new(folder),
+            refused: Mutex::default(),
+            reloading: Mutex::new(()),
+        };
         host.expire_change_requests(crate::kb::now_ms())?;
         let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
         if !leftover.delivered.is_empty() {
@@ -102,12 +166,14 @@ impl Host {
 
     /// Runs what `root` caused, then delivers recorded actions.
     pub async fn finish(&self, root: Invocation) -> Result<Vec<Invocation>, InvokeError> {
+        // One config for the whole cascade: its subscriptions and depth.
+        let config = self.config();
         let mut done = vec![];
         let mut queue: VecDeque<(FollowUp, u64, u32, Vec<String>)> = VecDeque::new();
         let enqueue = |queue: &mut VecDeque<_>, inv: &Invocation, chain: &[String]| {
             let mut chain = chain.to_vec();
             chain.push(inv.agent.clone());
-            for f in cascade::follow_ups(&inv.followups, &self.config.subscriptions) {
+            for f in cascade::follow_ups(&inv.followups, &config.subscriptions) {
                 queue.push_back((f, inv.id, inv.depth + 1, chain.clone()));
             }
         };
@@ -118,13 +184,13 @@ impl Host {
                 tracing::warn!("invocation {parent} calls for agent `{}`, which is not loaded; skipped", f.agent);
                 continue;
             };
-            if depth > self.config.limits.max_cascade_depth {
+            if depth > config.limits.max_cascade_depth {
                 let mut path = chain.clone();
                 path.push(f.agent.clone());
                 let looped = chain.contains(&f.agent);
                 let outcome = format!(
                     "cascade stopped at depth {depth} (limits.max_cascade_depth = {}): {}{}",
-                    self.config.limits.max_cascade_depth,
+                    config.limits.max_cascade_depth,
                     path.join(" -> "),
                     if looped { "; the chain loops" } else { "" }
                 );
@@ -149,11 +215,188 @@ impl Host {
     /// `concord serve` (not on each trigger's path); it reads the store
     /// and may write it: call it off the async threads.
     pub fn expire_change_requests(&self, now_ms: u64) -> Result<Vec<crate::kb::Event>, StoreError> {
-        crate::coord::expiry::expire(self.store().as_ref(), self.config.limits.change_request_ttl_ms, now_ms)
+        crate::coord::expiry::expire(self.store().as_ref(), self.config().limits.change_request_ttl_ms, now_ms)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config in force now. A reload puts a new one in force from the
+    /// next host call; hold the returned one for decisions that must agree.
+    pub fn config(&self) -> Arc<Config> {
+        self.gate.config()
+    }
+
+    /// Looks at the agents folder and brings the agents in service in line
+    /// with it: a new settled file is compiled and added, a changed one
+    /// replaces its agent between invocations, a removed one takes no new
+    /// invocations. A file that does not load is refused, and the version
+    /// in service (if any) goes on. Each change is audited (agent `host`,
+    /// `agent.loaded`, `agent.replaced`, `agent.removed`, `agent.refused`)
+    /// with the name and the old and new sha256.
+    ///
+    /// Compiles (seconds, for a new component): call it off the async
+    /// threads.
+    pub fn reload_agents(&self) -> Result<AgentReload, StoreError> {
+        use crate::audit::{AuditDraft, Decision, calls};
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let scan = {
+            let mut folder = self.folder.lock().unwrap_or_else(PoisonError::into_inner);
+            match folder.scan(SystemTime::now()) {
+                Ok(scan) => scan,
+                Err(e) => {
+                    tracing::warn!("cannot read the agents folder {}: {e}", folder.dir().display());
+                    return Ok(AgentReload::default());
+                }
+            }
+        };
+        let digest = self.config().digest.clone();
+        let mut out = AgentReload { changes: vec![], again_after: scan.again_after };
+        for change in scan.changes {
+            let (call, args, outcome, change) = match change {
+                FileChange::Changed { path, bytes, digest: new } => {
+                    let name = stem(&path);
+                    let old = self.runtime.agent(&name);
+                    match self.runtime.prepare(&path, &bytes) {
+                        Ok(agent) => {
+                            let info = agent.info().clone();
+                            self.runtime.install(agent);
+                            self.refused.lock().unwrap_or_else(PoisonError::into_inner).remove(&path);
+                            let args = serde_json::json!({
+                                "name": name, "path": path, "old": old.as_ref().map(|o| o.digest.clone()), "new": new,
+                            });
+                            match old {
+                                Some(old) => {
+                                    let outcome = format!("replaced {name}: {} -> {}", short(&old.digest), short(&new));
+                                    (calls::AGENT_REPLACED, args, outcome, AgentChange::Replaced { old, new: info })
+                                }
+                                None => (
+                                    calls::AGENT_LOADED,
+                                    args,
+                                    format!("loaded {name} ({})", short(&new)),
+                                    AgentChange::Loaded(info),
+                                ),
+                            }
+                        }
+                        Err(reason) => {
+                            let serving = match &old {
+                                Some(o) => format!("{name} {} keeps serving", short(&o.digest)),
+                                None => "nothing was loaded".into(),
+                            };
+                            let refused = RefusedFile {
+                                path: path.clone(),
+                                digest: new.clone(),
+                                reason: reason.clone(),
+                                at_ms: crate::kb::now_ms(),
+                            };
+                            self.refused
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(path.clone(), refused.clone());
+                            let args = serde_json::json!({
+                                "name": name, "path": path, "old": old.as_ref().map(|o| o.digest.clone()), "new": new,
+                            });
+                            let outcome = format!("refused {}: {reason}; {serving}", path.display());
+                            tracing::warn!("{outcome}");
+                            (calls::AGENT_REFUSED, args, outcome, AgentChange::Refused(refused))
+                        }
+                    }
+                }
+                FileChange::Gone { path } => {
+                    self.refused.lock().unwrap_or_else(PoisonError::into_inner).remove(&path);
+                    let name = stem(&path);
+                    // Only the agent that came from this file goes.
+                    match self.runtime.agent(&name).filter(|a| a.path == path) {
+                        Some(_) => {
+                            let Some(old) = self.runtime.remove(&name) else { continue };
+                            let args =
+                                serde_json::json!({ "name": name, "path": path, "old": old.digest, "new": null });
+                            let outcome = format!(
+                                "removed {name} ({}): it takes no new invocations; those running finish",
+                                short(&old.digest)
+                            );
+                            (calls::AGENT_REMOVED, args, outcome, AgentChange::Removed(old))
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            let mut draft = AuditDraft::host(call, &digest, args, outcome);
+            if matches!(change, AgentChange::Refused(_)) {
+                draft.decision = Decision::Invalid;
+            } else {
+                tracing::info!("{}", draft.outcome);
+            }
+            self.store().append_audit(draft)?;
+            out.changes.push(change);
+        }
+        if out.changes.iter().any(|c| !matches!(c, AgentChange::Refused(_))) {
+            self.gate.set_agents(self.runtime.agents().into_iter().map(|a| a.name).collect());
+            for w in config_warnings(&self.config(), &self.runtime) {
+                tracing::warn!("{w}");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The agent files refused since they last changed, and why.
+    pub fn refused_agents(&self) -> Vec<RefusedFile> {
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Reads the config file again and, if it is valid whole and can apply
+    /// live, puts it in force from the next host call: schema, ownership,
+    /// rules, subscriptions, schedules and limits together (see
+    /// [`crate::policy::reload`]). Audited either way (`config.reloaded`,
+    /// with both digests and what changed, or `config.refused`, with why).
+    /// Reads the store: call it off the async threads.
+    pub fn reload_config(&self) -> Result<ConfigReload, StoreError> {
+        use crate::audit::{AuditDraft, Decision, calls};
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.config();
+        let refuse = |why: String, to: Option<&str>| -> Result<ConfigReload, StoreError> {
+            tracing::warn!("config not reloaded: {why}");
+            let args = serde_json::json!({ "file": old.file, "from": old.digest, "to": to });
+            let mut draft = AuditDraft::host(
+                calls::CONFIG_REFUSED,
+                &old.digest,
+                args,
+                format!("not reloaded, the config in force stays: {why}"),
+            );
+            draft.decision = Decision::Invalid;
+            self.store().append_audit(draft)?;
+            Ok(ConfigReload::Refused(why))
+        };
+        let new = match Config::load(&old.file) {
+            Ok(c) => c,
+            Err(e) => return refuse(e.to_string(), None),
+        };
+        if new.digest == old.digest {
+            return Ok(ConfigReload::Unchanged);
+        }
+        let restart = crate::policy::reload::needs_restart(&old, &new, self.runtime.memory_ceiling());
+        if !restart.is_empty() {
+            return refuse(
+                format!(
+                    "{}: this needs a restart of the host (the running host keeps what it has)",
+                    restart.join("; ")
+                ),
+                Some(&new.digest),
+            );
+        }
+        if let Err(e) = check_schedules(&new, &self.runtime) {
+            return refuse(e.to_string(), Some(&new.digest));
+        }
+        let changes = crate::policy::reload::changes(&old, &new);
+        let (from, to) = (old.digest.clone(), new.digest.clone());
+        let file = new.file.clone();
+        for w in config_warnings(&new, &self.runtime) {
+            tracing::warn!("{w}");
+        }
+        self.gate.reconfigure(Arc::new(new));
+        let args = serde_json::json!({ "file": file, "from": from, "to": to, "changes": changes });
+        let summary = if changes.is_empty() { "no change in effect".to_string() } else { changes.join("; ") };
+        let outcome = format!("reloaded {}: {summary}", file.display());
+        tracing::info!("{outcome}");
+        self.store().append_audit(AuditDraft::host(calls::CONFIG_RELOADED, &to, args, outcome))?;
+        Ok(ConfigReload::Applied { from, to, changes })
     }
 
     /// The conflicts report (see [`crate::coord::conflicts`]), counted up
@@ -177,7 +420,8 @@ impl Host {
         &self.warnings
     }
 
-    pub fn agents(&self) -> impl Iterator<Item = &AgentInfo> {
+    /// The agents in service now.
+    pub fn agents(&self) -> Vec<AgentInfo> {
         self.runtime.agents()
     }
 
@@ -251,10 +495,12 @@ impl Host {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&message.body) {
             return Err(InvokeError::BadMessage(format!("the body is not JSON: {e}")));
         }
+        // A trigger caused by an audit entry (a schedule's fire) names it.
+        let causation = causation.or(origin.cause);
         self.runtime.invoke(&self.gate, agent, &message, breakpoint, causation, depth, origin).await?.ok_or_else(|| {
             InvokeError::UnknownAgent {
                 name: agent.to_string(),
-                known: self.runtime.agents().map(|a| a.name.clone()).collect(),
+                known: self.runtime.agents().into_iter().map(|a| a.name).collect(),
             }
         })
     }
@@ -264,20 +510,55 @@ fn store_of(gate: &Gate) -> &dyn Store {
     gate.store().as_ref()
 }
 
+/// An agent's name: its file's stem.
+fn stem(path: &std::path::Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string()
+}
+
+/// A digest's first 12 hex digits, for messages.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+/// Every schedule must name an agent in service: a schedule that would
+/// fire at nobody is refused (at start, and at a reload) with its line.
+fn check_schedules(config: &Config, runtime: &Runtime) -> Result<(), ConfigError> {
+    for s in &config.schedules {
+        if !runtime.has_agent(&s.agent) {
+            let loaded: Vec<String> = runtime.agents().into_iter().map(|a| a.name).collect();
+            return Err(ConfigError {
+                file: config.file.clone(),
+                line: Some(s.line),
+                message: format!(
+                    "schedule `{}` names agent `{}`, which is not loaded (no {}; loaded: {})",
+                    s.name,
+                    s.agent,
+                    config.agents_dir.join(format!("{}.wasm", s.agent)).display(),
+                    loaded.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Audits the start: the config digest, the agents and their digests, and,
 /// when they apply, that the config changed or the last run ended without
 /// a stop entry (a crash or a kill).
 fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result<(), StoreError> {
     use crate::audit::{AuditDraft, AuditFilter, HOST, calls};
     let last = store.audit(&AuditFilter { agent: Some(HOST.into()), limit: Some(1), ..Default::default() })?.pop();
-    let last_start = store
-        .audit(&AuditFilter {
+    // The config last in force: the last start's, or a reload's since.
+    let last_of = |call: &str| {
+        store.audit(&AuditFilter {
             agent: Some(HOST.into()),
-            call: Some(calls::HOST_START.into()),
+            call: Some(call.into()),
             limit: Some(1),
             ..Default::default()
-        })?
-        .pop();
+        })
+    };
+    let last_start =
+        last_of(calls::HOST_START)?.into_iter().chain(last_of(calls::CONFIG_RELOADED)?).max_by_key(|e| e.seq);
     if let Some(prev) = last_start.filter(|p| p.digest != config.digest) {
         store.append_audit(AuditDraft::host(
             calls::CONFIG_CHANGED,
@@ -287,7 +568,7 @@ fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result
         ))?;
     }
     let unclean = last.as_ref().is_some_and(|e| e.call == calls::HOST_START);
-    let agents: serde_json::Map<_, _> = runtime.agents().map(|a| (a.name.clone(), a.digest.clone().into())).collect();
+    let agents: serde_json::Map<_, _> = runtime.agents().into_iter().map(|a| (a.name, a.digest.into())).collect();
     let args = serde_json::json!({ "config": config.file, "agents": agents, "pid": std::process::id() });
     let outcome = if unclean {
         "started; the previous run ended without a stop entry (killed or crashed)".to_string()
@@ -312,7 +593,7 @@ impl Drop for Host {
         let pending = self.store().pending_actions(usize::MAX).map(|p| p.len()).unwrap_or(0);
         let draft = AuditDraft::host(
             calls::HOST_STOP,
-            &self.config.digest,
+            &self.config().digest,
             serde_json::json!({ "pending_actions": pending }),
             "stopped".into(),
         );
@@ -328,19 +609,19 @@ fn config_warnings(config: &Config, runtime: &Runtime) -> Vec<String> {
     let mut out = Vec::new();
     let file = config.file.display();
     for s in &config.subscriptions {
-        if runtime.agent(&s.agent).is_none() {
+        if !runtime.has_agent(&s.agent) {
             out.push(format!("{file}:{}: subscription names agent `{}`, which is not loaded", s.line, s.agent));
         }
     }
     for r in config.rules.iter() {
-        for a in r.agents.iter().filter(|a| runtime.agent(a).is_none()) {
+        for a in r.agents.iter().filter(|a| !runtime.has_agent(a)) {
             out.push(format!("{file}:{}: rule `{}` names agent `{a}`, which is not loaded", r.line, r.name));
         }
     }
     for (kind, def) in &config.schema.kinds {
         for (field, f) in &def.fields {
             for name in f.writers.names() {
-                if runtime.agent(&name).is_none() {
+                if !runtime.has_agent(&name) {
                     out.push(format!(
                         "{}:{}: field {kind}.{field} names `{name}` as a writer, which is not loaded (no {})",
                         config.file.display(),

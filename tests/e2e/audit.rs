@@ -67,7 +67,7 @@ async fn a_scripted_run_is_audited_completely() {
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>(), "gap-free from 1");
 
-    let digests: BTreeMap<String, String> = env.host.agents().map(|a| (a.name.clone(), a.digest.clone())).collect();
+    let digests: BTreeMap<String, String> = env.host.agents().into_iter().map(|a| (a.name, a.digest)).collect();
     for e in entries.iter().filter(|e| e.agent != concord::audit::HOST) {
         assert_eq!(digests.get(&e.agent), Some(&e.digest), "entry {} names a loaded agent and its digest", e.seq);
     }

@@ -16,6 +16,7 @@ mod durability;
 mod group_commit;
 mod hardening;
 mod http;
+mod live;
 mod sandbox;
 mod serve;
 mod serve_process;

@@ -126,6 +126,19 @@ pub mod calls {
     pub const HOST_START: &str = "host.start";
     pub const HOST_STOP: &str = "host.stop";
     pub const CONFIG_CHANGED: &str = "config.changed";
+    /// A config reload put in force, or refused (`concord serve`).
+    pub const CONFIG_RELOADED: &str = "config.reloaded";
+    pub const CONFIG_REFUSED: &str = "config.refused";
+    /// Hot reload of the agents folder: args name the agent, its file, and
+    /// the `old` and `new` sha256.
+    pub const AGENT_LOADED: &str = "agent.loaded";
+    pub const AGENT_REPLACED: &str = "agent.replaced";
+    pub const AGENT_REMOVED: &str = "agent.removed";
+    pub const AGENT_REFUSED: &str = "agent.refused";
+    /// A schedule fired (its seq is the causation of the invocation it
+    /// starts), or a fire was skipped (overlap, or missed while down).
+    pub const SCHEDULE_FIRE: &str = "schedule.fire";
+    pub const SCHEDULE_SKIPPED: &str = "schedule.skipped";
     /// A change request closed by the host because nobody resolved it.
     pub const CHANGE_EXPIRED: &str = "change.expired";
     /// A new audit signing key (`concord audit keygen`).

@@ -199,14 +199,26 @@ pub fn print_audit_rows(entries: &[AuditEntry], as_json: bool) {
     }
 }
 
-pub fn print_agents(agents: &[AgentView], as_json: bool) {
+pub fn print_agents(agents: &[AgentView], refused: &[crate::runtime::RefusedFile], as_json: bool) {
     for a in agents {
         let fields = &a.writes;
         if as_json {
-            outln!("{}", json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields }));
+            outln!(
+                "{}",
+                json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields, "loaded_at_ms": a.loaded_at_ms })
+            );
         } else {
             outln!("{:<10} sha256:{}  {}", a.name, a.digest, a.path.display());
+            outln!("           loaded {}", fmt_time(a.loaded_at_ms));
             outln!("           writes: {}", if fields.is_empty() { "(nothing)".into() } else { fields.join(", ") });
+        }
+    }
+    for r in refused {
+        if as_json {
+            outln!("{}", json!({ "refused": r.path, "digest": r.digest, "reason": r.reason, "at_ms": r.at_ms }));
+        } else {
+            outln!("REFUSED    {} (sha256:{}) at {}", r.path.display(), r.digest, fmt_time(r.at_ms));
+            outln!("           {}", visible(&r.reason));
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::audit::{AuditEntry, AuditFilter, Verification};
 use crate::coord::conflicts;
 use crate::kb::{AtPoint, EntityRef, Event};
 use crate::policy::config::Config;
-use crate::server::wire::AgentView;
+use crate::server::wire::{AgentList, AgentView};
 use std::path::Path;
 
 fn open(config: &Path, access: Access) -> Result<Source, Failure> {
@@ -242,14 +242,15 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
     // A running host lists what it has loaded; otherwise the folder is
     // loaded here (compiled, or from the cache), as a host would.
     let source = Source::open(config.clone(), Access::Read);
-    let agents = match source.as_ref().ok().map(Source::agents) {
-        Some(Ok(Some(agents))) => agents,
+    let list = match source.as_ref().ok().map(Source::agents) {
+        Some(Ok(Some(list))) => list,
         Some(Err(e)) => return Err(e),
         _ => {
             let runtime =
                 crate::runtime::Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
-            runtime
+            let agents = runtime
                 .agents()
+                .into_iter()
                 .map(|a| AgentView {
                     name: a.name.clone(),
                     digest: a.digest.clone(),
@@ -257,10 +258,11 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
                     writes: config.schema.writable_by(&a.name),
                     loaded_at_ms: a.loaded_at_ms,
                 })
-                .collect()
+                .collect();
+            AgentList { agents, refused: vec![] }
         }
     };
-    format::print_agents(&agents, json);
+    format::print_agents(&list.agents, &list.refused, json);
     Ok(0)
 }
 

@@ -76,7 +76,7 @@ pub(super) fn script(config_path: &Path, script_path: &Path) -> Result<u8, Failu
     for w in host.warnings() {
         eprintln!("warning: {w}");
     }
-    let names: Vec<String> = host.agents().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
+    let names: Vec<String> = host.agents().iter().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
     outln!("concord: {} agents loaded: {}", names.len(), names.join(", "));
     outln!("concord: knowledge base {}", host.config().kb_path.display());
     outln!();
@@ -97,7 +97,7 @@ pub(super) fn script(config_path: &Path, script_path: &Path) -> Result<u8, Failu
     );
     let actions = host.store().actions()?;
     let delivered = actions.iter().filter(|a| a.delivered_at_ms.is_some()).count();
-    outln!("         actions: {} recorded, {delivered} delivered ({})", actions.len(), sink_name(host.config()));
+    outln!("         actions: {} recorded, {delivered} delivered ({})", actions.len(), sink_name(&host.config()));
     outln!("         see `concord audit` for every call, `concord history KIND/ID` for every change");
     Ok(if failed + trapped == 0 { 0 } else { 1 })
 }

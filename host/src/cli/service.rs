@@ -41,7 +41,7 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
     }
     let served = runtime.block_on(async {
         let server = Server::start(host.clone(), listen).await?;
-        let names: Vec<String> = host.agents().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
+        let names: Vec<String> = host.agents().iter().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
         outln!("concord: serving http://{} ({} agents: {})", server.addr(), names.len(), names.join(", "));
         outln!("concord: knowledge base {}", host.config().kb_path.display());
         if server.is_open() {

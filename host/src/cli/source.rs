@@ -12,8 +12,8 @@ use crate::coord::{conflicts, import, operator};
 use crate::kb::{ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, RedbStore, ReplayReport, Store, Value};
 use crate::policy::config::Config;
 use crate::server::wire::{
-    ActionPage, AgentList, AgentView, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage,
-    EventPage, ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, TraceView, UnpinRequest,
+    ActionPage, AgentList, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
+    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, TraceView, UnpinRequest,
     VerifyRequest, VerifyView,
 };
 use std::collections::BTreeSet;
@@ -234,10 +234,10 @@ impl Source {
     }
 
     /// The running host's agents (a stopped one has none loaded: `None`).
-    pub fn agents(&self) -> Result<Option<Vec<AgentView>>, Failure> {
+    pub fn agents(&self) -> Result<Option<AgentList>, Failure> {
         match self {
             Source::Local { .. } => Ok(None),
-            Source::Remote { client, .. } => Ok(Some(client.get::<AgentList>("/v1/agents")?.agents)),
+            Source::Remote { client, .. } => Ok(Some(client.get::<AgentList>("/v1/agents")?)),
         }
     }
 

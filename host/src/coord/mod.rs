@@ -9,6 +9,7 @@
 //!   idempotency keys.
 //! - [`operator`]: human pins, reverts and lease breaks.
 //! - [`expiry`]: change requests that nobody resolves expire.
+//! - [`schedule`]: `[[schedules]]`: agents triggered by time.
 //! - [`import`]: `concord import` and `concord export`: entities in and out, as an operator.
 //! - [`conflicts`]: the `concord conflicts` analysis.
 //! - [`trace`]: causation chains (`concord audit --trace`).
@@ -23,5 +24,6 @@ pub mod expiry;
 pub mod import;
 pub mod operator;
 pub mod outbox;
+pub mod schedule;
 pub mod script;
 pub mod trace;

@@ -23,7 +23,8 @@ const PAGE: usize = 4096;
 /// through each start entry's causation: an invocation's id is the seq of
 /// its start entry), and every invocation the root caused, transitively,
 /// with the cascade steps stopped at the depth limit (whose seq stands in
-/// for the invocation they never got).
+/// for the invocation they never got), and the schedule fire that started
+/// the root, if one did.
 ///
 /// Descendants always start after their root, so only the log from the
 /// root on is read.
@@ -40,6 +41,14 @@ pub fn chain(store: &dyn Store, id: u64) -> Result<BTreeSet<u64>, TraceError> {
     }
     let root = at.seq;
     let mut set = BTreeSet::from([root]);
+    // A root a schedule started names its fire (a host entry, which stands
+    // for itself in the set): the trace shows what caused it.
+    if let Some(fire) = at.causation
+        && let Some(e) = store.audit_entry(fire)?
+        && e.call == calls::SCHEDULE_FIRE
+    {
+        set.insert(e.invocation);
+    }
     let mut after = root;
     loop {
         let page = store.audit(&AuditFilter { after: Some(after), limit: Some(PAGE), ..Default::default() })?;

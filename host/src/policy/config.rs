@@ -110,6 +110,14 @@ pub struct Config {
     pub kb_sharing: crate::kb::Sharing,
     /// Where the agents' `*.wasm` components are.
     pub agents_dir: PathBuf,
+    /// `[agents] watch`: whether `concord serve` loads, replaces and removes
+    /// agents as their files change (default true).
+    pub agents_watch: bool,
+    /// `[agents] settle_ms`: how long a changed file must stay unmodified
+    /// before it is loaded (see [`crate::runtime::folder`]).
+    pub agents_settle: Duration,
+    /// `[[schedules]]`: agents triggered by time.
+    pub schedules: Vec<crate::coord::schedule::Schedule>,
     pub limits: Limits,
     pub schema: Schema,
     /// Coordination rules, compiled.
@@ -161,6 +169,22 @@ struct RawConfig {
     actions: RawActions,
     #[serde(default)]
     server: super::server::RawServer,
+    #[serde(default)]
+    schedules: Vec<Spanned<RawSchedule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: Spanned<String>,
+    agent: Spanned<String>,
+    kind: Spanned<String>,
+    entity: Option<Spanned<String>>,
+    body: Option<Spanned<toml::Value>>,
+    every: Option<Spanned<String>>,
+    cron: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    catch_up: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -240,13 +264,19 @@ fn default_kb_path() -> String {
 struct RawAgents {
     #[serde(default = "default_agents_dir")]
     dir: String,
+    #[serde(default = "yes")]
+    watch: bool,
+    settle_ms: Option<Spanned<u64>>,
 }
 
 impl Default for RawAgents {
     fn default() -> Self {
-        Self { dir: default_agents_dir() }
+        Self { dir: default_agents_dir(), watch: true, settle_ms: None }
     }
 }
+
+/// How long a changed agent file must rest before it loads, by default.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(500);
 
 fn default_agents_dir() -> String {
     "agents".into()
@@ -554,6 +584,16 @@ impl Config {
             });
         }
 
+        let schedules = parse_schedules(raw.schedules, &schema, &err, text)?;
+
+        let agents_settle = match &raw.agents.settle_ms {
+            Some(ms) if *ms.get_ref() > 60_000 => {
+                return Err(err(Some(ms.span()), "agents.settle_ms is at most 60000 (a minute)".into()));
+            }
+            Some(ms) => Duration::from_millis(*ms.get_ref()),
+            None => DEFAULT_SETTLE,
+        };
+
         let server = raw.server.parse(base).map_err(|(span, message)| err(Some(span), message))?;
 
         let sink = match raw.actions.sink.as_str() {
@@ -574,6 +614,9 @@ impl Config {
                 crate::kb::Sharing::Exclusive
             },
             agents_dir: base.join(&raw.agents.dir),
+            agents_watch: raw.agents.watch,
+            agents_settle,
+            schedules,
             limits,
             schema,
             rules: Arc::new(Rules::new(rules)),
@@ -582,6 +625,98 @@ impl Config {
             server,
         })
     }
+}
+
+/// Checks `[[schedules]]`: names unique, the timing, the message. Agents
+/// are checked against those loaded, at start and at each reload.
+fn parse_schedules(
+    raw: Vec<Spanned<RawSchedule>>,
+    schema: &Schema,
+    err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+    text: &str,
+) -> Result<Vec<crate::coord::schedule::Schedule>, ConfigError> {
+    use crate::coord::schedule::{CatchUp, Schedule, Timing};
+    let mut out: Vec<Schedule> = Vec::new();
+    for s in raw {
+        let span = s.span();
+        let s = s.into_inner();
+        let (nspan, name) = (s.name.span(), s.name.into_inner());
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(err(
+                Some(nspan),
+                format!("schedule `{}`: a name is 1 to 64 ASCII letters, digits, `_` or `-`", name.escape_debug()),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(err(Some(nspan), format!("schedule `{name}` is declared twice; give each its own name")));
+        }
+        let named = |what: String| format!("schedule `{name}`: {what}");
+        if s.agent.get_ref().trim().is_empty() {
+            return Err(err(Some(s.agent.span()), named("`agent` is empty".into())));
+        }
+        if s.kind.get_ref().trim().is_empty() {
+            return Err(err(Some(s.kind.span()), named("`kind` (the message's kind) is empty".into())));
+        }
+        let entity = match s.entity {
+            Some(e) => {
+                let (espan, e) = (e.span(), e.into_inner());
+                let r: crate::kb::EntityRef = e.parse().map_err(|m: String| err(Some(espan.clone()), named(m)))?;
+                schema.check_ref(&r).map_err(|m| err(Some(espan), named(m.to_string())))?;
+                Some(r)
+            }
+            None => None,
+        };
+        let body = match s.body {
+            None => "{}".to_string(),
+            Some(b) => {
+                let (bspan, b) = (b.span(), b.into_inner());
+                match b {
+                    toml::Value::String(json) => {
+                        serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
+                            err(Some(bspan), named(format!("`body` is not JSON: {e} (or write it as a TOML table)")))
+                        })?;
+                        json
+                    }
+                    other => serde_json::to_string(&other)
+                        .map_err(|e| err(Some(bspan), named(format!("`body` cannot be JSON: {e}"))))?,
+                }
+            }
+        };
+        let timing_span = s.every.as_ref().or(s.cron.as_ref()).map_or(span.clone(), Spanned::span);
+        let timing = Timing::parse(
+            s.every.as_ref().map(|v| v.get_ref().as_str()),
+            s.cron.as_ref().map(|v| v.get_ref().as_str()),
+            s.timezone.as_ref().map(|v| v.get_ref().as_str()),
+        )
+        .map_err(|m| err(Some(timing_span), named(m)))?;
+        let catch_up = match s.catch_up {
+            None => CatchUp::Skip,
+            Some(c) => match c.get_ref().as_str() {
+                "skip" => CatchUp::Skip,
+                "once" => CatchUp::Once,
+                other => {
+                    return Err(err(
+                        Some(c.span()),
+                        named(format!("`catch_up = {other:?}` is not \"skip\" or \"once\"")),
+                    ));
+                }
+            },
+        };
+        out.push(Schedule {
+            name,
+            agent: s.agent.into_inner(),
+            kind: s.kind.into_inner(),
+            entity,
+            body,
+            timing,
+            catch_up,
+            line: line_of(text, span.start),
+        });
+    }
+    Ok(out)
 }
 
 /// Kind and field names: ASCII letters, digits and `_`, starting with a

@@ -5,6 +5,8 @@
 //! - [`rules`]: coordination rules (CEL conditions, defer or deny);
 //!   [`condition`]: a condition checked at start against what it can see.
 //! - [`rate`]: how many actions an agent may record per minute and hour.
+//! - [`reload`]: a config reload against the config in force: what needs a
+//!   restart, and what changed.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
@@ -15,6 +17,7 @@
 pub mod condition;
 pub mod config;
 pub mod rate;
+pub mod reload;
 pub mod rules;
 pub mod schema;
 pub mod server;

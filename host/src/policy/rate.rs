@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -17,8 +18,9 @@ const HOUR_MS: u64 = 3_600_000;
 /// The windows of every agent.
 #[derive(Debug)]
 pub struct ActionRate {
-    per_minute: u32,
-    per_hour: u32,
+    /// Changed by a config reload ([`ActionRate::set_limits`]).
+    per_minute: AtomicU32,
+    per_hour: AtomicU32,
     /// Per agent, when each action in the last hour was admitted (oldest
     /// first; at most `per_hour` of them).
     seen: Mutex<HashMap<String, VecDeque<u64>>>,
@@ -37,7 +39,18 @@ pub struct Admitted<'a> {
 
 impl ActionRate {
     pub fn new(per_minute: u32, per_hour: u32) -> Self {
-        Self { per_minute, per_hour, seen: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute: AtomicU32::new(per_minute),
+            per_hour: AtomicU32::new(per_hour),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// New bounds, from the next admission on. What is counted stays: a
+    /// lower bound than an agent's count holds it until enough places free.
+    pub fn set_limits(&self, per_minute: u32, per_hour: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
+        self.per_hour.store(per_hour, Ordering::Relaxed);
     }
 
     /// Takes a place for one action of `agent` at `now_ms`, or says which
@@ -49,19 +62,20 @@ impl ActionRate {
             times.pop_front();
         }
         let in_minute = times.iter().rev().take_while(|t| t.saturating_add(MINUTE_MS) > now_ms).count();
-        let past = if in_minute >= self.per_minute as usize {
+        let (per_minute, per_hour) = (self.per_minute.load(Ordering::Relaxed), self.per_hour.load(Ordering::Relaxed));
+        let past = if in_minute >= per_minute as usize && in_minute > 0 {
             let oldest = times[times.len() - in_minute];
-            Some(("actions.per_minute", self.per_minute, oldest + MINUTE_MS))
-        } else if times.len() >= self.per_hour as usize {
-            Some(("actions.per_hour", self.per_hour, times[0] + HOUR_MS))
+            Some(("actions.per_minute", per_minute, in_minute, oldest + MINUTE_MS))
+        } else if times.len() >= per_hour as usize && !times.is_empty() {
+            Some(("actions.per_hour", per_hour, times.len(), times[0] + HOUR_MS))
         } else {
             None
         };
-        if let Some((key, limit, frees_at)) = past {
+        if let Some((key, limit, count, frees_at)) = past {
             return Err((
                 key,
                 format!(
-                    "{agent} has recorded {limit} actions in that window ({key} = {limit}); try again in {} ms",
+                    "{agent} has recorded {count} actions in that window ({key} = {limit}); try again in {} ms",
                     frees_at.saturating_sub(now_ms)
                 ),
             ));

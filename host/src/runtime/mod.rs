@@ -5,10 +5,13 @@
 //! - `state`: the per-invocation store data and the WIT host functions.
 //! - `output`: agent stdout/stderr to the host log.
 //!
-//! State is kept apart by lifetime. App-wide: the [`wasmtime::Engine`], each
-//! agent's compiled, pre-linked component (`InstancePre`), the limits. Per
-//! invocation: a new `Store` with its own WASI context, memory limiter, fuel
-//! and epoch deadline, dropped when the invocation ends.
+//! State is kept apart by lifetime. App-wide: the [`wasmtime::Engine`] and
+//! the linker. Per agent version: its compiled, pre-linked component
+//! (`InstancePre`), swapped whole when its file changes (see
+//! [`Runtime::install`]). Per invocation: a new `Store` with its own WASI
+//! context, memory limiter, fuel and epoch deadline, dropped when the
+//! invocation ends. An invocation holds the version it started on until it
+//! ends, so a swap never changes an agent under a running invocation.
 //!
 //! # Sandbox defaults
 //! An agent gets no preopened directories, no network (TCP, UDP and name
@@ -17,6 +20,7 @@
 //! wall-clock time are bounded by `[limits]` in `concord.toml`.
 
 pub mod bindings;
+pub mod folder;
 mod output;
 mod state;
 
@@ -45,6 +49,20 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct BadAgentFile {
     pub path: PathBuf,
     pub reason: String,
+}
+
+/// A file of the agents folder that a running host refused to load (see
+/// [`crate::Host::reload_agents`]): what `concord agents` lists beside the
+/// agents in service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RefusedFile {
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// sha256 of the refused bytes, hex.
+    pub digest: String,
+    pub reason: String,
+    /// When it was refused, in ms since the epoch.
+    pub at_ms: u64,
 }
 
 /// Why the agents could not be loaded. The host does not start half-loaded.
@@ -81,10 +99,28 @@ pub struct AgentInfo {
     pub loaded_at_ms: u64,
 }
 
-struct LoadedAgent {
+/// One version of one agent, compiled and linked: what an invocation runs.
+/// Made by [`Runtime::prepare`], put in service by [`Runtime::install`].
+pub struct LoadedAgent {
     info: AgentInfo,
     pre: AgentPre<InvocationState>,
 }
+
+impl LoadedAgent {
+    pub fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+}
+
+impl fmt::Debug for LoadedAgent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedAgent").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// The agents in service, by name. Replaced whole (copy on write) on every
+/// change, so a reader sees one set, never a half-made one.
+type AgentSet = BTreeMap<String, Arc<LoadedAgent>>;
 
 /// What an agent is invoked with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,11 +198,18 @@ pub struct Origin {
     /// Called with the invocation id once the start is audited, before
     /// the agent runs.
     pub started: Option<Box<dyn FnOnce(u64) + Send>>,
+    /// The audit entry that caused the trigger (a schedule's fire): the
+    /// invocation's causation.
+    pub cause: Option<u64>,
 }
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Origin").field("by", &self.by).field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("Origin")
+            .field("by", &self.by)
+            .field("key", &self.key)
+            .field("cause", &self.cause)
+            .finish_non_exhaustive()
     }
 }
 
@@ -238,8 +281,14 @@ impl Drop for EpochTicker {
 /// The engine and every loaded agent.
 pub struct Runtime {
     engine: Engine,
-    agents: BTreeMap<String, LoadedAgent>,
-    limits: Limits,
+    linker: Linker<InvocationState>,
+    agents: arc_swap::ArcSwap<AgentSet>,
+    /// Serializes changes of `agents` (readers never wait for it).
+    changing: std::sync::Mutex<()>,
+    /// The most linear memory an instance can have: the pool's slots were
+    /// sized for it when the engine was made, so a config reload may lower
+    /// `limits.memory_mib` but not raise it past this.
+    memory_ceiling: usize,
     cache: Option<wasmtime::Cache>,
     /// One permit per pool slot: a full pool fails at once, so invocations
     /// past it wait here instead.
@@ -254,7 +303,9 @@ pub struct Runtime {
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Runtime").field("agents", &self.agents.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("agents", &self.agents.load().keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -334,8 +385,19 @@ pub fn agent_names(dir: &Path) -> Result<Vec<String>, LoadError> {
     Ok(agent_files(dir)?.iter().filter_map(|p| p.file_stem()?.to_str().map(String::from)).collect())
 }
 
-fn valid_agent_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+/// An agent's name is its file's stem: letters, digits, `_` and `-`, and
+/// none of the [`RESERVED_NAMES`].
+fn check_agent_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("`{name}` is not a valid agent name: rename the file to letters, digits, `_` or `-`"));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` is a name the audit uses for what is not an agent ({}): rename the file",
+            RESERVED_NAMES.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Names the audit uses for what is not an agent: the host's lifecycle
@@ -363,7 +425,7 @@ impl Runtime {
         for path in paths {
             match Self::load_one(&engine, &linker, &path) {
                 Ok(agent) => {
-                    agents.insert(agent.info.name.clone(), agent);
+                    agents.insert(agent.info.name.clone(), Arc::new(agent));
                 }
                 Err(reason) => bad.push(BadAgentFile { path, reason }),
             }
@@ -374,8 +436,10 @@ impl Runtime {
         Ok(Runtime {
             _ticker: EpochTicker::start(&engine),
             engine,
-            agents,
-            limits,
+            linker,
+            agents: arc_swap::ArcSwap::from_pointee(agents),
+            changing: std::sync::Mutex::new(()),
+            memory_ceiling: limits.memory_bytes,
             cache,
             slots: tokio::sync::Semaphore::new(MAX_LIVE_INVOCATIONS as usize),
             stop: tokio::sync::watch::Sender::new(None),
@@ -401,20 +465,56 @@ impl Runtime {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Compiles and links `bytes`, read from `path`, against the world,
+    /// without putting them in service. Slow (a compile, unless the cache
+    /// has it) and blocking: call it off the async threads. `Err` says why
+    /// the file is not a usable agent.
+    pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<LoadedAgent, String> {
+        Self::compile(&self.engine, &self.linker, path, bytes)
+    }
+
+    /// Puts `agent` in service under its name, in place of the version
+    /// there, if any (returned). Invocations already running go on with the
+    /// version they started on; every later one gets this one.
+    pub fn install(&self, agent: LoadedAgent) -> Option<AgentInfo> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = AgentSet::clone(&self.agents.load());
+        let old = set.insert(agent.info.name.clone(), Arc::new(agent));
+        self.agents.store(Arc::new(set));
+        old.map(|a| a.info.clone())
+    }
+
+    /// Takes the agent `name` out of service: it takes no new invocations,
+    /// and those running finish on it. Returns it, if it was in service.
+    pub fn remove(&self, name: &str) -> Option<AgentInfo> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = AgentSet::clone(&self.agents.load());
+        let old = set.remove(name);
+        self.agents.store(Arc::new(set));
+        old.map(|a| a.info.clone())
+    }
+
+    /// The most linear memory `limits.memory_mib` may give an invocation
+    /// without a restart: the size of the pool's memory slots.
+    pub fn memory_ceiling(&self) -> usize {
+        self.memory_ceiling
+    }
+
     fn load_one(engine: &Engine, linker: &Linker<InvocationState>, path: &Path) -> Result<LoadedAgent, String> {
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        if !valid_agent_name(&name) {
-            return Err(format!("`{name}` is not a valid agent name: rename the file to letters, digits, `_` or `-`"));
-        }
-        if RESERVED_NAMES.contains(&name.as_str()) {
-            return Err(format!(
-                "`{name}` is a name the audit uses for what is not an agent ({}): rename the file",
-                RESERVED_NAMES.join(", ")
-            ));
-        }
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let component = Component::from_binary(engine, &bytes).map_err(|e| {
+        Self::compile(engine, linker, path, &bytes)
+    }
+
+    fn compile(
+        engine: &Engine,
+        linker: &Linker<InvocationState>,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<LoadedAgent, String> {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        check_agent_name(&name)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = Component::from_binary(engine, bytes).map_err(|e| {
             let e = format!("{e:#}");
             if bytes.starts_with(b"\0asm\x01\0\0\0") {
                 format!("this is a core wasm module, not a component; build it for wasm32-wasip2 ({e})")
@@ -433,17 +533,19 @@ impl Runtime {
         })
     }
 
-    /// Every loaded agent, by name.
-    pub fn agents(&self) -> impl Iterator<Item = &AgentInfo> {
-        self.agents.values().map(|a| &a.info)
+    /// The agents in service now, by name.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.agents.load().values().map(|a| a.info.clone()).collect()
     }
 
-    pub fn agent(&self, name: &str) -> Option<&AgentInfo> {
-        self.agents.get(name).map(|a| &a.info)
+    /// The agent `name` in service now, if any.
+    pub fn agent(&self, name: &str) -> Option<AgentInfo> {
+        self.agents.load().get(name).map(|a| a.info.clone())
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// Whether an agent named `name` is in service now.
+    pub fn has_agent(&self, name: &str) -> bool {
+        self.agents.load().contains_key(name)
     }
 
     /// Compiled-component cache hits and misses since start (zeros without
@@ -466,9 +568,13 @@ impl Runtime {
         depth: u32,
         mut origin: Origin,
     ) -> Result<Option<Invocation>, crate::gate::HostFault> {
-        let Some(loaded) = self.agents.get(agent) else {
+        // The version in service now: the invocation runs on it to the end,
+        // whatever is installed meanwhile.
+        let Some(loaded) = self.agents.load().get(agent).cloned() else {
             return Ok(None);
         };
+        // Limits are the config's at the start, for the whole invocation.
+        let limits = gate.config().limits.clone();
         let started = Instant::now();
         let args = serde_json::json!({
             "kind": message.kind,
@@ -494,7 +600,7 @@ impl Runtime {
             let slot = self.slots.acquire().await;
             drop(waiting);
             match slot {
-                Ok(_permit) => self.run(loaded, gate, caller.clone(), message, id).await,
+                Ok(_permit) => self.run(&loaded, &limits, gate, caller.clone(), message, id).await,
                 Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
             }
         };
@@ -527,13 +633,13 @@ impl Runtime {
     async fn run(
         &self,
         loaded: &LoadedAgent,
+        limits: &Limits,
         gate: &Arc<Gate>,
         caller: Arc<Caller>,
         message: &Message,
         id: u64,
     ) -> Outcome {
         let caller_causation = caller.causation;
-        let limits = &self.limits;
         let name = &loaded.info.name;
         let stderr = output::AgentOutput::new(name, "stderr", limits.output_bytes);
         let wasi = WasiCtxBuilder::new()

@@ -179,7 +179,7 @@ const MAX_KEY: usize = 256;
 /// Checks a request's shape and builds its message.
 fn message_of(app: &App, agent: &str, req: &InvokeRequest) -> Result<Message, ApiError> {
     if app.host.runtime().agent(agent).is_none() {
-        let known: Vec<String> = app.host.agents().map(|a| a.name.clone()).collect();
+        let known: Vec<String> = app.host.agents().into_iter().map(|a| a.name).collect();
         return Err(ApiError::not_found(
             "unknown_agent",
             format!("no agent named `{agent}` is loaded (loaded: {})", known.join(", ")),
@@ -610,7 +610,12 @@ async fn start(
             let _ = started_tx.send(id);
         }
     };
-    let origin = Origin { by: Some(by), key: keyed.as_ref().map(|k| k.key.clone()), started: Some(Box::new(on_start)) };
+    let origin = Origin {
+        by: Some(by),
+        key: keyed.as_ref().map(|k| k.key.clone()),
+        started: Some(Box::new(on_start)),
+        cause: None,
+    };
     let task = {
         let (app, agent, bp) = (app.clone(), agent.clone(), breakpoint.clone());
         async move {

@@ -9,6 +9,7 @@
 //! - [`operator`]: pin, unpin, revert, import, checkpoints.
 //! - [`auth`] and [`tokens`]: bearer tokens, roles, refusals audited.
 //! - [`observe`]: the request log, `/metrics`, `/healthz`, `/readyz`.
+//! - [`live`]: hot reload of the agents and the config, and schedules.
 //! - [`wire`]: what the API sends and takes (the CLI reads it back).
 //! - [`error`]: every refusal as `{error, detail}`.
 //! - here: listening, timeouts, the server file, graceful shutdown.
@@ -32,6 +33,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod invoke;
+pub mod live;
 pub mod observe;
 pub mod operator;
 pub mod reads;
@@ -85,6 +87,8 @@ pub struct Server {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     file: PathBuf,
+    /// Watches the agents folder and the config file while it lives.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 /// The address a client on this machine reaches a listen address at.
@@ -103,6 +107,17 @@ impl Server {
     /// [`Server::shutdown`]. Refuses to run open (without tokens) on an
     /// address that is not loopback.
     pub async fn start(host: Arc<Host>, listen: SocketAddr) -> Result<Server, ServeError> {
+        let watch = host.config().agents_watch;
+        Self::start_with(host, listen, live::LiveOptions { clock: crate::coord::schedule::Clock::System, watch }).await
+    }
+
+    /// [`Server::start`], with the schedules' clock and the file watching
+    /// given.
+    pub async fn start_with(
+        host: Arc<Host>,
+        listen: SocketAddr,
+        options: live::LiveOptions,
+    ) -> Result<Server, ServeError> {
         let config = host.config().server.clone();
         let tokens = tokens::TokenSet::load(config.tokens.as_deref())?;
         if tokens.is_open() && !listen.ip().is_loopback() {
@@ -126,8 +141,16 @@ impl Server {
         let app = App::new(host, config, tokens);
         let (router, _) = api::router(app.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(serve(listener, router, app.clone(), stopped));
-        Ok(Server { addr, app, stop, task, file })
+        let (living, watcher) = live::spawn(&app, &options, &stopped);
+        let task = tokio::spawn(serve(listener, router, app.clone(), stopped, living));
+        Ok(Server { addr, app, stop, task, file, _watcher: watcher })
+    }
+
+    /// Reads the config file again (as a change to it does; SIGHUP for
+    /// `concord serve`): applied whole if valid, refused with its line if
+    /// not (see [`crate::Host::reload_config`]).
+    pub fn reload_config(&self) {
+        self.app.live.config.notify_one();
     }
 
     /// Where it listens.
@@ -167,6 +190,7 @@ async fn serve(
     router: axum::Router,
     app: Arc<App>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    living: Vec<tokio::task::JoinHandle<()>>,
 ) {
     let mut builder = http1::Builder::new();
     // The head of each request (and the next one on a kept-alive
@@ -235,6 +259,9 @@ async fn serve(
     // whoever started it has the host to itself.
     let _ = warm.await;
     let _ = expiring.await;
+    for task in living {
+        let _ = task.await;
+    }
 }
 
 /// Closes change requests nobody resolved in time (see

@@ -84,7 +84,7 @@ pub async fn healthz() -> Response {
         (status = 503, description = "Not ready, and why", body = Readiness),
     ))]
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let agents = app.host.agents().count();
+    let agents = app.host.agents().len();
     let reason = if app.shutting_down() {
         Some("shutting down".to_string())
     } else if agents == 0 {

@@ -55,7 +55,8 @@ pub async fn pin(
     if req.set.is_empty() {
         return Err(ApiError::unprocessable("invalid_pin", "`set` names no field to pin"));
     }
-    let schema = app.host.gate().policy().schema();
+    let policy = app.host.gate().policy();
+    let schema = policy.schema();
     let def = schema.check_ref(&entity).map_err(|e| ApiError::unprocessable("invalid_entity", e))?;
     let mut fields: Vec<(String, Value)> = Vec::new();
     for (name, json) in &req.set {

@@ -134,7 +134,8 @@ pub async fn entities(State(app): State<Arc<App>>, Query(q): Query<ListQuery>) -
     if let Some(k) = &q.kind
         && !app.host.gate().policy().schema().kinds.contains_key(k)
     {
-        let known: Vec<&String> = app.host.gate().policy().schema().kinds.keys().collect();
+        let policy = app.host.gate().policy();
+        let known: Vec<&String> = policy.schema().kinds.keys().collect();
         return Err(ApiError::unprocessable(
             "invalid_kind",
             format!(
@@ -354,15 +355,18 @@ pub async fn actions(State(app): State<Arc<App>>, Query(q): Query<PageQuery>) ->
     Ok(Json(app.durable(page).await?))
 }
 
-/// The loaded agents: digest, load time, and the fields each may write.
+/// The agents in service: digest, load time, and the fields each may
+/// write; and the files of the agents folder refused since they changed.
 #[utoipa::path(get, path = "/v1/agents", tag = "read",
     responses((status = 200, description = "The agents", body = AgentList)),
     security(("bearer" = [])))]
 pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
-    let schema = app.host.gate().policy().schema();
+    let policy = app.host.gate().policy();
+    let schema = policy.schema();
     let agents = app
         .host
         .agents()
+        .into_iter()
         .map(|a| AgentView {
             name: a.name.clone(),
             digest: a.digest.clone(),
@@ -371,7 +375,7 @@ pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
             loaded_at_ms: a.loaded_at_ms,
         })
         .collect();
-    Json(AgentList { agents })
+    Json(AgentList { agents, refused: app.host.refused_agents() })
 }
 
 /// Rebuild the projection from the event log and compare (the check; it

@@ -39,6 +39,8 @@ pub struct App {
     /// Reads of the whole log (replay, verification, traces) run a few at
     /// a time, so that they cannot take every blocking thread.
     pub whole_log: Semaphore,
+    /// What the living host's loops share (see [`super::live`]).
+    pub live: Arc<super::live::Signals>,
 }
 
 /// The most streams open at once; past it a stream is answered 503.
@@ -65,6 +67,7 @@ impl App {
             conflicts_lock: tokio::sync::Mutex::new(()),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             whole_log: Semaphore::new(WHOLE_LOG_READS),
+            live: Arc::default(),
             config,
         })
     }

@@ -129,10 +129,14 @@ pub struct AgentView {
     pub loaded_at_ms: u64,
 }
 
-/// The loaded agents.
+/// The agents in service, and the files refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
+    /// Files of the agents folder that a running host refused to load,
+    /// until they change or go (what served under their names goes on).
+    #[serde(default)]
+    pub refused: Vec<crate::runtime::RefusedFile>,
 }
 
 /// The result of recomputing the audit chain.
