@@ -58,9 +58,18 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
         }
         outln!("concord: Ctrl-C (or SIGTERM) stops it gracefully; a second one stops at once");
         let (mut term, mut int) = signals()?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                // Checked whole and applied, or refused with its line (in
+                // the log and the audit); the host goes on either way.
+                _ = hup.recv() => {
+                    eprintln!("concord: SIGHUP: reloading {}", config_path.display());
+                    server.reload_config();
+                }
+            }
         }
         eprintln!("concord: shutting down: finishing the invocations in flight (again to stop at once)");
         server.shutdown();
