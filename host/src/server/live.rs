@@ -183,7 +183,7 @@ async fn schedules_loop(app: Arc<App>, clock: Clock, mut stopped: watch::Receive
         let next = match decided {
             Ok(Ok((fires, next))) => {
                 for fire in fires {
-                    tokio::spawn(run(app.clone(), fire, states.clone(), clock.clone()));
+                    tokio::spawn(run(app.clone(), fire, states.clone()));
                 }
                 next
             }
@@ -293,7 +293,7 @@ fn tick(
 
 /// Runs one fire's invocation (and what it causes), then records how it
 /// ended. Counted as a trigger in flight, so a shutdown's drain waits for it.
-async fn run(app: Arc<App>, fire: Fire, states: Arc<Mutex<HashMap<String, ScheduleState>>>, _clock: Clock) {
+async fn run(app: Arc<App>, fire: Fire, states: Arc<Mutex<HashMap<String, ScheduleState>>>) {
     app.task_started();
     let s = &fire.schedule;
     let message = Message { kind: s.kind.clone(), entity: s.entity.clone(), body: s.body.clone() };
