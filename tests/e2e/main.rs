@@ -18,6 +18,7 @@ mod hardening;
 mod http;
 mod live;
 mod sandbox;
+mod schedules;
 mod serve;
 mod serve_process;
 mod trust;

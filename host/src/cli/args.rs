@@ -19,6 +19,7 @@ Examples:
   concord audit verify                        check the audit hash chain
   concord audit --trace 12                    the causation chain of invocation 12
   concord agents                              loaded agents, digests, writable fields
+  concord schedules                           each schedule's next and last fire, and its outcome
   concord pin customer/acme status=active --by alice --reason 'CEO call'
   concord get customer/acme --at 5            the state after event 5
   concord revert 7 --by alice --reason 'wrong customer'
@@ -98,6 +99,13 @@ pub enum Command {
     Audit(AuditArgs),
     /// List the agents in the agents folder: digest and writable fields.
     Agents {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the schedules (`[[schedules]]`): each one's next fire, its last
+    /// fire and that fire's outcome.
+    Schedules {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,

@@ -223,6 +223,45 @@ pub fn print_agents(agents: &[AgentView], refused: &[crate::runtime::RefusedFile
     }
 }
 
+pub fn print_schedules(list: &crate::server::wire::ScheduleList, as_json: bool) {
+    if list.schedules.is_empty() && !as_json {
+        outln!("no schedules: add [[schedules]] to the config (see the README's `concord.toml` reference)");
+    }
+    for s in &list.schedules {
+        if as_json {
+            outln!("{}", serde_json::to_string(s).unwrap_or_default());
+            continue;
+        }
+        let target = s.entity.as_deref().map(|e| format!(" on {e}")).unwrap_or_default();
+        outln!(
+            "{:<16} {} -> {} {}{}  (catch_up = \"{}\")",
+            s.name,
+            s.when,
+            s.agent,
+            s.kind,
+            target,
+            s.catch_up.as_str()
+        );
+        let next = match s.next_fire_ms {
+            Some(ms) => fmt_time(ms),
+            None => "never".into(),
+        };
+        outln!("                 next:  {next}");
+        match (s.state.last_fire_ms, &s.state.last_outcome) {
+            (Some(at), outcome) => {
+                let inv = s.state.last_invocation.map(|i| format!(" (invocation {i})")).unwrap_or_default();
+                let outcome = outcome.as_deref().unwrap_or("unknown");
+                outln!("                 last:  {}{inv}: {}", fmt_time(at), visible(outcome));
+            }
+            (None, _) => outln!("                 last:  never fired"),
+        }
+        if let Some(run) = s.running {
+            outln!("                 running now: {run}");
+        }
+        outln!("                 fired {} time(s), skipped {}", s.state.fires, s.state.skipped);
+    }
+}
+
 /// The most of an event's reason a table shows (`--json` has it whole): a
 /// commit may carry up to `limits.max_call_bytes` of it.
 const MAX_REASON_CHARS: usize = 500;

@@ -179,6 +179,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Audit(args) => reads::audit(config, args),
         Command::Agents { json } => reads::agents(config, json),
+        Command::Schedules { json } => reads::schedules(config, json),
         Command::Replay => reads::replay(config),
         Command::Conflicts { window_ms, json } => reads::conflicts(config, window_ms, json),
         Command::Actions { json } => reads::actions(config, json),

@@ -266,6 +266,12 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+pub(super) fn schedules(config_path: &Path, json: bool) -> Result<u8, Failure> {
+    let list = open(config_path, Access::Read)?.schedules()?;
+    format::print_schedules(&list, json);
+    Ok(0)
+}
+
 pub(super) fn replay(config: &Path) -> Result<u8, Failure> {
     let report = open(config, Access::Read)?.replay()?;
     outln!("replayed {} events into {} entities", report.events, report.entities);

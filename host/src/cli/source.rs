@@ -13,8 +13,8 @@ use crate::kb::{ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, RedbStor
 use crate::policy::config::Config;
 use crate::server::wire::{
     ActionPage, AgentList, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
-    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, TraceView, UnpinRequest,
-    VerifyRequest, VerifyView,
+    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, ScheduleList, TraceView,
+    UnpinRequest, VerifyRequest, VerifyView,
 };
 use std::collections::BTreeSet;
 
@@ -234,6 +234,19 @@ impl Source {
     }
 
     /// The running host's agents (a stopped one has none loaded: `None`).
+    /// The schedules: a running host's, or, with none, the config's with
+    /// what the store kept of each (nothing runs then).
+    pub fn schedules(&self) -> Result<ScheduleList, Failure> {
+        match self {
+            Source::Local { store, config } => {
+                let now_ms = crate::kb::now_ms();
+                let schedules = crate::coord::schedule::views(&config.schedules, store, now_ms, &Default::default())?;
+                Ok(ScheduleList { schedules, now_ms })
+            }
+            Source::Remote { client, .. } => Ok(client.get("/v1/schedules")?),
+        }
+    }
+
     pub fn agents(&self) -> Result<Option<AgentList>, Failure> {
         match self {
             Source::Local { .. } => Ok(None),

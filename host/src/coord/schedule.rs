@@ -301,6 +301,24 @@ pub fn save_state(store: &dyn Store, name: &str, state: &ScheduleState) -> Resul
     store.put_host_state(state_key(name), bytes)
 }
 
+/// A schedule's run under way: its `schedule.fire` audit entry, and its
+/// invocation once that has started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Running {
+    pub fire_entry: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<u64>,
+}
+
+impl std::fmt::Display for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.invocation {
+            Some(inv) => write!(f, "invocation {inv}"),
+            None => write!(f, "the run of fire entry {}, not started yet", self.fire_entry),
+        }
+    }
+}
+
 /// What to do about a schedule now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Due {
@@ -329,7 +347,7 @@ impl Scheduler {
     /// What `schedule` should do at `now_ms`, given its `state` and the
     /// invocation of its run still under way, if any. The caller sets the
     /// state's anchor to `due_ms` once it acted on a `Fire` or a `Skip`.
-    pub fn due(&self, schedule: &Schedule, state: &ScheduleState, now_ms: u64, running: Option<u64>) -> Due {
+    pub fn due(&self, schedule: &Schedule, state: &ScheduleState, now_ms: u64, running: Option<Running>) -> Due {
         let Some(first) = schedule.timing.next_after(state.anchor_ms) else { return Due::Wait(u64::MAX) };
         if first > now_ms {
             return Due::Wait(first);
@@ -346,11 +364,11 @@ impl Scheduler {
                 _ => break,
             }
         }
-        if let Some(inv) = running {
+        if let Some(run) = running {
             return Due::Skip {
                 due_ms: latest,
                 fires,
-                why: format!("the previous run (invocation {inv}) is still running; fires do not pile up"),
+                why: format!("the previous run ({run}) is still running; fires do not pile up"),
             };
         }
         if missed == fires && schedule.catch_up == CatchUp::Skip {
@@ -380,9 +398,9 @@ pub struct ScheduleView {
     /// The next fire, in ms since the epoch (none: never again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_fire_ms: Option<u64>,
-    /// The invocation of a run under way.
+    /// A run under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub running: Option<u64>,
+    pub running: Option<Running>,
     /// What the store keeps: the last fire and its outcome, the counts.
     pub state: ScheduleState,
 }
@@ -393,7 +411,7 @@ pub fn views(
     schedules: &[Schedule],
     store: &dyn Store,
     now_ms: u64,
-    running: &std::collections::HashMap<String, u64>,
+    running: &std::collections::HashMap<String, Running>,
 ) -> Result<Vec<ScheduleView>, StoreError> {
     let mut out = Vec::new();
     for s in schedules {
@@ -469,7 +487,7 @@ mod tests {
         assert_eq!(sched.due(&s, &state, 135_000, None), Due::Fire { due_ms: 130_000, fires: 3, missed: 0 });
         // Still running: skipped.
         assert!(
-            matches!(sched.due(&s, &state, 110_000, Some(7)), Due::Skip { due_ms: 110_000, ref why, .. } if why.contains("invocation 7"))
+            matches!(sched.due(&s, &state, 110_000, Some(Running { fire_entry: 3, invocation: Some(7) })), Due::Skip { due_ms: 110_000, ref why, .. } if why.contains("invocation 7"))
         );
 
         // Down from 40 s to 100.5 s: 6 fires missed.

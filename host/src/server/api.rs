@@ -59,6 +59,7 @@ pub fn router(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::conflicts))
         .routes(routes!(reads::actions))
         .routes(routes!(reads::agents))
+        .routes(routes!(reads::schedules))
         .routes(routes!(reads::replay))
         .routes(routes!(streams::events))
         .routes(routes!(streams::audit))

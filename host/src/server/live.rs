@@ -15,7 +15,7 @@
 
 use super::state::App;
 use crate::audit::{AuditDraft, calls};
-use crate::coord::schedule::{self, Clock, Due, Schedule, ScheduleState, Scheduler};
+use crate::coord::schedule::{self, Clock, Due, Running, Schedule, ScheduleState, Scheduler};
 use crate::host::ConfigReload;
 use crate::kb::StoreError;
 use crate::runtime::{Message, Origin};
@@ -49,14 +49,15 @@ pub struct Signals {
     pub config: Notify,
     /// The schedules changed (a reload), or a run ended.
     pub schedules: Notify,
-    /// The schedules' runs under way: name to invocation (or, until it has
-    /// one, to its fire's audit entry).
-    pub running: Mutex<HashMap<String, u64>>,
+    /// The schedules' runs under way, by schedule name.
+    pub running: Mutex<HashMap<String, Running>>,
 }
 
 /// Starts the loops. The watcher is returned too: dropping it stops the
-/// events.
-pub(super) fn spawn(
+/// events. The schedules' first look is taken before this returns, so a
+/// schedule never seen counts from the server's start, whatever the
+/// clock does next.
+pub(super) async fn spawn(
     app: &Arc<App>,
     options: &LiveOptions,
     stopped: &watch::Receiver<bool>,
@@ -67,7 +68,9 @@ pub(super) fn spawn(
     if options.watch {
         tasks.push(tokio::spawn(agents_loop(app.clone(), stopped.clone())));
     }
-    tasks.push(tokio::spawn(schedules_loop(app.clone(), options.clock.clone(), stopped.clone())));
+    let schedules = Schedules::new(options.clock.clone());
+    let first = schedules.tick(app).await;
+    tasks.push(tokio::spawn(schedules_loop(app.clone(), schedules, first, stopped.clone())));
     (tasks, watcher)
 }
 
@@ -173,17 +176,29 @@ struct Fire {
     entry: u64,
 }
 
-async fn schedules_loop(app: Arc<App>, clock: Clock, mut stopped: watch::Receiver<bool>) {
-    let scheduler = Arc::new(Scheduler { started_ms: clock.now_ms() });
-    let states: Arc<Mutex<HashMap<String, ScheduleState>>> = Arc::default();
-    loop {
-        let now = clock.now_ms();
-        let (a, s, st) = (app.clone(), scheduler.clone(), states.clone());
-        let decided = tokio::task::spawn_blocking(move || tick(&a, &s, &st, now)).await;
-        let next = match decided {
+/// The schedules' clock, and what the loop keeps between looks.
+#[derive(Clone)]
+struct Schedules {
+    clock: Clock,
+    scheduler: Arc<Scheduler>,
+    states: Arc<Mutex<HashMap<String, ScheduleState>>>,
+}
+
+impl Schedules {
+    fn new(clock: Clock) -> Schedules {
+        let scheduler = Arc::new(Scheduler { started_ms: clock.now_ms() });
+        Schedules { clock, scheduler, states: Arc::default() }
+    }
+
+    /// One look at every schedule, on the blocking pool: starts the fires
+    /// due and returns when to look again.
+    async fn tick(&self, app: &Arc<App>) -> u64 {
+        let now = self.clock.now_ms();
+        let (a, s) = (app.clone(), self.clone());
+        match tokio::task::spawn_blocking(move || tick(&a, &s.scheduler, &s.states, now)).await {
             Ok(Ok((fires, next))) => {
                 for fire in fires {
-                    tokio::spawn(run(app.clone(), fire, states.clone()));
+                    tokio::spawn(run(app.clone(), fire, self.states.clone()));
                 }
                 next
             }
@@ -195,12 +210,18 @@ async fn schedules_loop(app: Arc<App>, clock: Clock, mut stopped: watch::Receive
                 tracing::error!("schedules: the task failed: {e}");
                 now.saturating_add(1000)
             }
-        };
+        }
+    }
+}
+
+async fn schedules_loop(app: Arc<App>, schedules: Schedules, mut next: u64, mut stopped: watch::Receiver<bool>) {
+    loop {
         tokio::select! {
-            () = clock.until(next) => {}
+            () = schedules.clock.until(next) => {}
             () = app.live.schedules.notified() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
+        next = schedules.tick(&app).await;
     }
 }
 
@@ -276,7 +297,11 @@ fn tick(
                 let mut draft = AuditDraft::host(calls::SCHEDULE_FIRE, &config.digest, args, outcome);
                 draft.rule = Some(format!("schedule: {}", s.name));
                 let entry = store.append_audit(draft)?.seq;
-                app.live.running.lock().unwrap_or_else(PoisonError::into_inner).insert(s.name.clone(), entry);
+                app.live
+                    .running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(s.name.clone(), Running { fire_entry: entry, invocation: None });
                 state.anchor_ms = due_ms;
                 state.last_fire_ms = Some(now);
                 state.last_fire_entry = Some(entry);
@@ -302,7 +327,10 @@ async fn run(app: Arc<App>, fire: Fire, states: Arc<Mutex<HashMap<String, Schedu
         by: Some(format!("schedule:{}", s.name)),
         key: None,
         started: Some(Box::new(move |id| {
-            live.live.running.lock().unwrap_or_else(PoisonError::into_inner).insert(name, id);
+            let mut running = live.live.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(run) = running.get_mut(&name) {
+                run.invocation = Some(id);
+            }
         })),
         cause: Some(fire.entry),
     };

@@ -138,10 +138,10 @@ impl Server {
             .map_err(|e| ServeError::ServerFile { path: file.clone(), reason: e.to_string() })?;
         std::fs::write(&file, text + "\n")
             .map_err(|e| ServeError::ServerFile { path: file.clone(), reason: e.to_string() })?;
-        let app = App::new(host, config, tokens);
+        let app = App::new(host, config, tokens, options.clock.clone());
         let (router, _) = api::router(app.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (living, watcher) = live::spawn(&app, &options, &stopped);
+        let (living, watcher) = live::spawn(&app, &options, &stopped).await;
         let task = tokio::spawn(serve(listener, router, app.clone(), stopped, living));
         Ok(Server { addr, app, stop, task, file, _watcher: watcher })
     }

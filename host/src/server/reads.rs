@@ -6,8 +6,8 @@
 use super::error::{ApiError, Json, Path, Query};
 use super::state::App;
 use super::wire::{
-    ActionPage, AgentList, AgentView, AuditPage, EntityPage, EntityView, EventPage, TraceView, VerifyRequest,
-    VerifyView,
+    ActionPage, AgentList, AgentView, AuditPage, EntityPage, EntityView, EventPage, ScheduleList, TraceView,
+    VerifyRequest, VerifyView,
 };
 use crate::audit::{AuditFilter, Decision};
 use crate::coord::conflicts::{self, Report};
@@ -376,6 +376,28 @@ pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
         })
         .collect();
     Json(AgentList { agents, refused: app.host.refused_agents() })
+}
+
+/// The schedules: each one's next fire, its last fire and that fire's
+/// outcome, and a run under way.
+#[utoipa::path(get, path = "/v1/schedules", tag = "read",
+    responses((status = 200, description = "The schedules", body = ScheduleList)),
+    security(("bearer" = [])))]
+pub async fn schedules(State(app): State<Arc<App>>) -> Result<Json<ScheduleList>, ApiError> {
+    let list = app
+        .blocking(|app| {
+            let now_ms = app.clock.now_ms();
+            let running = app.live.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let schedules = crate::coord::schedule::views(
+                &app.host.config().schedules,
+                app.host.store().as_ref(),
+                now_ms,
+                &running,
+            )?;
+            Ok(ScheduleList { schedules, now_ms })
+        })
+        .await?;
+    Ok(Json(list))
 }
 
 /// Rebuild the projection from the event log and compare (the check; it

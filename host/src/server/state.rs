@@ -41,6 +41,8 @@ pub struct App {
     pub whole_log: Semaphore,
     /// What the living host's loops share (see [`super::live`]).
     pub live: Arc<super::live::Signals>,
+    /// The schedules' time ([`super::live::LiveOptions::clock`]).
+    pub clock: crate::coord::schedule::Clock,
 }
 
 /// The most streams open at once; past it a stream is answered 503.
@@ -50,7 +52,12 @@ pub const MAX_STREAMS: usize = 256;
 pub const WHOLE_LOG_READS: usize = 2;
 
 impl App {
-    pub fn new(host: Arc<Host>, config: ServerConfig, tokens: TokenSet) -> Arc<App> {
+    pub fn new(
+        host: Arc<Host>,
+        config: ServerConfig,
+        tokens: TokenSet,
+        clock: crate::coord::schedule::Clock,
+    ) -> Arc<App> {
         let admission_total = crate::runtime::MAX_LIVE_INVOCATIONS as usize + config.queue;
         Arc::new(App {
             host,
@@ -68,6 +75,7 @@ impl App {
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             whole_log: Semaphore::new(WHOLE_LOG_READS),
             live: Arc::default(),
+            clock,
             config,
         })
     }

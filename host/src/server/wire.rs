@@ -139,6 +139,16 @@ pub struct AgentList {
     pub refused: Vec<crate::runtime::RefusedFile>,
 }
 
+/// The schedules of the config in force, with what the store keeps of
+/// each (`concord schedules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<crate::coord::schedule::ScheduleView>,
+    /// The host's time when the list was made, in ms since the epoch: the
+    /// schedules' clock, so `next_fire_ms` can be read against it.
+    pub now_ms: u64,
+}
+
 /// The result of recomputing the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyView {
