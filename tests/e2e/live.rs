@@ -120,3 +120,155 @@ async fn an_owner_moved_by_a_reload_holds_from_the_next_commit_and_a_broken_conf
     let ConfigReload::Refused(why) = env.host.reload_config().expect("reload") else { panic!("refused") };
     assert!(why.contains("kb.path") && why.contains("restart"), "{why}");
 }
+
+/// Sixteen clients invoke an agent over HTTP without pause while a new
+/// build of it is renamed into the watched folder of a real server. No
+/// invocation fails, each one's audit entries carry a single digest, both
+/// versions served, and the audit shows the swap between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_replaced_under_load_fails_nothing_and_each_invocation_runs_on_one_version() {
+    use crate::http::Served;
+    use hyper::StatusCode;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let config =
+        crate::common::config_text(crate::common::FAST_LIMITS).replace("[agents]\n", "[agents]\nsettle_ms = 50\n");
+    let s = Served::on(Env::with_config(&[("product", "probe")], &config)).await;
+    let first = digest_of(&s.env, "product");
+    // Several host calls per invocation, so that a swap in the middle of
+    // one would show as two digests in its entries.
+    let body = json!({ "kind": "probe", "body": { "ops": [
+        { "op": "get", "entity": "customer/acme" },
+        { "op": "spin", "ms": 2 },
+        { "op": "get", "entity": "customer/acme" },
+        { "op": "log", "message": "done" },
+    ] } });
+    let swapped = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (api, body, swapped) = (s.api.clone(), body.clone(), swapped.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ids, mut after_swap) = (Vec::new(), 0);
+            // Until a few invocations each have started after the swap
+            // (bounded: the swap must come within the test's time).
+            while after_swap < 5 && ids.len() < 2_000 {
+                let was = swapped.load(Ordering::SeqCst);
+                let a = api.post("/v1/invoke/product", body.clone()).await;
+                assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+                assert_eq!(a.body["outcome"], "ok", "{}", a.text);
+                ids.push(a.body["invocation"].as_u64().expect("an id"));
+                after_swap += u64::from(was);
+            }
+            ids
+        }));
+    }
+    // Let the load run, then copy the new build in the way install tools
+    // do: written beside, renamed over.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = s.env.dir.path().join("agents");
+    let v2 = another_build(&std::fs::read(wasm("probe")).expect("probe"));
+    std::fs::write(dir.join(".product.wasm.tmp"), &v2).expect("write");
+    std::fs::rename(dir.join(".product.wasm.tmp"), dir.join("product.wasm")).expect("rename");
+    let started = std::time::Instant::now();
+    while digest_of(&s.env, "product") == first {
+        assert!(started.elapsed() < Duration::from_secs(60), "the watcher did not pick the new build up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    swapped.store(true, Ordering::SeqCst);
+    let second = digest_of(&s.env, "product");
+
+    let mut ids = Vec::new();
+    for c in clients {
+        ids.extend(c.await.expect("a client"));
+    }
+    let mut digests: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for e in s.env.audit(AuditFilter { agent: Some("product".into()), ..Default::default() }) {
+        digests.entry(e.invocation).or_default().insert(e.digest);
+    }
+    let mut served = BTreeSet::new();
+    for id in &ids {
+        let d = digests.get(id).unwrap_or_else(|| panic!("invocation {id} is audited"));
+        assert_eq!(d.len(), 1, "invocation {id} ran on one version: {d:?}");
+        served.extend(d.iter().cloned());
+    }
+    assert_eq!(served, BTreeSet::from([first.clone(), second.clone()]), "both versions served");
+    let swap = s.env.audit(AuditFilter { call: Some(calls::AGENT_REPLACED.into()), ..Default::default() });
+    assert_eq!(swap.len(), 1, "one swap: {swap:?}");
+    let args: serde_json::Value = serde_json::from_str(&swap[0].args).expect("args");
+    assert_eq!((args["old"].as_str(), args["new"].as_str()), (Some(first.as_str()), Some(second.as_str())));
+    // Invocations that started after the swap's entry ran on the new one.
+    let after: Vec<_> = ids.iter().filter(|id| **id > swap[0].seq).collect();
+    assert!(!after.is_empty());
+    assert!(after.iter().all(|id| digests[id].contains(&second)), "after the swap, only the new version");
+    assert!(s.env.host.refused_agents().is_empty(), "the rename brought a whole file");
+    s.stop().await;
+}
+
+/// What the docs promise of a reload that removes or retypes a field:
+/// values already stored stay as they are (readable by every agent, never
+/// rewritten, still in the replay), while writes follow the new schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_of_a_removed_or_retyped_field_stay_and_writes_follow_the_new_schema() {
+    let env = Env::new(&[("support", "probe")]);
+    let path = env.dir.path().join("concord.toml");
+    let create = json!([{ "op": "commit", "writes": [{ "entity": "customer/acme", "expect": "absent",
+        "set": { "open_tickets": 3, "last_interaction": "call on Monday" } }] }]);
+    assert!(env.probe("support", create).await[0]["error"].is_null());
+
+    let text = std::fs::read_to_string(&path).expect("config");
+    let next = text
+        .replace(
+            "open_tickets       = { type = \"integer\", owner = \"support\" }",
+            "open_tickets = { type = \"text\", owner = \"support\" }",
+        )
+        .replace("last_interaction   = { type = \"text\",    owner = \"support\" }\n", "");
+    assert_ne!(next, text);
+    std::fs::write(&path, &next).expect("write");
+    let ConfigReload::Applied { changes, .. } = env.host.reload_config().expect("reload") else { panic!("applied") };
+    assert!(changes.iter().any(|c| c.contains("customer.last_interaction") && c.contains("removed")), "{changes:?}");
+    assert!(changes.iter().any(|c| c.contains("customer.open_tickets") && c.contains("integer")), "{changes:?}");
+
+    // Stored values stay, and agents still read them.
+    let acme = env.get("customer/acme").expect("there");
+    assert_eq!(acme.fields.get("open_tickets"), Some(&concord::Value::Integer(3)));
+    assert_eq!(crate::common::text(&acme, "last_interaction").as_deref(), Some("call on Monday"));
+    let read = env.probe("support", json!([{ "op": "get", "entity": "customer/acme" }])).await;
+    assert_eq!(read[0]["fields"]["open_tickets"], "3", "{read:?}");
+    assert_eq!(read[0]["fields"]["last_interaction"], "call on Monday", "{read:?}");
+
+    // Writes follow the new schema: the old type and the removed field are
+    // refused, naming the field; the new type goes in.
+    let write = |set: serde_json::Value| {
+        json!([{ "op": "get", "entity": "customer/acme" }, { "op": "commit", "writes": [
+        { "entity": "customer/acme", "expect": "read", "set": set }] }])
+    };
+    let r = env.probe("support", write(json!({ "open_tickets": 4 }))).await;
+    assert_eq!(r[1]["error"], "invalid", "{r:?}");
+    assert!(r[1]["text"].as_str().is_some_and(|t| t.contains("open_tickets")), "{r:?}");
+    let r = env.probe("support", write(json!({ "last_interaction": "again" }))).await;
+    assert_eq!(r[1]["error"], "invalid", "{r:?}");
+    assert!(r[1]["text"].as_str().is_some_and(|t| t.contains("last_interaction")), "{r:?}");
+    let r = env.probe("support", write(json!({ "open_tickets": "four" }))).await;
+    assert!(r[1]["error"].is_null(), "the new type is accepted: {r:?}");
+
+    // The removed field's value was not rewritten by that commit, and the
+    // projection still equals the replay of the log.
+    let acme = env.get("customer/acme").expect("there");
+    assert_eq!(crate::common::text(&acme, "open_tickets").as_deref(), Some("four"));
+    assert_eq!(crate::common::text(&acme, "last_interaction").as_deref(), Some("call on Monday"));
+    let replay = env.host.store().replay().expect("replay");
+    assert!(replay.differences.is_empty(), "{:?}", replay.differences);
+    let r = env
+        .probe(
+            "support",
+            json!([{ "op": "get", "entity": "customer/acme" }, { "op": "commit", "writes": [
+            { "entity": "customer/acme", "expect": "read", "unset": ["last_interaction"] }] }]),
+        )
+        .await;
+    // Nobody owns a removed field, so nobody may unset it either: to clear
+    // it, declare it again with an owner, and unset it.
+    assert_eq!(r[1]["error"], "invalid", "{r:?}");
+    assert!(r[1]["text"].as_str().is_some_and(|t| t.contains("unknown field `last_interaction`")), "{r:?}");
+}

@@ -371,3 +371,41 @@ async fn a_stale_server_file_is_not_trusted_when_its_pid_and_address_are_reused(
     stranger.signal("TERM");
     assert_eq!(stranger.wait(), Some(0));
 }
+
+/// With the watching off, an edit of `concord.toml` waits for SIGHUP:
+/// then it applies (audited), and the process goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config() {
+    let dir = service_dir(&[("product", "probe")], "");
+    let path = dir.path().join("concord.toml");
+    let text = std::fs::read_to_string(&path).expect("config").replace("[agents]\n", "[agents]\nwatch = false\n");
+    std::fs::write(&path, &text).expect("config");
+    let p = Process::start(dir.path());
+    let reloads = async |api: &crate::http::Api| {
+        let a = api.get("/v1/audit?call=config.reloaded").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        a.body["entries"].as_array().expect("entries").clone()
+    };
+    let moved = text.replace("[limits]\n", "[limits]\nmax_cascade_depth = 7\n");
+    assert_ne!(moved, text);
+    std::fs::write(&path, &moved).expect("config");
+    assert!(reloads(&p.api).await.is_empty(), "not watched: nothing yet");
+
+    p.signal("HUP");
+    let started = std::time::Instant::now();
+    let entries = loop {
+        let entries = reloads(&p.api).await;
+        if !entries.is_empty() {
+            break entries;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "SIGHUP did not reload the config");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entries.len(), 1);
+    let outcome = entries[0]["outcome"].as_str().expect("outcome");
+    assert!(outcome.contains("max_cascade_depth"), "{outcome}");
+    let a = p.api.post("/v1/invoke/product", probe(json!([{ "op": "log", "message": "still here" }]))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+}
