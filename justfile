@@ -50,6 +50,10 @@ serve *args: build-agents
     cargo build --release -p concord-host
     ./target/release/concord serve {{ args }}
 
+# Rebuild the example agents as their sources change, under a running `concord serve` that picks them up (hot reload); `--no-serve` to only rebuild
+dev *args: setup
+    scripts/dev.sh {{ args }}
+
 # Run any concord command, e.g. `just concord history customer/acme`
 concord *args: build
     ./target/debug/concord {{ args }}

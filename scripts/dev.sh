@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `just dev`: the example agents rebuilt as their sources change, and a
+# running `concord serve` that picks each build up through hot reload.
+#
+# - Builds the agents and installs each into agents/ only if it changed,
+#   by writing beside it and renaming over it: the host never sees a file
+#   half-written (it also waits for a file to settle; see README "While it
+#   runs").
+# - Starts `concord serve` (with any arguments given), unless --no-serve
+#   is given (when a host serves already, for example).
+# - Looks at the sources every second (agents/*/src, their Cargo.toml, the
+#   SDK and wit/): polling, so that it needs no inotify tools and sees
+#   edits on any filesystem. A failed build is printed and the last good
+#   agents keep serving.
+#
+# Ctrl-C stops the loop and the server it started.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+agents=(sales support product)
+wasm_dir=target/wasm/wasm32-wasip2/release
+serve=1
+serve_args=()
+for arg in "$@"; do
+    case "$arg" in
+        --no-serve) serve=0 ;;
+        *) serve_args+=("$arg") ;;
+    esac
+done
+
+# Whether a source is newer than the file $1.
+changed_since() {
+    [[ -n "$(find wit agents/sdk "${agents[@]/#/agents/}" \( -path '*/target' -prune \) -o -type f \
+        \( -name '*.rs' -o -name '*.wit' -o -name Cargo.toml \) -newer "$1" -print -quit)" ]]
+}
+
+build_and_install() {
+    local args=()
+    for a in "${agents[@]}"; do args+=(-p "$a"); done
+    if ! cargo build --quiet --release --target wasm32-wasip2 --target-dir target/wasm "${args[@]}"; then
+        echo "dev: the build failed; the agents in service stay as they were" >&2
+        return 0
+    fi
+    for a in "${agents[@]}"; do
+        local built="$wasm_dir/$a.wasm" dest="agents/$a.wasm"
+        if [[ -f "$dest" ]] && cmp -s "$built" "$dest"; then
+            continue
+        fi
+        cp "$built" "agents/.$a.wasm.tmp"
+        mv -f "agents/.$a.wasm.tmp" "$dest"
+        echo "dev: installed $dest (sha256 $(sha256sum "$dest" | cut -c1-12)…)"
+    done
+}
+
+stamp=$(mktemp)
+next=$(mktemp)
+server_pid=""
+cleanup() {
+    rm -f "$stamp" "$next"
+    if [[ -n "$server_pid" ]]; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+build_and_install
+if [[ "$serve" == 1 ]]; then
+    cargo build --quiet -p concord-host
+    ./target/debug/concord serve "${serve_args[@]}" &
+    server_pid=$!
+fi
+echo "dev: watching ${agents[*]}, the SDK and wit/ (Ctrl-C stops)"
+touch "$stamp"
+while sleep 1; do
+    if [[ -n "$server_pid" ]] && ! kill -0 "$server_pid" 2>/dev/null; then
+        wait "$server_pid" || true
+        echo "dev: concord serve exited; stopping" >&2
+        server_pid=""
+        exit 1
+    fi
+    # The next stamp is taken before the look, so that an edit made while
+    # looking or building is seen the next time round.
+    touch "$next"
+    if changed_since "$stamp"; then
+        cp -p "$next" "$stamp"
+        echo "dev: sources changed; building"
+        build_and_install
+    fi
+done
