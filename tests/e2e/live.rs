@@ -272,3 +272,54 @@ async fn values_of_a_removed_or_retyped_field_stay_and_writes_follow_the_new_sch
     assert_eq!(r[1]["error"], "invalid", "{r:?}");
     assert!(r[1]["text"].as_str().is_some_and(|t| t.contains("unknown field `last_interaction`")), "{r:?}");
 }
+
+/// A schedule naming an agent that is not loaded stops the start, naming
+/// the schedule, its line and the file it looked for; in a reload it is
+/// refused, and the schedules in force stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_of_an_unknown_agent_is_refused_at_start_and_at_reload() {
+    let stanza = |agent: &str| {
+        format!("\n[[schedules]]\nname = \"report\"\nagent = \"{agent}\"\nkind = \"probe\"\nevery = \"1h\"\n")
+    };
+    let base = crate::common::config_text(crate::common::FAST_LIMITS);
+    let text = format!("{base}{}", stanza("reporter"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("agents")).expect("agents");
+    std::fs::copy(wasm("probe"), dir.path().join("agents/product.wasm")).expect("copy");
+    std::fs::write(dir.path().join("concord.toml"), &text).expect("config");
+    let e = concord::Host::start(Env::config_of(dir.path())).unwrap_err().to_string();
+    let line = base.lines().count() + 2;
+    assert!(e.contains(&format!("concord.toml:{line}")), "names the line {line}: {e}");
+    assert!(e.contains("schedule `report`") && e.contains("reporter.wasm") && e.contains("loaded: product"), "{e}");
+
+    let env = Env::with_config(&[("product", "probe")], &format!("{base}{}", stanza("product")));
+    std::fs::write(env.dir.path().join("concord.toml"), &text).expect("config");
+    let ConfigReload::Refused(why) = env.host.reload_config().expect("reload") else { panic!("refused") };
+    assert!(why.contains("schedule `report`") && why.contains("reporter"), "{why}");
+    assert_eq!(env.host.config().schedules[0].agent, "product", "the schedules in force stay");
+}
+
+/// The README's `concord.toml` reference is a config that loads, so that
+/// what it shows is what the host takes.
+#[test]
+fn the_readme_config_reference_loads() {
+    let readme = std::fs::read_to_string(crate::common::root().join("README.md")).expect("README");
+    let start = readme.find("## `concord.toml` reference").expect("the reference section");
+    let section = &readme[start..start + readme[start..].find("\n## Scripts").expect("its end")];
+    let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").expect("closed")]).collect();
+    assert!(blocks.len() >= 2, "{blocks:?}");
+    // The second block adds to `[limits]`, which TOML allows only once:
+    // its lines go under the first block's header.
+    let (first, second) = (blocks[0], blocks[1..].join("\n"));
+    let (before, after) = second.split_once("[limits]").expect("the second block adds limits");
+    let (more, rest) = after.split_once("\n\n").expect("then other tables");
+    let (more, rest) = (more.split_once('\n').map_or("", |(_, lines)| lines), format!("{before}{rest}"));
+    let text = first.replacen("[limits]", &format!("[limits]\n{more}\n"), 1) + "\n" + &rest;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("concord.toml");
+    std::fs::write(&path, &text).expect("write");
+    let config = concord::Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.schedules.len(), 1);
+    assert!(config.agents_watch);
+    assert_eq!(config.agents_settle, Duration::from_millis(500));
+}

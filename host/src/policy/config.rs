@@ -851,6 +851,52 @@ deal_stage = { type = "text", owner = "sales" }
     }
 
     #[test]
+    fn schedules_are_checked_whole_and_each_error_names_the_schedule_and_line() {
+        let base = "[kinds.c.fields]\nx = { type = \"integer\", owner = \"a\" }\n";
+        let one = |rest: &str| format!("{base}[[schedules]]\nname = \"s\"\nagent = \"a\"\nkind = \"tick\"\n{rest}");
+        let c = parse(&one("every = \"15m\"\nbody = { n = 1 }\nentity = \"c/one\"\n")).expect("valid");
+        let s = &c.schedules[0];
+        assert_eq!((s.name.as_str(), s.body.as_str(), s.line), ("s", r#"{"n":1}"#, 3));
+        assert_eq!(s.describe(), "every 15m");
+        let c = parse(&one(
+            "cron = \"0 9 * * MON-FRI\"\ntimezone = \"Europe/Paris\"\ncatch_up = \"once\"\nbody = '{\"a\": [1]}'\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.schedules[0].catch_up, crate::coord::schedule::CatchUp::Once);
+
+        for (rest, line, says) in [
+            ("cron = \"0 25 * * *\"\n", 7, "not a cron expression"),
+            ("cron = \"0 0 31 2 *\"\n", 7, "never fires"),
+            ("cron = \"0 9 * * *\"\ntimezone = \"Mars/Olympus\"\n", 7, "Mars/Olympus"),
+            ("every = \"soon\"\n", 7, "not an interval"),
+            ("every = \"500ms\"\n", 7, "not an interval"),
+            ("every = \"1m\"\ncron = \"* * * * *\"\n", 7, "both"),
+            ("every = \"1m\"\ntimezone = \"UTC\"\n", 7, "applies to `cron` only"),
+            ("", 3, "needs `every"),
+            ("every = \"1m\"\ncatch_up = \"all\"\n", 8, "\"skip\" or \"once\""),
+            ("every = \"1m\"\nbody = \"{not json\"\n", 8, "not JSON"),
+            ("every = \"1m\"\nentity = \"d/one\"\n", 8, "d"),
+            ("every = \"1m\"\nevery_day = true\n", 8, "every_day"),
+        ] {
+            let e = parse(&one(rest)).unwrap_err();
+            assert_eq!(e.line, Some(line), "{rest}: {e}");
+            assert!(e.message.contains(says), "{rest}: {e}");
+            if rest.contains("every_day") {
+                continue;
+            }
+            assert!(e.message.starts_with("schedule `s`"), "{rest}: names the schedule: {e}");
+        }
+        let twice = format!(
+            "{}[[schedules]]\nname = \"s\"\nagent = \"a\"\nkind = \"k\"\nevery = \"1h\"\n",
+            one("every = \"1m\"\n")
+        );
+        let e = parse(&twice).unwrap_err();
+        assert!(e.message.contains("declared twice") && e.line == Some(9), "{e}");
+        let e = parse(&one("every = \"1m\"\n").replace("name = \"s\"", "name = \"nightly report\"")).unwrap_err();
+        assert!(e.message.contains("a name is 1 to 64"), "{e}");
+    }
+
+    #[test]
     fn the_server_table_has_defaults_and_checked_values() {
         let base = "[kinds.c.fields]\nx = { type = \"integer\", owner = \"a\" }\n";
         let c = parse(base).expect("valid");
