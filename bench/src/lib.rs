@@ -27,17 +27,22 @@
 //! - `service`: `concord serve` over HTTP (a get and a commit per request)
 //!   at 1, 16 and 64 clients from this process, against an axum service on
 //!   SQLite doing the same (`src/bin/sqlite_service.rs`), both separate
-//!   processes; idle memory; the debug build against the release one.
+//!   processes; idle memory; the debug build against the release one;
+//! - `reload`: hot reload in `concord serve`: from a build renamed into
+//!   `agents/` to the first invocation on it (compiled-component cache
+//!   missed and hit), and invocation latency while builds swap in, against
+//!   a steady window ([`reload`]).
 //!
 //! Results go to `DIR` (default `target/bench`): `report.md` (the tables),
 //! `results.json` (the raw numbers) and `throughput.png` (the plot).
 //!
 //! Layout: [`concord_runs`] (the Concord side), [`sqlite`] (the baseline),
-//! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`stats`], [`plot`].
+//! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`reload`], [`stats`], [`plot`].
 
 pub mod concord_runs;
 pub mod machine;
 pub mod plot;
+pub mod reload;
 pub mod service;
 pub mod sqlite;
 pub mod stats;
@@ -64,8 +69,11 @@ pub struct Sizes {
     pub events: u64,
     /// Invocations held in flight for the memory figure.
     pub in_flight: usize,
-    /// How long each load level of the service phase is measured, in ms.
+    /// How long each load level of the service phase is measured, in ms
+    /// (and each latency window of the reload phase).
     pub service_ms: u64,
+    /// Hot-reload rounds (a cache miss and a hit each).
+    pub reload_rounds: usize,
 }
 
 impl Sizes {
@@ -79,6 +87,7 @@ impl Sizes {
             events: 1_000_000,
             in_flight: 64,
             service_ms: 5_000,
+            reload_rounds: 5,
         }
     }
 
@@ -92,6 +101,7 @@ impl Sizes {
             events: 50_000,
             in_flight: 16,
             service_ms: 1_500,
+            reload_rounds: 2,
         }
     }
 }
@@ -101,7 +111,8 @@ pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Invocations contending on one entity.
 pub const CONTENDERS: usize = 16;
 
-const PHASES: [&str; 9] = ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service"];
+const PHASES: [&str; 10] =
+    ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service", "reload"];
 
 struct Args {
     sizes: Sizes,
@@ -187,6 +198,11 @@ pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
             "audit" => runtime.block_on(concord_runs::audit_query(&guests, sizes))?,
             "reports" => runtime.block_on(concord_runs::reports(&guests, sizes))?,
             "service" => runtime.block_on(service::run(&guests, sizes, sqlite_service))?,
+            "reload" => runtime.block_on(reload::run(
+                &guests,
+                sizes.reload_rounds,
+                std::time::Duration::from_millis(sizes.service_ms),
+            ))?,
             _ => unreachable!("phases are checked when parsed"),
         };
         eprintln!("   {phase} took {:.1} s", t.elapsed().as_secs_f64());
@@ -407,6 +423,30 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             num(f(v, &["concord", "rss_after_load_mib"]), 1),
             service::CLIENTS.iter().map(|c| v["concord"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
             service::CLIENTS.iter().map(|c| v["sqlite"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
+        ));
+    }
+    if let Some(v) = r.get("reload") {
+        let (d, l) = (&v["drop_to_first_ms"], &v["latency"]);
+        s.push_str(&format!(
+            "### Hot reload (`concord serve`, release)\n\nFrom a build renamed into `agents/` to the answer of the first invocation on it, median of {} (max), including the {} ms settle time: cache missed {} ms ({}), cache hit {} ms ({}).\n\n| {} clients, a get and a commit each | req/s | p50 | p99 | max | failed |\n|---|---|---|---|---|---|\n| steady | {} | {} ms | {} ms | {} ms | {} |\n| during {} swaps (each a compile) | {} | {} ms | {} ms | {} ms | {} |\n\n",
+            v["rounds"],
+            v["settle_ms"],
+            num(f(d, &["miss", "median"]), 0),
+            num(f(d, &["miss", "max"]), 0),
+            num(f(d, &["hit", "median"]), 0),
+            num(f(d, &["hit", "max"]), 0),
+            l["clients"],
+            num(f(l, &["steady", "per_s"]), 0),
+            num(f(l, &["steady", "p50_ms"]), 2),
+            num(f(l, &["steady", "p99_ms"]), 2),
+            num(f(l, &["steady", "max_ms"]), 2),
+            l["steady"]["failed"],
+            l["swaps"],
+            num(f(l, &["during_swaps", "per_s"]), 0),
+            num(f(l, &["during_swaps", "p50_ms"]), 2),
+            num(f(l, &["during_swaps", "p99_ms"]), 2),
+            num(f(l, &["during_swaps", "max_ms"]), 2),
+            l["during_swaps"]["failed"],
         ));
     }
     s

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 pub const CLIENTS: [usize; 3] = [1, 16, 64];
 
 /// A server process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -56,10 +56,15 @@ impl Server {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The folder it runs in.
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
 }
 
 /// Builds `concord` with `profile` (`release` or `dev`); returns the binary.
-fn build_concord(profile: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_concord(profile: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
@@ -74,7 +79,7 @@ fn build_concord(profile: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Starts `concord serve` in a fresh folder with these agents and config.
-fn concord(binary: &Path, guests: &Path, agents: &[(&str, &str)], config: &str) -> anyhow::Result<Server> {
+pub(crate) fn concord(binary: &Path, guests: &Path, agents: &[(&str, &str)], config: &str) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir_in(crate::root().join("target")).context("a temp folder under target/")?;
     std::fs::create_dir_all(dir.path().join("agents"))?;
     for (name, guest) in agents {
@@ -124,15 +129,15 @@ fn sqlite(binary: &Path) -> anyhow::Result<Server> {
 }
 
 /// What one load level measured.
-struct Level {
-    ok: u64,
-    failed: u64,
-    seconds: f64,
-    lat_ms: Vec<f64>,
+pub(crate) struct Level {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) seconds: f64,
+    pub(crate) lat_ms: Vec<f64>,
 }
 
 impl Level {
-    fn json(&self) -> Json {
+    pub(crate) fn json(&self) -> Json {
         json!({
             "ok": self.ok, "failed": self.failed, "seconds": self.seconds,
             "per_s": self.ok as f64 / self.seconds,
@@ -143,7 +148,7 @@ impl Level {
 }
 
 /// `clients` loops sending `request(client)` for `warmup` then `measure`.
-async fn load(
+pub(crate) async fn load(
     base: &str,
     clients: usize,
     warmup: Duration,
@@ -200,7 +205,7 @@ async fn load(
     Ok(level)
 }
 
-fn concord_request(c: usize) -> (String, String) {
+pub(crate) fn concord_request(c: usize) -> (String, String) {
     let body = json!({ "kind": "bench", "body": { "op": "commits", "entity": format!("counter/c{c}"), "n": 1 } });
     ("/v1/invoke/bench".into(), body.to_string())
 }

@@ -586,6 +586,9 @@ async fn metrics_count_invocations_calls_and_refusals() {
         "concord_journal_sync_seconds_count",
         "concord_queue_depth 0",
         "concord_http_requests_total{route=\"/v1/invoke/{agent}\",status=\"200\"} 2",
+        // A fresh folder: both agents were compiled, none read from the cache.
+        "concord_component_cache_misses_total 2",
+        "concord_component_cache_hits_total 0",
     ] {
         assert!(m.text.contains(needle), "{needle} in:\n{}", m.text);
     }

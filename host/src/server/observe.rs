@@ -218,6 +218,23 @@ impl prometheus_client::collector::Collector for Collect {
             "Instance pool slots in all",
             i64::from(crate::runtime::MAX_LIVE_INVOCATIONS),
         )?;
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+        };
+        let (hits, misses) = app.host.runtime().cache_stats();
+        counter(
+            &mut encoder,
+            "component_cache_hits",
+            "Components loaded from the compiled-component cache (at start and on hot reload)",
+            hits as u64,
+        )?;
+        counter(
+            &mut encoder,
+            "component_cache_misses",
+            "Components compiled because the cache had none",
+            misses as u64,
+        )?;
         let mut m = encoder.encode_descriptor(
             "http_requests",
             "API requests, by route and status",
