@@ -55,24 +55,33 @@ build_and_install() {
 stamp=$(mktemp)
 next=$(mktemp)
 server_pid=""
+interrupted=0
 cleanup() {
     rm -f "$stamp" "$next"
     if [[ -n "$server_pid" ]]; then
-        kill -TERM "$server_pid" 2>/dev/null || true
+        # Ctrl-C reached the server too (one process group), and it is
+        # draining: a second signal would stop it at once.
+        if [[ "$interrupted" == 0 ]]; then
+            kill -TERM "$server_pid" 2>/dev/null || true
+        fi
         wait "$server_pid" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT
-trap 'exit 0' INT TERM
+trap 'interrupted=1; exit 0' INT
+trap 'exit 0' TERM
 
+# Taken before the first build, so that an edit made during it is seen.
+touch "$stamp"
 build_and_install
 if [[ "$serve" == 1 ]]; then
     cargo build --quiet -p concord-host
-    ./target/debug/concord serve "${serve_args[@]}" &
+    # (The odd expansion keeps `set -u` quiet on bash before 4.4 when
+    # there are no arguments.)
+    ./target/debug/concord serve ${serve_args[@]+"${serve_args[@]}"} &
     server_pid=$!
 fi
 echo "dev: watching ${agents[*]}, the SDK and wit/ (Ctrl-C stops)"
-touch "$stamp"
 while sleep 1; do
     if [[ -n "$server_pid" ]] && ! kill -0 "$server_pid" 2>/dev/null; then
         wait "$server_pid" || true

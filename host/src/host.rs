@@ -239,6 +239,7 @@ impl Host {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
         let scan = {
             let mut folder = self.folder.lock().unwrap_or_else(PoisonError::into_inner);
+            folder.set_settle(self.config().agents_settle);
             match folder.scan(SystemTime::now()) {
                 Ok(scan) => scan,
                 Err(e) => {
@@ -249,6 +250,7 @@ impl Host {
         };
         let digest = self.config().digest.clone();
         let mut out = AgentReload { changes: vec![], again_after: scan.again_after };
+        let mut unaudited = None;
         for change in scan.changes {
             let (call, args, outcome, change) = match change {
                 FileChange::Changed { path, bytes, digest: new } => {
@@ -324,7 +326,14 @@ impl Host {
             } else {
                 tracing::info!("{}", draft.outcome);
             }
-            self.store().append_audit(draft)?;
+            // The change has happened in the runtime already: a failed
+            // audit write must not leave the gate's agent set behind it or
+            // the remaining changes undone. The first error is returned
+            // once all are applied.
+            if let Err(e) = self.store().append_audit(draft) {
+                tracing::error!("the audit entry of an agent change could not be written: {e}");
+                unaudited.get_or_insert(e);
+            }
             out.changes.push(change);
         }
         if out.changes.iter().any(|c| !matches!(c, AgentChange::Refused(_))) {
@@ -333,7 +342,10 @@ impl Host {
                 tracing::warn!("{w}");
             }
         }
-        Ok(out)
+        match unaudited {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// The agent files refused since they last changed, and why.

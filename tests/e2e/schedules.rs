@@ -7,7 +7,7 @@
 use crate::common::{Env, concord, config_text, stdout};
 use crate::http::Api;
 use concord::audit::{AuditEntry, AuditFilter, Decision, calls};
-use concord::coord::schedule::Clock;
+use concord::coord::schedule::{self, Clock};
 use concord::server::Server;
 use concord::server::live::LiveOptions;
 use serde_json::Value;
@@ -178,6 +178,11 @@ catch_up = "once"
     assert_eq!(v["state"]["last_invocation"], inv);
     assert!(v["state"]["last_outcome"].as_str().is_some_and(|o| o.starts_with("ok")), "{v}");
     stop(server).await;
+    // As a crash during a run leaves it: the last outcome saved as running.
+    let store = env.host.store().as_ref();
+    let mut state = schedule::load_state(store, "slow").expect("state").expect("saved");
+    state.last_outcome = Some("running".into());
+    schedule::save_state(store, "slow", &state).expect("saved");
 
     // Down from 20 s to 75 s: five fires of each missed (30 … 70 s).
     let env = env.restart();
@@ -186,6 +191,10 @@ catch_up = "once"
     let v = until(&api, "slow", "the missed fires' skip", |v| v["state"]["skipped"] == 6).await;
     assert_eq!(v["state"]["fires"], 1, "catch_up = \"skip\": nothing ran: {v}");
     assert_eq!(v["next_fire_ms"], T0 + 80_000, "counted from the last missed fire: {v}");
+    assert!(
+        v["state"]["last_outcome"].as_str().is_some_and(|o| o.contains("the host stopped while it ran")),
+        "a run under way at the crash is not shown as running: {v}"
+    );
     let v = until(&api, "nightly", "the catch-up", fired(3)).await;
     assert_eq!(v["next_fire_ms"], T0 + 80_000, "{v}");
     let fires = entries(&env, calls::SCHEDULE_FIRE);

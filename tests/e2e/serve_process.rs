@@ -389,7 +389,10 @@ async fn sighup_reloads_the_config() {
     let moved = text.replace("[limits]\n", "[limits]\nmax_cascade_depth = 7\n");
     assert_ne!(moved, text);
     std::fs::write(&path, &moved).expect("config");
-    assert!(reloads(&p.api).await.is_empty(), "not watched: nothing yet");
+    // Watched, the edit would apply after the config's settle time (200 ms);
+    // five times that without a reload shows it is not watched.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(reloads(&p.api).await.is_empty(), "not watched: nothing until the SIGHUP");
 
     p.signal("HUP");
     let started = std::time::Instant::now();

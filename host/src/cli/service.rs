@@ -35,11 +35,19 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Before the start, which compiles for seconds: a SIGHUP sent meanwhile
+    // is a reload once serving, not the default action that kills the
+    // process. (Ctrl-C keeps its default until then: nothing is served yet.)
+    let mut hup = {
+        let _in = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?
+    };
     let host = Arc::new(Host::start(config)?);
     for w in host.warnings() {
         eprintln!("warning: {w}");
     }
     let served = runtime.block_on(async {
+        let (mut term, mut int) = signals()?;
         let server = Server::start(host.clone(), listen).await?;
         let names: Vec<String> = host.agents().iter().map(|a| format!("{} ({})", a.name, &a.digest[..12])).collect();
         outln!("concord: serving http://{} ({} agents: {})", server.addr(), names.len(), names.join(", "));
@@ -57,8 +65,6 @@ pub(super) fn serve(config_path: &Path, listen: Option<SocketAddr>) -> Result<u8
             );
         }
         outln!("concord: Ctrl-C (or SIGTERM) stops it gracefully; a second one stops at once");
-        let (mut term, mut int) = signals()?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,

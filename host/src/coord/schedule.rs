@@ -146,6 +146,21 @@ impl Timing {
     }
 }
 
+impl Timing {
+    /// The last fire time at or before `at_ms`, for a cron timing (an
+    /// `every` timing is counted from its anchor instead).
+    fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
+        match self {
+            Timing::Every(_) => None,
+            Timing::Cron { cron, zone, .. } => {
+                let at = jiff::Timestamp::from_millisecond(i64::try_from(at_ms).ok()?).ok()?.to_zoned(zone.clone());
+                let last = cron.find_previous_occurrence(&at, true).ok()?;
+                u64::try_from(last.timestamp().as_millisecond()).ok()
+            }
+        }
+    }
+}
+
 /// `30s`, `15m`, `1h30m`, `2d`: whole numbers with a unit each.
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let bad = || {
@@ -331,8 +346,9 @@ pub enum Due {
     Skip { due_ms: u64, fires: u64, why: String },
 }
 
-/// The most fires counted one by one when working out what was missed;
-/// past it the count says "at least".
+/// The most cron fires counted one by one when working out what was
+/// missed; past it the count is a lower bound, and the last fire due is
+/// found directly.
 const MAX_COUNTED: u64 = 100_000;
 
 /// Decides about schedules: pure, given the time, the state, and whether a
@@ -353,17 +369,46 @@ impl Scheduler {
             return Due::Wait(first);
         }
         // Every fire in (anchor, now]: the latest is the one acted on.
-        let (mut latest, mut fires, mut missed) = (first, 1u64, u64::from(first < self.started_ms));
-        while fires < MAX_COUNTED {
-            match schedule.timing.next_after(latest) {
-                Some(next) if next <= now_ms => {
-                    latest = next;
-                    fires += 1;
-                    missed += u64::from(next < self.started_ms);
-                }
-                _ => break,
+        let (latest, fires, missed) = match &schedule.timing {
+            // Counted, not walked: a host down for a year with `every = "1s"`
+            // costs nothing here.
+            Timing::Every(d) => {
+                let step = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+                let fires = (now_ms - state.anchor_ms) / step;
+                let latest = state.anchor_ms + fires * step;
+                // Fires strictly before the start were missed.
+                let missed = match self.started_ms.checked_sub(state.anchor_ms + 1) {
+                    Some(before) => (before / step).min(fires),
+                    None => 0,
+                };
+                (latest, fires, missed)
             }
-        }
+            Timing::Cron { .. } => {
+                let (mut latest, mut fires, mut missed) = (first, 1u64, u64::from(first < self.started_ms));
+                loop {
+                    match schedule.timing.next_after(latest) {
+                        Some(next) if next <= now_ms && fires < MAX_COUNTED => {
+                            latest = next;
+                            fires += 1;
+                            missed += u64::from(next < self.started_ms);
+                        }
+                        // Past the count, the last fire due is still the
+                        // one acted on, so that one look covers them all.
+                        Some(next) if next <= now_ms => {
+                            latest = schedule.timing.last_at_or_before(now_ms).unwrap_or(latest).max(latest);
+                            if latest >= self.started_ms {
+                                missed = missed.min(fires - 1);
+                            } else {
+                                missed = fires;
+                            }
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                (latest, fires, missed)
+            }
+        };
         if let Some(run) = running {
             return Due::Skip {
                 due_ms: latest,
@@ -498,5 +543,34 @@ mod tests {
         ));
         let once = every("s", "10s", CatchUp::Once);
         assert_eq!(sched.due(&once, &before, 100_500, None), Due::Fire { due_ms: 100_000, fires: 6, missed: 6 });
+    }
+
+    /// A long outage is one look: `catch_up = "once"` fires once, and then
+    /// nothing is due until the next fire time, however many were missed.
+    #[test]
+    fn a_long_outage_is_caught_up_once_for_every_and_cron() {
+        let day = 86_400_000u64;
+        let tue = 1_796_083_200_000u64;
+        let once = every("s", "1s", CatchUp::Once);
+        let mut cron = every("c", "1s", CatchUp::Once);
+        cron.timing = Timing::parse(None, Some("* * * * *"), None).expect("valid");
+        // Down 200 days; started again 30.5 s past a minute.
+        let started = tue + 200 * day + 30_500;
+        let sched = Scheduler { started_ms: started };
+        for (s, step) in [(&once, 1_000u64), (&cron, 60_000)] {
+            let mut state = ScheduleState { anchor_ms: tue, ..Default::default() };
+            let Due::Fire { due_ms, fires, missed } = sched.due(s, &state, started, None) else {
+                panic!("{}: one fire for the outage", s.name)
+            };
+            assert_eq!(due_ms, started - started % step, "{}: the last fire due", s.name);
+            assert!(fires >= MAX_COUNTED && missed == fires, "{}: {fires} fires, {missed} missed", s.name);
+            state.anchor_ms = due_ms;
+            assert_eq!(sched.due(s, &state, started, None), Due::Wait(due_ms + step), "{}: caught up", s.name);
+        }
+        // With `skip`, the same outage is one skip.
+        let skip = every("s", "1s", CatchUp::Skip);
+        assert!(
+            matches!(sched.due(&skip, &ScheduleState { anchor_ms: tue, ..Default::default() }, started, None), Due::Skip { fires, .. } if fires == 200 * 86_400 + 30)
+        );
     }
 }

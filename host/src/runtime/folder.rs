@@ -80,6 +80,12 @@ impl Folder {
         &self.dir
     }
 
+    /// How long a file must stay unmodified from now on (a config reload
+    /// can change `[agents] settle_ms`).
+    pub fn set_settle(&mut self, settle: Duration) {
+        self.settle = settle;
+    }
+
     /// Looks at every `*.wasm` in the folder (at `now`) and returns the
     /// settled ones whose bytes changed, and those gone. A file is reported
     /// once per new content: looking again finds nothing until it changes
@@ -156,6 +162,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_settle_time_applies_to_the_next_look() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut folder = Folder::new(dir.path(), Duration::from_millis(500), []);
+        let path = dir.path().join("a.wasm");
+        std::fs::write(&path, b"one").expect("write");
+        let written = Stamp::of(&path).expect("stamp").modified;
+        assert!(folder.scan(written + Duration::from_millis(100)).expect("scan").changes.is_empty());
+        folder.set_settle(Duration::from_millis(50));
+        let settled = folder.scan(written + Duration::from_millis(100)).expect("scan");
+        assert!(matches!(&settled.changes[..], [FileChange::Changed { .. }]), "{settled:?}");
+    }
+
+    #[test]
     fn a_file_with_the_digest_it_started_with_is_no_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.wasm");
@@ -164,7 +183,9 @@ mod tests {
         let mut folder = Folder::new(dir.path(), Duration::ZERO, [(path.clone(), digest)]);
         let later = SystemTime::now() + Duration::from_secs(1);
         assert!(folder.scan(later).expect("scan").changes.is_empty(), "touched, same bytes: no change");
-        std::fs::write(&path, b"two").expect("write");
+        // Another length: on a file system with coarse times, the size
+        // alone tells the write apart.
+        std::fs::write(&path, b"three").expect("write");
         let changed = folder.scan(later + Duration::from_secs(1)).expect("scan");
         assert!(matches!(&changed.changes[..], [FileChange::Changed { .. }]), "{changed:?}");
     }

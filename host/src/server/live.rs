@@ -18,6 +18,7 @@ use crate::audit::{AuditDraft, calls};
 use crate::coord::schedule::{self, Clock, Due, Running, Schedule, ScheduleState, Scheduler};
 use crate::host::ConfigReload;
 use crate::kb::StoreError;
+use crate::policy::config::Config;
 use crate::runtime::{Message, Origin};
 use notify::Watcher as _;
 use std::collections::HashMap;
@@ -81,6 +82,9 @@ fn watch_files(app: &Arc<App>, config: &crate::policy::config::Config) -> Option
     let agents_dir = std::path::absolute(&config.agents_dir).unwrap_or_else(|_| config.agents_dir.clone());
     let config_file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
     let config_name = config_file.file_name().map(std::ffi::OsStr::to_os_string);
+    // Some backends report resolved paths (macOS: /private/var for /var):
+    // an event under either spelling of the folder counts.
+    let real_dir = std::fs::canonicalize(&agents_dir).unwrap_or_else(|_| agents_dir.clone());
     let (dir_a, name_c) = (agents_dir.clone(), config_name.clone());
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -88,7 +92,7 @@ fn watch_files(app: &Arc<App>, config: &crate::policy::config::Config) -> Option
             return;
         }
         for path in &event.paths {
-            if path.parent() == Some(dir_a.as_path()) {
+            if path.parent().is_some_and(|p| p == dir_a || p == real_dir) {
                 signals.agents.notify_one();
             }
             if path.file_name().map(std::ffi::OsStr::to_os_string) == name_c {
@@ -196,15 +200,14 @@ impl Schedules {
         let now = self.clock.now_ms();
         let (a, s) = (app.clone(), self.clone());
         match tokio::task::spawn_blocking(move || tick(&a, &s.scheduler, &s.states, now)).await {
-            Ok(Ok((fires, next))) => {
+            Ok((fires, next)) => {
                 for fire in fires {
+                    // Counted before the spawn, so that a shutdown's drain
+                    // cannot slip between the two.
+                    app.task_started();
                     tokio::spawn(run(app.clone(), fire, self.states.clone()));
                 }
                 next
-            }
-            Ok(Err(e)) => {
-                tracing::error!("schedules: {e}");
-                now.saturating_add(1000)
             }
             Err(e) => {
                 tracing::error!("schedules: the task failed: {e}");
@@ -225,101 +228,130 @@ async fn schedules_loop(app: Arc<App>, schedules: Schedules, mut next: u64, mut 
     }
 }
 
+/// The outcome saved while a fire's run is under way.
+const RUNNING: &str = "running";
+
 /// Decides about every schedule at `now`: audits fires and skips, saves
 /// their state, and returns the fires to run and when to look again.
+///
+/// Each schedule stands alone: a store error on one is logged, that
+/// schedule is looked at again a second later, and the others go on. A fire
+/// whose audit entry was written is always returned to run, even when its
+/// state could not be saved after, so that no fire is audited and dropped.
 fn tick(
     app: &App,
     scheduler: &Scheduler,
     states: &Mutex<HashMap<String, ScheduleState>>,
     now: u64,
-) -> Result<(Vec<Fire>, u64), StoreError> {
+) -> (Vec<Fire>, u64) {
     let config = app.host.config();
-    let store = app.host.store().as_ref();
     let mut states = states.lock().unwrap_or_else(PoisonError::into_inner);
     let mut fires = Vec::new();
     let mut next = u64::MAX;
     if app.shutting_down() {
-        return Ok((fires, next));
+        return (fires, next);
     }
     for s in &config.schedules {
-        let state = match states.get_mut(&s.name) {
-            Some(st) => st,
-            None => {
-                let st = schedule::load_state(store, &s.name)?.unwrap_or_default();
-                states.entry(s.name.clone()).or_insert(st)
-            }
-        };
-        if state.rebase(s, now) {
-            schedule::save_state(store, &s.name, state)?;
-        }
-        let running = app.live.running.lock().unwrap_or_else(PoisonError::into_inner).get(&s.name).copied();
-        let due = match scheduler.due(s, state, now, running) {
-            Due::Fire { due_ms, .. } if !app.host.runtime().has_agent(&s.agent) => Due::Skip {
-                due_ms,
-                fires: 1,
-                why: format!("agent `{}` is not in service (its file was removed)", s.agent),
-            },
-            d => d,
-        };
-        match due {
-            Due::Wait(at) => next = next.min(at),
-            Due::Skip { due_ms, fires: n, why } => {
-                let args = serde_json::json!({ "schedule": s.name, "agent": s.agent, "due_ms": due_ms, "fires": n });
-                let mut draft = AuditDraft::host(
-                    calls::SCHEDULE_SKIPPED,
-                    &config.digest,
-                    args,
-                    format!("{}: skipped: {why}", s.name),
-                );
-                draft.decision = crate::audit::Decision::Stopped;
-                draft.rule = Some(format!("schedule: {}", s.name));
-                tracing::info!("schedule {}: skipped: {why}", s.name);
-                store.append_audit(draft)?;
-                state.anchor_ms = due_ms;
-                state.skipped += n;
-                schedule::save_state(store, &s.name, state)?;
-                next = next.min(s.timing.next_after(due_ms).unwrap_or(u64::MAX));
-            }
-            Due::Fire { due_ms, fires: n, missed } => {
-                let args = serde_json::json!({
-                    "schedule": s.name, "agent": s.agent, "kind": s.kind,
-                    "entity": s.entity.as_ref().map(crate::kb::EntityRef::key), "due_ms": due_ms,
-                    "fires": n, "missed": missed,
-                });
-                let outcome = match missed {
-                    0 if n == 1 => format!("{} fires {}", s.name, s.agent),
-                    0 => format!("{} fires {} once for {n} fires due meanwhile", s.name, s.agent),
-                    m => format!(
-                        "{} fires {} once for {m} fire(s) missed while the host was down (catch_up = \"once\")",
-                        s.name, s.agent
-                    ),
-                };
-                let mut draft = AuditDraft::host(calls::SCHEDULE_FIRE, &config.digest, args, outcome);
-                draft.rule = Some(format!("schedule: {}", s.name));
-                let entry = store.append_audit(draft)?.seq;
-                app.live
-                    .running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(s.name.clone(), Running { fire_entry: entry, invocation: None });
-                state.anchor_ms = due_ms;
-                state.last_fire_ms = Some(now);
-                state.last_fire_entry = Some(entry);
-                state.last_outcome = Some("running".into());
-                state.fires += 1;
-                schedule::save_state(store, &s.name, state)?;
-                next = next.min(s.timing.next_after(due_ms).unwrap_or(u64::MAX));
-                fires.push(Fire { schedule: s.clone(), entry });
+        match tick_one(app, &config, scheduler, &mut states, s, now, &mut fires) {
+            Ok(at) => next = next.min(at),
+            Err(e) => {
+                tracing::error!("schedule {}: {e}; looked at again in a second", s.name);
+                next = next.min(now.saturating_add(1000));
             }
         }
     }
-    Ok((fires, next))
+    (fires, next)
+}
+
+/// One schedule's look at `now`: pushes its fire, if due, onto `fires`, and
+/// returns when to look at it again.
+fn tick_one(
+    app: &App,
+    config: &Config,
+    scheduler: &Scheduler,
+    states: &mut HashMap<String, ScheduleState>,
+    s: &Schedule,
+    now: u64,
+    fires: &mut Vec<Fire>,
+) -> Result<u64, StoreError> {
+    let store = app.host.store().as_ref();
+    let state = match states.get_mut(&s.name) {
+        Some(st) => st,
+        None => {
+            let mut st = schedule::load_state(store, &s.name)?.unwrap_or_default();
+            // Read once per process: a run saved as under way did not end
+            // here, so the host stopped during it.
+            if st.last_outcome.as_deref() == Some(RUNNING) {
+                st.last_outcome = Some("did not finish: the host stopped while it ran".into());
+                schedule::save_state(store, &s.name, &st)?;
+            }
+            states.entry(s.name.clone()).or_insert(st)
+        }
+    };
+    if state.rebase(s, now) {
+        schedule::save_state(store, &s.name, state)?;
+    }
+    let running = app.live.running.lock().unwrap_or_else(PoisonError::into_inner).get(&s.name).copied();
+    let due = match scheduler.due(s, state, now, running) {
+        Due::Fire { due_ms, .. } if !app.host.runtime().has_agent(&s.agent) => {
+            Due::Skip { due_ms, fires: 1, why: format!("agent `{}` is not in service (its file was removed)", s.agent) }
+        }
+        d => d,
+    };
+    match due {
+        Due::Wait(at) => Ok(at),
+        Due::Skip { due_ms, fires: n, why } => {
+            let args = serde_json::json!({ "schedule": s.name, "agent": s.agent, "due_ms": due_ms, "fires": n });
+            let mut draft =
+                AuditDraft::host(calls::SCHEDULE_SKIPPED, &config.digest, args, format!("{}: skipped: {why}", s.name));
+            draft.decision = crate::audit::Decision::Stopped;
+            draft.rule = Some(format!("schedule: {}", s.name));
+            tracing::info!("schedule {}: skipped: {why}", s.name);
+            store.append_audit(draft)?;
+            state.anchor_ms = due_ms;
+            state.skipped += n;
+            schedule::save_state(store, &s.name, state)?;
+            Ok(s.timing.next_after(due_ms).unwrap_or(u64::MAX))
+        }
+        Due::Fire { due_ms, fires: n, missed } => {
+            let args = serde_json::json!({
+                "schedule": s.name, "agent": s.agent, "kind": s.kind,
+                "entity": s.entity.as_ref().map(crate::kb::EntityRef::key), "due_ms": due_ms,
+                "fires": n, "missed": missed,
+            });
+            let outcome = match missed {
+                0 if n == 1 => format!("{} fires {}", s.name, s.agent),
+                0 => format!("{} fires {} once for {n} fires due meanwhile", s.name, s.agent),
+                m => format!(
+                    "{} fires {} once for {m} fire(s) missed while the host was down (catch_up = \"once\")",
+                    s.name, s.agent
+                ),
+            };
+            let mut draft = AuditDraft::host(calls::SCHEDULE_FIRE, &config.digest, args, outcome);
+            draft.rule = Some(format!("schedule: {}", s.name));
+            let entry = store.append_audit(draft)?.seq;
+            // Audited: from here on the fire runs, whatever the save says.
+            app.live
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(s.name.clone(), Running { fire_entry: entry, invocation: None });
+            state.anchor_ms = due_ms;
+            state.last_fire_ms = Some(now);
+            state.last_fire_entry = Some(entry);
+            state.last_outcome = Some(RUNNING.into());
+            state.fires += 1;
+            fires.push(Fire { schedule: s.clone(), entry });
+            schedule::save_state(store, &s.name, state)?;
+            Ok(s.timing.next_after(due_ms).unwrap_or(u64::MAX))
+        }
+    }
 }
 
 /// Runs one fire's invocation (and what it causes), then records how it
 /// ended. Counted as a trigger in flight, so a shutdown's drain waits for it.
+/// The caller has counted it with `task_started`.
 async fn run(app: Arc<App>, fire: Fire, states: Arc<Mutex<HashMap<String, ScheduleState>>>) {
-    app.task_started();
     let s = &fire.schedule;
     let message = Message { kind: s.kind.clone(), entity: s.entity.clone(), body: s.body.clone() };
     let (live, name) = (app.clone(), s.name.clone());
