@@ -796,19 +796,26 @@ impl Gate {
         let agents = self.agents.load();
         let nobody = if !agents.contains(&owner) {
             let loaded: Vec<&str> = agents.iter().map(String::as_str).collect();
-            Some(format!(
-                "`{}` is not a loaded agent, so nobody would answer this change request: address the agent that \
+            Some((
+                RULE_REQUEST_OWNER,
+                format!(
+                    "`{}` is not a loaded agent, so nobody would answer this change request: address the agent that \
                  owns the fields (loaded: {})",
-                audit::bounded(owner.clone(), 64),
-                loaded.join(", ")
+                    audit::bounded(owner.clone(), 64),
+                    loaded.join(", ")
+                ),
             ))
         } else if proposed.is_empty() {
-            Some(format!("a change request proposes at least one field for {owner} to set; this one proposes none"))
+            Some((
+                RULE_REQUEST_PROPOSED,
+                format!("a change request proposes at least one field for {owner} to set; this one proposes none"),
+            ))
         } else {
             None
         };
-        if let Some(problem) = nobody {
+        if let Some((rule, problem)) = nobody {
             draft.decision = Decision::Invalid;
+            draft.rule = Some(rule.into());
             draft.outcome.clone_from(&problem);
             self.record(draft, started)?;
             return Ok(Err(WriteError::Refused(Refusal::Invalid(problem))));
@@ -874,7 +881,13 @@ impl Gate {
         let started = self.enter(caller, calls::RESOLVE_CHANGE).await?;
         let max_outcome = self.settings.load().config.limits.audit_arg_bytes;
         let args = json!({ "request": request, "applied": applied, "reason": reason });
-        let draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
+        let mut draft = self.draft(caller, calls::RESOLVE_CHANGE, vec![], args);
+        // The reason is stored with the request: bounded like every other
+        // call's arguments.
+        if let Some(why) = self.oversize(&mut draft) {
+            self.record(draft, started)?;
+            return Ok(Err(why));
+        }
         let actor = caller.actor();
         let (result, entry) = self
             .blocking(move |s| {
@@ -899,6 +912,7 @@ impl Gate {
                             }
                             Err(e) => {
                                 d.decision = Decision::Invalid;
+                                d.rule = Some(RULE_RESOLVE.into());
                                 d.outcome.clone_from(e);
                             }
                         }
@@ -1029,6 +1043,7 @@ impl Gate {
         let mut draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
         if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
             draft.decision = Decision::Invalid;
+            draft.rule = Some(refusal.rule());
             draft.outcome = refusal.to_string();
             self.record(draft, started)?;
             return Ok(Err(refusal.to_string()));
@@ -1052,6 +1067,11 @@ impl Gate {
         Ok(Ok(events))
     }
 }
+
+/// The rules a change request is refused by, as the audit names them.
+const RULE_REQUEST_OWNER: &str = "change request: the owner is a loaded agent";
+const RULE_REQUEST_PROPOSED: &str = "change request: at least one field proposed";
+const RULE_RESOLVE: &str = "change request: resolved once, by its owner, while open";
 
 fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)

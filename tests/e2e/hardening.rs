@@ -459,3 +459,92 @@ async fn actions_are_declared_rate_limited_and_the_outbox_is_bounded() {
     let line = text.lines().position(|l| l.starts_with("per_minute")).unwrap() + 1;
     assert!(stderr(&o).contains(&format!("concord.toml:{line}: actions.per_minute")), "{}", stderr(&o));
 }
+
+/// Every refusal the gate audits names the rule that decided it, and no
+/// free-form string an agent passes reaches the audit or the store
+/// unbounded: each host call's refusals, made through a real agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_names_its_rule_and_every_free_form_string_is_bounded() {
+    let limits = format!("{FAST_LIMITS}max_call_bytes = 4096\naudit_arg_bytes = 512\n");
+    let env = Env::with_limits(&[("sales", "probe"), ("support", "probe")], &limits);
+    let huge = "x".repeat(10_000);
+    let acme = "customer/acme";
+    let create =
+        json!([{ "op": "commit", "writes": [{ "entity": acme, "expect": "absent", "set": { "status": "active" } }] }]);
+    env.probe("support", create).await;
+    let r = env.probe("sales", json!([{ "op": "request_change", "owner": "support", "entity": acme, "proposed": { "open_tickets": 1 }, "reason": "r" }])).await;
+    let request = r[0]["request"].as_u64().unwrap_or_else(|| panic!("accepted: {r:?}"));
+    let sales = json!([
+        { "op": "get", "entity": "nokind/x" },
+        { "op": "history", "entity": "nokind/x" },
+        { "op": "recent", "entity": "nokind/x", "within_ms": 1000 },
+        { "op": "changes", "entity": "nokind/x" },
+        // Not sales's field; then a version that is gone; then too big.
+        { "op": "commit", "writes": [{ "entity": acme, "expect": 1, "set": { "open_tickets": 3 } }] },
+        { "op": "commit", "writes": [{ "entity": acme, "expect": 7, "set": { "status": "x" } }] },
+        { "op": "commit", "reason": huge, "writes": [{ "entity": acme, "expect": 1, "set": { "status": "x" } }] },
+        { "op": "act", "entity": acme, "kind": "", "payload": {}, "based_on": 1 },
+        { "op": "act", "entity": acme, "kind": "email.send", "payload": { "body": huge }, "based_on": 1 },
+        { "op": "lease", "entity": acme, "ttl_ms": 1_000_000_000u64 },
+        { "op": "lease", "entity": acme, "ttl_ms": 10_000 },
+        { "op": "request_change", "owner": "billing", "entity": acme, "proposed": { "open_tickets": 1 }, "reason": "r" },
+        { "op": "request_change", "owner": "support", "entity": acme, "proposed": {}, "reason": "r" },
+        { "op": "request_change", "owner": "support", "entity": acme, "proposed": { "open_tickets": 1 }, "reason": huge },
+        { "op": "resolve", "request": request, "applied": true },
+    ]);
+    let r = env.probe("sales", sales).await;
+    assert_eq!(r[10]["token"].as_u64().map(|_| ()), Some(()), "sales holds the lease: {r:?}");
+    let support = json!([
+        { "op": "lease", "entity": acme, "ttl_ms": 10_000 },
+        { "op": "renew", "entity": acme, "token": 999_999, "ttl_ms": 10_000 },
+        { "op": "resolve", "request": 999_999, "applied": true },
+        { "op": "resolve", "request": request, "applied": false, "reason": huge },
+        { "op": "resolve", "request": request, "applied": false, "reason": "not now" },
+        { "op": "resolve", "request": request, "applied": false, "reason": "again" },
+    ]);
+    let r = env.probe("support", support).await;
+    assert_eq!(r[3]["error"], "resolve", "an oversized reason is refused: {r:?}");
+    assert!(r[3]["text"].as_str().unwrap_or("").contains("limits.max_call_bytes"), "{r:?}");
+    assert_eq!(r[4]["resolved"], true, "{r:?}");
+
+    let entries = env.all_audit();
+    let refused: Vec<_> = entries
+        .iter()
+        .filter(|e| !matches!(e.decision, Decision::Allowed | Decision::Stopped) && e.agent != "host")
+        .collect();
+    // Each call above that is refused, once: 15 from sales (less the lease
+    // it got) and 5 from support.
+    let calls_refused: std::collections::BTreeSet<&str> = refused.iter().map(|e| e.call.as_str()).collect();
+    for call in [
+        calls::GET,
+        calls::HISTORY,
+        calls::RECENT,
+        calls::CHANGES,
+        calls::COMMIT,
+        calls::ACT,
+        calls::LEASE,
+        calls::RENEW,
+        calls::REQUEST_CHANGE,
+        calls::RESOLVE_CHANGE,
+    ] {
+        assert!(calls_refused.contains(call), "a refusal of {call} was made: {calls_refused:?}");
+    }
+    assert_eq!(refused.len(), 19, "{:#?}", refused.iter().map(|e| (&e.call, &e.outcome)).collect::<Vec<_>>());
+    for e in &refused {
+        assert!(
+            e.rule.as_deref().is_some_and(|r| !r.is_empty()),
+            "{} refused ({:?}) names its rule: {}",
+            e.call,
+            e.decision,
+            e.outcome
+        );
+    }
+    for e in &entries {
+        for (what, text) in [("args", &e.args), ("outcome", &e.outcome)] {
+            assert!(text.len() <= 512 + 64, "{} entry {}: {what} is {} bytes", e.call, e.seq, text.len());
+        }
+    }
+    let requests = env.host.store().change_requests(0, 100).expect("reads");
+    let stored = requests.iter().find(|q| q.id == request).expect("the request");
+    assert_eq!(stored.resolution.as_deref(), Some("not now"), "the oversized reason was not stored");
+}

@@ -21,7 +21,7 @@
 //! - `{"op": "release", "entity": "k/i", "token": N | "lease"}`
 //! - `{"op": "changes", "entity": "k/i"}`: changes since this agent's last read
 //! - `{"op": "request_change", "owner": "...", "entity": "k/i", "proposed": {...}}`
-//! - `{"op": "resolve", "request": N, "applied": bool}`: `{"resolved": true}`
+//! - `{"op": "resolve", "request": N, "applied": bool, "reason": "..."}`: `{"resolved": true}`
 //!   or `{"error": "resolve", "text": ...}`
 //! - `{"op": "spin", "ms": N}`: busy for N ms, with no host call
 //! - `{"op": "scribble"}`: counts the pages of a 3 MiB static that are not
@@ -293,7 +293,11 @@ impl Handler for Probe {
                 }
                 "resolve" => {
                     let id = op["request"].as_u64().ok_or("request must be a number")?;
-                    match coord::resolve_change(id, op["applied"].as_bool().unwrap_or(false), "probe") {
+                    match coord::resolve_change(
+                        id,
+                        op["applied"].as_bool().unwrap_or(false),
+                        op["reason"].as_str().unwrap_or("probe"),
+                    ) {
                         Ok(()) => json!({ "resolved": true }),
                         Err(m) => json!({ "error": "resolve", "text": m }),
                     }
