@@ -4,9 +4,10 @@
 //! audited as a read (see [`Store::append_read_audit`]): it does not wait
 //! for the disk.
 
-use super::{Caller, Gate, HostFault, MAX_HISTORY, elapsed_us};
-use crate::audit::{AuditDraft, Decision, calls};
+use super::{Caller, Gate, HostFault, MAX_HISTORY, elapsed_us, mark_refusal};
+use crate::audit::{AuditDraft, calls};
 use crate::kb::{Entity, EntityRef, Event, Store, StoreError, now_ms};
+use crate::policy::Refusal;
 use serde_json::json;
 use std::time::Instant;
 
@@ -19,11 +20,7 @@ impl Gate {
         let args = format!("{{\"entity\":{}}}", serde_json::Value::from(key.as_str()));
         let mut draft = self.draft_with(caller, calls::GET, vec![key.clone()], args);
         if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
-            draft.decision = Decision::Invalid;
-            draft.rule = Some(refusal.rule());
-            draft.outcome = refusal.to_string();
-            self.record(draft, started)?;
-            return Ok(Err(refusal.to_string()));
+            return self.refuse_read(draft, started, &refusal);
         }
         // A point read on an MVCC snapshot (never waits for the writer) and
         // a read-entry append (waits for the disk only as backpressure):
@@ -77,20 +74,27 @@ impl Gate {
         entity: EntityRef,
         read: impl FnOnce(&dyn Store, &EntityRef) -> Result<Vec<Event>, StoreError> + Send + 'static,
     ) -> Result<Result<Vec<Event>, String>, HostFault> {
-        let result = match self.settings.load().policy.check_read(&entity) {
-            Err(refusal) => {
-                draft.decision = Decision::Invalid;
-                draft.rule = Some(refusal.rule());
-                Err(refusal.to_string())
-            }
-            Ok(()) => Ok(self.blocking(move |s| read(s, &entity)).await?),
-        };
-        draft.outcome = match &result {
-            Ok(events) => format!("{} events", events.len()),
-            Err(e) => e.clone(),
-        };
+        if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
+            return self.refuse_read(draft, started, &refusal);
+        }
+        let events = self.blocking(move |s| read(s, &entity)).await?;
+        draft.outcome = format!("{} events", events.len());
         self.record(draft, started)?;
-        Ok(result)
+        Ok(Ok(events))
+    }
+
+    /// Audits a read refused by [`Policy::check_read`](crate::policy::Policy::check_read)
+    /// (through the shared [`mark_refusal`], so that it names its rule) and
+    /// answers the agent with the refusal.
+    fn refuse_read<T>(
+        &self,
+        mut draft: AuditDraft,
+        started: Instant,
+        refusal: &Refusal,
+    ) -> Result<Result<T, String>, HostFault> {
+        mark_refusal(&mut draft, refusal);
+        self.record(draft, started)?;
+        Ok(Err(refusal.to_string()))
     }
 
     pub async fn changes_since_read(
@@ -99,13 +103,9 @@ impl Gate {
         entity: EntityRef,
     ) -> Result<Result<Vec<Event>, String>, HostFault> {
         let started = self.enter(caller, calls::CHANGES).await?;
-        let mut draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
+        let draft = self.draft(caller, calls::CHANGES, vec![entity.key()], json!({ "entity": entity.key() }));
         if let Err(refusal) = self.settings.load().policy.check_read(&entity) {
-            draft.decision = Decision::Invalid;
-            draft.rule = Some(refusal.rule());
-            draft.outcome = refusal.to_string();
-            self.record(draft, started)?;
-            return Ok(Err(refusal.to_string()));
+            return self.refuse_read(draft, started, &refusal);
         }
         let agent = caller.agent.clone();
         let (events, entry) = self
