@@ -6,6 +6,7 @@
 
 mod journal;
 pub mod model;
+pub(crate) mod ops;
 pub mod redb_store;
 pub mod store;
 

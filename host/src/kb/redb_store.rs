@@ -17,13 +17,11 @@
 //! tests that need the private parts in `redb_store/tests.rs`.
 
 use super::journal::{self, Changes, Deliver, Health, Journal, Op, Sync};
-use super::model::{
-    ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Lease,
-    Pin, Value,
-};
+use super::model::{ActionRecord, ChangeRequest, Entity, EntityRef, Event, Lease, Pin, Value};
+use super::ops::{self, audit_plan::AuditPlan};
 use super::store::{
-    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, Guard, GuardInput,
-    LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
+    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, Guard, LeaseOutcome,
+    READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
 };
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, GENESIS_HASH, Verification};
 use redb::{
@@ -35,7 +33,6 @@ use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
@@ -99,9 +96,6 @@ const REQUEST_KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::
 /// name -> bytes: state the host derives from the logs and keeps to save
 /// work (the conflicts report's counts). See [`Store::host_state`].
 const HOST_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("host_state");
-
-/// How far back guards look for `recent` events.
-pub const GUARD_RECENT_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// Bumped whenever the table layout or an encoding changes.
 ///
@@ -382,6 +376,9 @@ const INDEX_FLUSH_AT: usize = 4096;
 
 /// The last audit seq the indexes cover (see [`IndexRow`]).
 const AUDIT_INDEXED: &str = "audit_indexed";
+
+/// The next fencing token, in `meta`.
+const NEXT_FENCE: &str = "next_fence";
 
 enum Written {
     Read(Pending),
@@ -673,7 +670,7 @@ journaled! {
     2 => HISTORY, history: (&'static str, u64), ();
     3 => AUDIT, audit: u64, &'static [u8];
     8 => META, meta: &'static str, u64;
-    9 => PINS, pins: (&'static str, &'static str), &'static [u8];
+    9 => PINS, pin_table: (&'static str, &'static str), &'static [u8];
     10 => LEASES, leases: &'static str, &'static [u8];
     11 => ACTIONS, actions: u64, &'static [u8];
     12 => OUTBOX, outbox: u64, ();
@@ -1941,74 +1938,6 @@ fn history_seqs_rev<'a>(
     Ok(range.rev().map(|item| item.map(|(k, _)| k.value().1).map_err(backend)))
 }
 
-/// The most events a conflict's explanation walks back (see
-/// [`build_conflict`]).
-const CONFLICT_WALK: usize = 256;
-
-fn build_conflict(
-    events: &impl ReadableTable<u64, &'static [u8]>,
-    history: &impl ReadableTable<(&'static str, u64), ()>,
-    entity: &EntityRef,
-    expected: Expect,
-    current: Option<&Entity>,
-) -> Result<Conflict, StoreError> {
-    let Some(current) = current else {
-        return Ok(Conflict {
-            entity: entity.clone(),
-            expected,
-            current_version: None,
-            changed_by: String::new(),
-            changed_at_ms: 0,
-            changed_fields: vec![],
-            events_since: vec![],
-        });
-    };
-    let since = match expected {
-        Expect::Absent => 0,
-        Expect::Version(v) => v,
-    };
-    // Walk back from the newest event until the expected version: every
-    // field changed on the way is reported; the newest events are carried.
-    // At most CONFLICT_WALK events: a write that is far behind (expecting
-    // an entity absent that has thousands of versions) costs the writer a
-    // bounded walk, not one as long as the entity's history; its
-    // explanation then names who changed what in those newest events, and
-    // `current_version` says how far behind it is.
-    let mut changed = BTreeSet::new();
-    let mut by: Vec<String> = Vec::new();
-    let mut carried = Vec::new();
-    let key = entity.key();
-    for (walked, seq) in history_seqs_rev(history, &key)?.enumerate() {
-        if walked >= CONFLICT_WALK {
-            break;
-        }
-        let event = load_event(events, seq?)?;
-        if event.version <= since {
-            break;
-        }
-        if event.kind.changes_state() {
-            changed.extend(event.changes.iter().map(|c| c.name.clone()));
-            if !by.contains(&event.agent) {
-                by.push(event.agent.clone());
-            }
-        }
-        if carried.len() < Conflict::MAX_EVENTS {
-            carried.push(event);
-        }
-    }
-    carried.reverse();
-    Ok(Conflict {
-        entity: entity.clone(),
-        expected,
-        current_version: Some(current.version),
-        // Everyone who changed it since, most recent first.
-        changed_by: if by.is_empty() { current.updated_by.clone() } else { by.join(", ") },
-        changed_at_ms: current.updated_at_ms,
-        changed_fields: changed.into_iter().collect(),
-        events_since: carried,
-    })
-}
-
 /// Appends an audit entry inside a batch's write transaction: numbers it
 /// (after the read entries waiting in the tail, which go in first) and
 /// links it into the chain.
@@ -2040,38 +1969,6 @@ fn next_seq(events: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Stor
     Ok(events.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1)
 }
 
-/// Appends an event, indexes it, and applies it to the projection.
-fn append_event(txn: &Tx<'_>, event: &Event) -> Result<(), StoreError> {
-    let mut events = txn.events().map_err(backend)?;
-    let mut history = txn.history().map_err(backend)?;
-    let mut entities = txn.entities().map_err(backend)?;
-    let current = match event.kind.changes_state() {
-        true => load_entity(&*entities, &event.entity.key())?,
-        false => None,
-    };
-    append_event_to(&mut events, &mut history, &mut entities, event, current)
-}
-
-/// [`append_event`] into tables already open, with the entity's state
-/// before the event when it changes state (the caller has just read it).
-fn append_event_to(
-    events: &mut Logged<'_, '_, u64, &'static [u8]>,
-    history: &mut Logged<'_, '_, (&'static str, u64), ()>,
-    entities: &mut Logged<'_, '_, &'static str, &'static [u8]>,
-    event: &Event,
-    current: Option<Entity>,
-) -> Result<(), StoreError> {
-    let key = event.entity.key();
-    events.insert(event.seq, encode(event)?.as_slice()).map_err(backend)?;
-    history.insert((key.as_str(), event.seq), ()).map_err(backend)?;
-    if event.kind.changes_state()
-        && let Some(next) = Entity::apply(current, event)
-    {
-        entities.insert(key.as_str(), encode(&next)?.as_slice()).map_err(backend)?;
-    }
-    Ok(())
-}
-
 fn load_pins(
     pins: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     key: &str,
@@ -2095,96 +1992,6 @@ fn load_lease(
         Some(v) => decode(v.value(), || format!("lease on {key}")).map(Some),
         None => Ok(None),
     }
-}
-
-/// The lease check for a write (`fence` given) or an action (no fence).
-fn lease_denial(
-    lease: Option<&Lease>,
-    entity: &EntityRef,
-    agent: &str,
-    fence: Option<u64>,
-    now: u64,
-) -> Option<Denial> {
-    let live = lease.filter(|l| l.is_live(now));
-    match (fence, live) {
-        (Some(token), Some(l)) if l.token == token && l.holder == agent => None,
-        (Some(token), live) => {
-            Some(Denial::StaleFence { entity: entity.clone(), token, current: live.map(|l| l.token) })
-        }
-        (None, Some(l)) if l.holder != agent => {
-            Some(Denial::Leased { entity: entity.clone(), holder: l.holder.clone(), expires_at_ms: l.expires_at_ms })
-        }
-        (None, _) => None,
-    }
-}
-
-/// The entity's events at or after `since_ms`, oldest first (at most 1000).
-fn recent_in(
-    events: &impl ReadableTable<u64, &'static [u8]>,
-    history: &impl ReadableTable<(&'static str, u64), ()>,
-    key: &str,
-    since_ms: u64,
-) -> Result<Vec<Event>, StoreError> {
-    let mut out = Vec::new();
-    for seq in history_seqs_rev(history, key)? {
-        let event = load_event(events, seq?)?;
-        if event.at_ms < since_ms || out.len() >= 1000 {
-            break;
-        }
-        out.push(event);
-    }
-    out.reverse();
-    Ok(out)
-}
-
-/// Runs the guard; a read of `recent` that failed inside it is the
-/// operation's error rather than an empty history.
-fn ask_guard(
-    guard: &Guard,
-    input: &GuardInput<'_>,
-    read_error: &std::cell::RefCell<Option<StoreError>>,
-) -> Result<Option<Denial>, StoreError> {
-    let denied = guard(input);
-    match read_error.take() {
-        Some(e) => Err(e),
-        None => Ok(denied),
-    }
-}
-
-/// The guard's `recent` events, read on demand; a read failure is kept in
-/// `error` and turned into the operation's error once the guard returns.
-fn lazy_recent(
-    events: &impl ReadableTable<u64, &'static [u8]>,
-    history: &impl ReadableTable<(&'static str, u64), ()>,
-    key: &str,
-    now: u64,
-    error: &std::cell::RefCell<Option<StoreError>>,
-) -> Vec<Event> {
-    recent_in(events, history, key, now.saturating_sub(GUARD_RECENT_WINDOW_MS)).unwrap_or_else(|e| {
-        *error.borrow_mut() = Some(e);
-        Vec::new()
-    })
-}
-
-fn fold_history(
-    events: &impl ReadableTable<u64, &'static [u8]>,
-    history: &impl ReadableTable<(&'static str, u64), ()>,
-    key: &str,
-    at: AtPoint,
-) -> Result<Option<Entity>, StoreError> {
-    let mut state = None;
-    for item in history.range((key, 0)..=(key, u64::MAX)).map_err(backend)? {
-        let seq = item.map_err(backend)?.0.value().1;
-        if matches!(at, AtPoint::Seq(n) if seq > n) {
-            break;
-        }
-        let event = load_event(events, seq)?;
-        if matches!(at, AtPoint::Time(t) if event.at_ms > t) {
-            break;
-        }
-        state = Entity::apply(state, &event);
-    }
-    Ok(state)
 }
 
 impl RedbStore {
@@ -2229,16 +2036,6 @@ impl RedbStore {
             writer.shared.queued.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             (job.reply)(Err(stopped()));
         }
-    }
-
-    /// Runs `f` on the writer, appends the audit entry it returns, and
-    /// commits: the operation and its audit entry are durable together.
-    fn audited<T: Send + 'static>(
-        &self,
-        at_ms: u64,
-        f: impl FnOnce(&Tx<'_>) -> Result<(T, AuditDraft), StoreError> + Send + 'static,
-    ) -> Result<(T, AuditEntry), StoreError> {
-        self.run(true, audited_job(at_ms, f))
     }
 
     /// Numbers a read-call entry and leaves it for the writer (see [`Tail`]).
@@ -2332,144 +2129,173 @@ fn walk_runs<'t, K: Key + 'static>(
     Ok(())
 }
 
-/// For operator commands: refuses (writing nothing) unless the entity exists.
-fn existing(txn: &Tx<'_>, entity: &EntityRef) -> Result<Entity, StoreError> {
-    let entities = txn.entities().map_err(backend)?;
-    load_entity(&*entities, &entity.key())?
-        .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
+/// Gives `visit` one entity's events newest first (see
+/// [`ops::EntityHistory`]), from open event and history tables.
+fn newest_first(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    history: &impl ReadableTable<(&'static str, u64), ()>,
+    entity: &EntityRef,
+    visit: &mut dyn FnMut(Event) -> bool,
+) -> Result<(), StoreError> {
+    let key = entity.key();
+    for seq in history_seqs_rev(history, &key)? {
+        if !visit(load_event(events, seq?)?) {
+            break;
+        }
+    }
+    Ok(())
 }
 
-/// Runs `f`, then appends the audit entry it returns: the operation and its
-/// entry commit (and are durable) together.
-fn audited_job<T>(
-    at_ms: u64,
-    f: impl FnOnce(&Tx<'_>) -> Result<(T, AuditDraft), StoreError> + Send + 'static,
-) -> impl FnOnce(&Tx<'_>) -> Result<(T, AuditEntry), StoreError> + Send + 'static {
-    move |tx| {
-        let (value, draft) = f(tx)?;
-        let entry = append_audit_in(tx, draft, at_ms)?;
-        Ok((value, entry))
+/// One entity's history as a read snapshot sees it.
+struct ReadHistory {
+    events: redb::ReadOnlyTable<u64, &'static [u8]>,
+    history: redb::ReadOnlyTable<(&'static str, u64), ()>,
+}
+
+impl ops::EntityHistory for ReadHistory {
+    fn events_newest_first(&self, entity: &EntityRef, visit: &mut dyn FnMut(Event) -> bool) -> Result<(), StoreError> {
+        newest_first(&self.events, &self.history, entity, visit)
     }
 }
 
-/// A commit, as a writer job (see [`Store::commit`]).
-fn commit_job(
-    request: CommitRequest,
-    guard: Guard,
-    audit: Auditor<CommitOutcome>,
-) -> impl FnOnce(&Tx<'_>) -> Result<(CommitOutcome, AuditEntry), StoreError> + Send + 'static {
-    let now = request.at_ms;
-    audited_job(now, move |txn| {
-        let outcome = {
-            let entities = txn.entities().map_err(backend)?;
-            let events = txn.events().map_err(backend)?;
-            let history = txn.history().map_err(backend)?;
-            let pins = txn.pins().map_err(backend)?;
-            let leases = txn.leases().map_err(backend)?;
+impl ops::EntityHistory for Tx<'_> {
+    fn events_newest_first(&self, entity: &EntityRef, visit: &mut dyn FnMut(Event) -> bool) -> Result<(), StoreError> {
+        let events = self.events().map_err(backend)?;
+        let history = self.history().map_err(backend)?;
+        newest_first(&*events, &*history, entity, visit)
+    }
+}
 
-            // Check everything before applying anything: all or none.
-            let mut current = Vec::with_capacity(request.writes.len());
-            let mut refused = None;
-            for w in &request.writes {
-                let key = w.entity.key();
-                let cur = load_entity(&*entities, &key)?;
-                let holds = match (w.expect, &cur) {
-                    (Expect::Absent, None) => true,
-                    (Expect::Version(v), Some(e)) => e.version == v,
-                    _ => false,
-                };
-                if !holds {
-                    let c = build_conflict(&*events, &*history, &w.entity, w.expect, cur.as_ref())?;
-                    refused = Some(CommitOutcome::Conflict(c));
-                    break;
-                }
-                let lease = load_lease(&*leases, &key)?;
-                if let Some(d) = lease_denial(lease.as_ref(), &w.entity, &request.actor.name, w.fence, now) {
-                    refused = Some(CommitOutcome::Denied(d));
-                    break;
-                }
-                let entity_pins = load_pins(&*pins, &key)?;
-                let fields: Vec<&str> =
-                    w.set.iter().map(|(n, _)| n.as_str()).chain(w.unset.iter().map(String::as_str)).collect();
-                if !request.by_human
-                    && let Some(p) = entity_pins.iter().find(|p| fields.contains(&p.field.as_str()))
-                {
-                    refused = Some(CommitOutcome::Denied(Denial::Pinned {
-                        entity: w.entity.clone(),
-                        field: p.field.clone(),
-                        by: p.by.clone(),
-                        reason: p.reason.clone(),
-                    }));
-                    break;
-                }
-                let read_error = std::cell::RefCell::new(None);
-                let recent = || lazy_recent(&*events, &*history, &key, now, &read_error);
-                let input = GuardInput {
-                    entity: &w.entity,
-                    current: cur.as_ref(),
-                    fields,
-                    action: None,
-                    pins: &entity_pins,
-                    recent: &recent,
-                };
-                let denied = ask_guard(&guard, &input, &read_error)?;
-                if let Some(d) = denied {
-                    refused = Some(CommitOutcome::Denied(d));
-                    break;
-                }
-                current.push(cur);
-            }
-            match refused {
-                Some(r) => r,
-                None => {
-                    let first = next_seq(&*events)?;
-                    drop((pins, leases));
-                    let (mut entities, mut events, mut history) = (entities, events, history);
-                    let mut versions = Vec::with_capacity(request.writes.len());
-                    let mut new_events = Vec::with_capacity(request.writes.len());
-                    for (seq, (w, cur)) in (first..).zip(request.writes.iter().zip(current)) {
-                        let (kind, version) = match &cur {
-                            None => (EventKind::Created, 1),
-                            Some(e) => (request.kind, e.version + 1),
-                        };
-                        let mut changes = Vec::new();
-                        for (name, value) in &w.set {
-                            let before = cur.as_ref().and_then(|e| e.fields.get(name)).cloned();
-                            if before.as_ref() != Some(value) {
-                                changes.push(FieldChange { name: name.clone(), before, after: Some(value.clone()) });
-                            }
-                        }
-                        for name in &w.unset {
-                            if let Some(before) = cur.as_ref().and_then(|e| e.fields.get(name)).cloned() {
-                                changes.push(FieldChange { name: name.clone(), before: Some(before), after: None });
-                            }
-                        }
-                        let event = Event {
-                            seq,
-                            at_ms: now,
-                            agent: request.actor.name.clone(),
-                            entity: w.entity.clone(),
-                            version,
-                            kind,
-                            changes,
-                            reason: request.reason.clone(),
-                            invocation: request.actor.invocation,
-                            detail: None,
-                        };
-                        // The state the checks just read: the tables
-                        // stayed open, and policy refuses an entity
-                        // twice in one commit.
-                        append_event_to(&mut events, &mut history, &mut entities, &event, cur)?;
-                        versions.push(version);
-                        new_events.push(event);
-                    }
-                    CommitOutcome::Committed { versions, events: new_events }
-                }
-            }
-        };
-        let draft = audit(&outcome);
-        Ok((outcome, draft))
-    })
+/// The rules' view of a batch's transaction. Each method borrows the
+/// batch's cached tables only for its own call, so a guard may read while
+/// the rules hold the transaction.
+impl ops::Txn for Tx<'_> {
+    fn entity(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        load_entity(&*self.entities().map_err(backend)?, &entity.key())
+    }
+
+    fn events_after(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let key = entity.key();
+        let events = self.events().map_err(backend)?;
+        let history = self.history().map_err(backend)?;
+        let range = history.range((key.as_str(), after_seq.saturating_add(1))..=(key.as_str(), u64::MAX));
+        range
+            .map_err(backend)?
+            .take(limit)
+            .map(|item| load_event(&*events, item.map_err(backend)?.0.value().1))
+            .collect()
+    }
+
+    fn next_event_seq(&self) -> Result<u64, StoreError> {
+        next_seq(&*self.events().map_err(backend)?)
+    }
+
+    fn append_event(&self, event: &Event, projection: Option<&Entity>) -> Result<(), StoreError> {
+        let key = event.entity.key();
+        self.events().map_err(backend)?.insert(event.seq, encode(event)?.as_slice()).map_err(backend)?;
+        self.history().map_err(backend)?.insert((key.as_str(), event.seq), ()).map_err(backend)?;
+        if let Some(next) = projection {
+            self.entities().map_err(backend)?.insert(key.as_str(), encode(next)?.as_slice()).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn pins(&self, entity: &EntityRef) -> Result<Vec<Pin>, StoreError> {
+        load_pins(&*self.pin_table().map_err(backend)?, &entity.key())
+    }
+
+    fn put_pin(&self, entity: &EntityRef, pin: &Pin) -> Result<(), StoreError> {
+        let key = entity.key();
+        let mut pins = self.pin_table().map_err(backend)?;
+        pins.insert((key.as_str(), pin.field.as_str()), encode(pin)?.as_slice()).map_err(backend)
+    }
+
+    fn remove_pin(&self, entity: &EntityRef, field: &str) -> Result<bool, StoreError> {
+        let key = entity.key();
+        let mut pins = self.pin_table().map_err(backend)?;
+        let pinned = pins.get((key.as_str(), field)).map_err(backend)?.is_some();
+        if pinned {
+            pins.remove((key.as_str(), field)).map_err(backend)?;
+        }
+        Ok(pinned)
+    }
+
+    fn lease(&self, entity: &EntityRef) -> Result<Option<Lease>, StoreError> {
+        load_lease(&*self.leases().map_err(backend)?, &entity.key())
+    }
+
+    fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = lease.entity.key();
+        self.leases().map_err(backend)?.insert(key.as_str(), encode(lease)?.as_slice()).map_err(backend)
+    }
+
+    fn remove_lease(&self, entity: &EntityRef) -> Result<(), StoreError> {
+        self.leases().map_err(backend)?.remove(entity.key().as_str()).map_err(backend)
+    }
+
+    fn next_fence(&self) -> Result<u64, StoreError> {
+        // One persistent counter: strictly increasing across leases,
+        // entities and restarts.
+        let mut meta = self.meta().map_err(backend)?;
+        let token = meta.get(NEXT_FENCE).map_err(backend)?.map_or(1, |v| v.value());
+        meta.insert(NEXT_FENCE, token + 1).map_err(backend)?;
+        Ok(token)
+    }
+
+    fn action(&self, id: u64) -> Result<Option<ActionRecord>, StoreError> {
+        match self.actions().map_err(backend)?.get(id).map_err(backend)? {
+            Some(v) => decode(v.value(), || format!("action {id}")).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn action_by_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.action_keys().map_err(backend)?.get(key).map_err(backend)?.map(|v| v.value()))
+    }
+
+    fn next_action_id(&self) -> Result<u64, StoreError> {
+        Ok(self.actions().map_err(backend)?.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1)
+    }
+
+    fn pending_actions(&self) -> Result<u64, StoreError> {
+        self.outbox().map_err(backend)?.len().map_err(backend)
+    }
+
+    fn insert_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        self.actions().map_err(backend)?.insert(record.id, encode(record)?.as_slice()).map_err(backend)?;
+        self.action_keys().map_err(backend)?.insert(record.idempotency_key.as_str(), record.id).map_err(backend)?;
+        self.outbox().map_err(backend)?.insert(record.id, ()).map_err(backend)
+    }
+
+    fn deliver_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        self.actions().map_err(backend)?.insert(record.id, encode(record)?.as_slice()).map_err(backend)?;
+        self.outbox().map_err(backend)?.remove(record.id).map_err(backend)
+    }
+
+    fn change_request(&self, id: u64) -> Result<Option<ChangeRequest>, StoreError> {
+        match self.requests().map_err(backend)?.get(id).map_err(backend)? {
+            Some(v) => decode(v.value(), || format!("change request {id}")).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_change_request(&self, request: &ChangeRequest) -> Result<(), StoreError> {
+        self.requests().map_err(backend)?.insert(request.id, encode(request)?.as_slice()).map_err(backend)
+    }
+
+    fn read_cursor(&self, agent: &str, entity: &EntityRef) -> Result<u64, StoreError> {
+        let key = entity.key();
+        Ok(self.cursors().map_err(backend)?.get((agent, key.as_str())).map_err(backend)?.map_or(0, |v| v.value()))
+    }
+
+    fn put_read_cursor(&self, agent: &str, entity: &EntityRef, seq: u64) -> Result<(), StoreError> {
+        let key = entity.key();
+        self.cursors().map_err(backend)?.insert((agent, key.as_str()), seq).map_err(backend)
+    }
+
+    fn append_audit(&self, draft: AuditDraft, at_ms: u64) -> Result<AuditEntry, StoreError> {
+        append_audit_in(self, draft, at_ms)
+    }
 }
 
 impl Store for RedbStore {
@@ -2519,7 +2345,9 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let history = txn.open_table(HISTORY).map_err(backend)?;
-        fold_history(&events, &history, &entity.key(), at)
+        let key = entity.key();
+        let seqs = history.range((key.as_str(), 0)..=(key.as_str(), u64::MAX)).map_err(backend)?;
+        ops::reads::state_at(seqs.map(|item| load_event(&events, item.map_err(backend)?.0.value().1)), at)
     }
 
     fn history(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -2578,9 +2406,11 @@ impl Store for RedbStore {
 
     fn recent(&self, entity: &EntityRef, since_ms: u64) -> Result<Vec<Event>, StoreError> {
         let txn = self.read()?;
-        let events = txn.open_table(EVENTS).map_err(backend)?;
-        let history = txn.open_table(HISTORY).map_err(backend)?;
-        recent_in(&events, &history, &entity.key(), since_ms)
+        let snapshot = ReadHistory {
+            events: txn.open_table(EVENTS).map_err(backend)?,
+            history: txn.open_table(HISTORY).map_err(backend)?,
+        };
+        ops::reads::recent(&snapshot, entity, since_ms)
     }
 
     fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
@@ -2610,7 +2440,7 @@ impl Store for RedbStore {
         guard: Guard,
         audit: Auditor<CommitOutcome>,
     ) -> Result<(CommitOutcome, AuditEntry), StoreError> {
-        self.run(true, commit_job(request, guard, audit))
+        self.run(true, move |tx| ops::commit::commit(tx, request, guard, audit))
     }
 
     fn commit_then(
@@ -2620,7 +2450,7 @@ impl Store for RedbStore {
         audit: Auditor<CommitOutcome>,
         done: super::store::Done<(CommitOutcome, AuditEntry)>,
     ) {
-        self.submit(true, commit_job(request, guard, audit), done)
+        self.submit(true, move |tx| ops::commit::commit(tx, request, guard, audit), done)
     }
 
     fn act(
@@ -2629,103 +2459,7 @@ impl Store for RedbStore {
         guard: Guard,
         audit: Auditor<ActOutcome>,
     ) -> Result<(ActOutcome, AuditEntry), StoreError> {
-        let now = request.at_ms;
-        self.audited(now, move |txn| {
-            let key = request.entity.key();
-            let outcome = 'decide: {
-                let mut keys = txn.action_keys().map_err(backend)?;
-                let mut actions = txn.actions().map_err(backend)?;
-                // A repeated idempotency key is the same action: answer with it.
-                if let Some(k) = &request.idempotency_key
-                    && let Some(id) = keys.get(k.as_str()).map_err(backend)?.map(|v| v.value())
-                {
-                    let bytes = actions.get(id).map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
-                        what: format!("action {id}"),
-                        reason: "keyed but missing".into(),
-                    })?;
-                    break 'decide ActOutcome::Recorded(decode(bytes.value(), || format!("action {id}"))?);
-                }
-                let entities = txn.entities().map_err(backend)?;
-                let events = txn.events().map_err(backend)?;
-                let history = txn.history().map_err(backend)?;
-                let cur = load_entity(&*entities, &key)?;
-                if cur.as_ref().map(|e| e.version) != Some(request.based_on) {
-                    let expected = Expect::Version(request.based_on);
-                    break 'decide ActOutcome::Conflict(build_conflict(
-                        &*events,
-                        &*history,
-                        &request.entity,
-                        expected,
-                        cur.as_ref(),
-                    )?);
-                }
-                let lease = load_lease(&*txn.leases().map_err(backend)?, &key)?;
-                if let Some(d) = lease_denial(lease.as_ref(), &request.entity, &request.actor.name, None, now) {
-                    break 'decide ActOutcome::Denied(d);
-                }
-                let entity_pins = load_pins(&*txn.pins().map_err(backend)?, &key)?;
-                let read_error = std::cell::RefCell::new(None);
-                let recent = || lazy_recent(&*events, &*history, &key, now, &read_error);
-                let input = GuardInput {
-                    entity: &request.entity,
-                    current: cur.as_ref(),
-                    fields: vec![],
-                    action: Some(&request.kind),
-                    pins: &entity_pins,
-                    recent: &recent,
-                };
-                let denied = ask_guard(&guard, &input, &read_error)?;
-                if let Some(d) = denied {
-                    break 'decide ActOutcome::Denied(d);
-                }
-                let pending = txn.outbox().map_err(backend)?.len().map_err(backend)?;
-                if pending >= request.max_pending {
-                    break 'decide ActOutcome::Denied(Denial::Rule {
-                        entity: request.entity.clone(),
-                        rule: "actions.max_pending".into(),
-                        defer: true,
-                        reason: format!(
-                            "the outbox holds {pending} undelivered actions (actions.max_pending = {}); \
-                             try again once the sink has caught up",
-                            request.max_pending
-                        ),
-                    });
-                }
-                let id = actions.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
-                let record = ActionRecord {
-                    id,
-                    kind: request.kind.clone(),
-                    payload: request.payload.clone(),
-                    entity: request.entity.clone(),
-                    based_on: request.based_on,
-                    agent: request.actor.name.clone(),
-                    invocation: request.actor.invocation,
-                    idempotency_key: request.idempotency_key.clone().unwrap_or_else(|| format!("action-{id}")),
-                    recorded_at_ms: now,
-                    delivered_at_ms: None,
-                };
-                actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
-                keys.insert(record.idempotency_key.as_str(), id).map_err(backend)?;
-                txn.outbox().map_err(backend)?.insert(id, ()).map_err(backend)?;
-                let event = Event {
-                    seq: next_seq(&*events)?,
-                    at_ms: now,
-                    agent: request.actor.name.clone(),
-                    entity: request.entity.clone(),
-                    version: request.based_on,
-                    kind: EventKind::ActionRecorded,
-                    changes: vec![],
-                    reason: format!("{} recorded (action {id})", record.kind),
-                    invocation: request.actor.invocation,
-                    detail: Some(serde_json::to_string(&record).map_err(backend)?),
-                };
-                drop((entities, events, history));
-                append_event(txn, &event)?;
-                ActOutcome::Recorded(record)
-            };
-            let draft = audit(&outcome);
-            Ok((outcome, draft))
-        })
+        self.run(true, move |tx| ops::act::act(tx, request, guard, audit))
     }
 
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
@@ -2764,17 +2498,7 @@ impl Store for RedbStore {
     }
 
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
-        self.run(true, move |txn| {
-            let mut actions = txn.actions().map_err(backend)?;
-            let mut record: ActionRecord = match actions.get(id).map_err(backend)? {
-                Some(v) => decode(v.value(), || format!("action {id}"))?,
-                None => return Err(StoreError::Rejected(format!("no action {id}"))),
-            };
-            record.delivered_at_ms.get_or_insert(at_ms);
-            actions.insert(id, encode(&record)?.as_slice()).map_err(backend)?;
-            txn.outbox().map_err(backend)?.remove(id).map_err(backend)?;
-            Ok(())
-        })
+        self.run(true, move |tx| ops::act::mark_delivered(tx, id, at_ms))
     }
 
     fn lease(
@@ -2785,35 +2509,7 @@ impl Store for RedbStore {
         now_ms: u64,
         audit: Auditor<LeaseOutcome>,
     ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
-        self.audited(now_ms, move |txn| {
-            let key = entity.key();
-            let mut leases = txn.leases().map_err(backend)?;
-            let current = load_lease(&*leases, &key)?;
-            let outcome = match current.filter(|l| l.is_live(now_ms) && l.holder != actor.name) {
-                Some(l) => LeaseOutcome::Denied(Denial::Leased {
-                    entity: entity.clone(),
-                    holder: l.holder,
-                    expires_at_ms: l.expires_at_ms,
-                }),
-                None => {
-                    // Tokens come from one persistent counter: strictly
-                    // increasing across leases, entities and restarts.
-                    let mut meta = txn.meta().map_err(backend)?;
-                    let token = meta.get("next_fence").map_err(backend)?.map_or(1, |v| v.value());
-                    meta.insert("next_fence", token + 1).map_err(backend)?;
-                    let lease = Lease {
-                        entity: entity.clone(),
-                        holder: actor.name.clone(),
-                        token,
-                        expires_at_ms: now_ms.saturating_add(ttl_ms),
-                    };
-                    leases.insert(key.as_str(), encode(&lease)?.as_slice()).map_err(backend)?;
-                    LeaseOutcome::Granted(lease)
-                }
-            };
-            let draft = audit(&outcome);
-            Ok((outcome, draft))
-        })
+        self.run(true, move |tx| ops::leases::lease(tx, actor, entity, ttl_ms, now_ms, audit))
     }
 
     fn release(
@@ -2823,16 +2519,8 @@ impl Store for RedbStore {
         token: u64,
         audit: Auditor<bool>,
     ) -> Result<(bool, AuditEntry), StoreError> {
-        self.audited(super::model::now_ms(), move |txn| {
-            let key = entity.key();
-            let mut leases = txn.leases().map_err(backend)?;
-            let current = load_lease(&*leases, &key)?;
-            let released = current.is_some_and(|l| l.token == token && l.holder == actor.name);
-            if released {
-                leases.remove(key.as_str()).map_err(backend)?;
-            }
-            Ok((released, audit(&released)))
-        })
+        let now = super::model::now_ms();
+        self.run(true, move |tx| ops::leases::release(tx, actor, entity, token, now, audit))
     }
 
     fn renew(
@@ -2844,26 +2532,7 @@ impl Store for RedbStore {
         now_ms: u64,
         audit: Auditor<LeaseOutcome>,
     ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
-        self.audited(now_ms, move |txn| {
-            let key = entity.key();
-            let mut leases = txn.leases().map_err(backend)?;
-            let live = load_lease(&*leases, &key)?.filter(|l| l.is_live(now_ms));
-            let outcome = match live {
-                // The same token: fences the holder already gave out stay good.
-                Some(mut l) if l.token == token && l.holder == actor.name => {
-                    l.expires_at_ms = now_ms.saturating_add(ttl_ms);
-                    leases.insert(key.as_str(), encode(&l)?.as_slice()).map_err(backend)?;
-                    LeaseOutcome::Granted(l)
-                }
-                live => LeaseOutcome::Denied(Denial::StaleFence {
-                    entity: entity.clone(),
-                    token,
-                    current: live.map(|l| l.token),
-                }),
-            };
-            let draft = audit(&outcome);
-            Ok((outcome, draft))
-        })
+        self.run(true, move |tx| ops::leases::renew(tx, actor, entity, token, ttl_ms, now_ms, audit))
     }
 
     fn break_lease(
@@ -2872,18 +2541,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Lease>,
     ) -> Result<(Lease, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let key = entity.key();
-            let mut leases = txn.leases().map_err(backend)?;
-            let Some(lease) = load_lease(&*leases, &key)?.filter(|l| l.is_live(at_ms)) else {
-                return Err(StoreError::Rejected(format!(
-                    "{entity} holds no live lease: nothing to break (see `concord get {entity}`)"
-                )));
-            };
-            leases.remove(key.as_str()).map_err(backend)?;
-            let draft = audit(&lease);
-            Ok((lease, draft))
-        })
+        self.run(true, move |tx| ops::leases::break_lease(tx, entity, at_ms, audit))
     }
 
     fn live_lease(&self, entity: &EntityRef, now_ms: u64) -> Result<Option<Lease>, StoreError> {
@@ -2898,39 +2556,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Event>,
     ) -> Result<(ChangeRequest, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let current = {
-                let entities = txn.entities().map_err(backend)?;
-                load_entity(&*entities, &request.entity.key())?
-            };
-            let seq = next_seq(&*txn.events().map_err(backend)?)?;
-            let stored = ChangeRequest { id: seq, applied: None, resolution: None, ..request.clone() };
-            let changes = stored
-                .proposed
-                .iter()
-                .map(|(name, value)| FieldChange {
-                    name: name.clone(),
-                    before: current.as_ref().and_then(|e| e.fields.get(name).cloned()),
-                    after: Some(value.clone()),
-                })
-                .collect();
-            let event = Event {
-                seq,
-                at_ms,
-                agent: actor.name.clone(),
-                entity: request.entity.clone(),
-                version: current.as_ref().map_or(0, |e| e.version),
-                kind: EventKind::ChangeRequested,
-                changes,
-                reason: request.reason.clone(),
-                invocation: actor.invocation,
-                detail: Some(serde_json::json!({ "request": seq, "owner": request.owner }).to_string()),
-            };
-            append_event(txn, &event)?;
-            txn.requests().map_err(backend)?.insert(seq, encode(&stored)?.as_slice()).map_err(backend)?;
-            let draft = audit(&event);
-            Ok((stored, draft))
-        })
+        self.run(true, move |tx| ops::requests::request_change(tx, request, actor, at_ms, audit))
     }
 
     fn change_requests(&self, after: u64, limit: usize) -> Result<Vec<ChangeRequest>, StoreError> {
@@ -2951,42 +2577,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let mut requests = txn.requests().map_err(backend)?;
-            let mut r: ChangeRequest = match requests.get(id).map_err(backend)? {
-                Some(v) => decode(v.value(), || format!("change request {id}"))?,
-                None => return Err(StoreError::Rejected(format!("there is no change request {id}"))),
-            };
-            if r.applied.is_some() {
-                return Err(StoreError::Rejected(format!("change request {id} is resolved already")));
-            }
-            r.applied = Some(false);
-            r.resolution = Some(reason.clone());
-            requests.insert(id, encode(&r)?.as_slice()).map_err(backend)?;
-            drop(requests);
-            let version = {
-                let entities = txn.entities().map_err(backend)?;
-                load_entity(&*entities, &r.entity.key())?.map_or(0, |e| e.version)
-            };
-            let event = Event {
-                seq: next_seq(&*txn.events().map_err(backend)?)?,
-                at_ms,
-                agent: crate::audit::HOST.into(),
-                entity: r.entity.clone(),
-                version,
-                kind: EventKind::ChangeResolved,
-                changes: vec![],
-                reason,
-                invocation: 0,
-                detail: Some(
-                    serde_json::json!({ "request": id, "applied": false, "expired": true, "from": r.from, "owner": r.owner })
-                        .to_string(),
-                ),
-            };
-            append_event(txn, &event)?;
-            let draft = audit(&event);
-            Ok((event, draft))
-        })
+        self.run(true, move |tx| ops::requests::expire_change_request(tx, id, reason, at_ms, audit))
     }
 
     fn resolve_change(
@@ -2998,51 +2589,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Result<ChangeRequest, String>>,
     ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let mut requests = txn.requests().map_err(backend)?;
-            let found: Option<ChangeRequest> = match requests.get(id).map_err(backend)? {
-                Some(v) => Some(decode(v.value(), || format!("change request {id}"))?),
-                None => None,
-            };
-            let result = match found {
-                None => Err(format!("there is no change request {id}")),
-                Some(r) if r.owner != actor.name => {
-                    Err(format!("change request {id} is addressed to {}, not {}", r.owner, actor.name))
-                }
-                Some(r) if r.applied.is_some() => Err(format!(
-                    "change request {id} is already resolved ({})",
-                    r.resolution.as_deref().unwrap_or_default()
-                )),
-                Some(mut r) => {
-                    r.applied = Some(applied);
-                    r.resolution = Some(reason.to_string());
-                    requests.insert(id, encode(&r)?.as_slice()).map_err(backend)?;
-                    let version = {
-                        let entities = txn.entities().map_err(backend)?;
-                        load_entity(&*entities, &r.entity.key())?.map_or(0, |e| e.version)
-                    };
-                    let event = Event {
-                        seq: next_seq(&*txn.events().map_err(backend)?)?,
-                        at_ms,
-                        agent: actor.name.clone(),
-                        entity: r.entity.clone(),
-                        version,
-                        kind: EventKind::ChangeResolved,
-                        changes: vec![],
-                        reason: reason.to_string(),
-                        invocation: actor.invocation,
-                        detail: Some(
-                            serde_json::json!({ "request": id, "applied": applied, "from": r.from }).to_string(),
-                        ),
-                    };
-                    drop(requests);
-                    append_event(txn, &event)?;
-                    Ok(r)
-                }
-            };
-            let draft = audit(&result);
-            Ok((result, draft))
-        })
+        self.run(true, move |tx| ops::requests::resolve_change(tx, id, actor, applied, reason, at_ms, audit))
     }
 
     fn pin(
@@ -3054,39 +2601,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let current = existing(txn, &entity)?;
-            let seq = next_seq(&*txn.events().map_err(backend)?)?;
-            let changes = fields
-                .iter()
-                .map(|(name, value)| FieldChange {
-                    name: name.clone(),
-                    before: current.fields.get(name).cloned(),
-                    after: Some(value.clone()),
-                })
-                .collect();
-            let event = Event {
-                seq,
-                at_ms,
-                agent: format!("human:{by}"),
-                entity: entity.clone(),
-                version: current.version + 1,
-                kind: EventKind::Pinned,
-                changes,
-                reason: reason.to_string(),
-                invocation: 0,
-                detail: None,
-            };
-            append_event(txn, &event)?;
-            let key = entity.key();
-            let mut pins = txn.pins().map_err(backend)?;
-            for (name, _) in fields {
-                let pin = Pin { field: name.clone(), by: by.to_string(), reason: reason.to_string(), at_ms, seq };
-                pins.insert((key.as_str(), name.as_str()), encode(&pin)?.as_slice()).map_err(backend)?;
-            }
-            let draft = audit(&event);
-            Ok((event, draft))
-        })
+        self.run(true, move |tx| ops::pins::pin(tx, entity, fields, by, reason, at_ms, audit))
     }
 
     fn unpin(
@@ -3098,39 +2613,7 @@ impl Store for RedbStore {
         at_ms: u64,
         audit: Auditor<Event>,
     ) -> Result<(Event, AuditEntry), StoreError> {
-        self.audited(at_ms, move |txn| {
-            let current = existing(txn, &entity)?;
-            let key = entity.key();
-            {
-                let mut pins = txn.pins().map_err(backend)?;
-                // Check every field first: a rejected job writes nothing.
-                for name in &fields {
-                    if pins.get((key.as_str(), name.as_str())).map_err(backend)?.is_none() {
-                        return Err(StoreError::Rejected(format!(
-                            "{entity}.{name} is not pinned (see `concord history {entity}`)"
-                        )));
-                    }
-                }
-                for name in &fields {
-                    pins.remove((key.as_str(), name.as_str())).map_err(backend)?;
-                }
-            }
-            let event = Event {
-                seq: next_seq(&*txn.events().map_err(backend)?)?,
-                at_ms,
-                agent: format!("human:{by}"),
-                entity: entity.clone(),
-                version: current.version,
-                kind: EventKind::Unpinned,
-                changes: vec![],
-                reason: reason.to_string(),
-                invocation: 0,
-                detail: Some(serde_json::json!({ "fields": fields }).to_string()),
-            };
-            append_event(txn, &event)?;
-            let draft = audit(&event);
-            Ok((event, draft))
-        })
+        self.run(true, move |tx| ops::pins::unpin(tx, entity, fields, by, reason, at_ms, audit))
     }
 
     fn pins(&self, entity: &EntityRef) -> Result<Vec<Pin>, StoreError> {
@@ -3144,26 +2627,8 @@ impl Store for RedbStore {
         entity: EntityRef,
         audit: Auditor<Vec<Event>>,
     ) -> Result<(Vec<Event>, AuditEntry), StoreError> {
-        self.audited(super::model::now_ms(), move |txn| {
-            let key = entity.key();
-            let mut cursors = txn.cursors().map_err(backend)?;
-            let since = cursors.get((agent.as_str(), key.as_str())).map_err(backend)?.map_or(0, |v| v.value());
-            let mut out = Vec::new();
-            {
-                let events = txn.events().map_err(backend)?;
-                let history = txn.history().map_err(backend)?;
-                for item in
-                    history.range((key.as_str(), since + 1)..=(key.as_str(), u64::MAX)).map_err(backend)?.take(1000)
-                {
-                    out.push(load_event(&*events, item.map_err(backend)?.0.value().1)?);
-                }
-            }
-            if let Some(last) = out.last() {
-                cursors.insert((agent.as_str(), key.as_str()), last.seq).map_err(backend)?;
-            }
-            let draft = audit(&out);
-            Ok((out, draft))
-        })
+        let now = super::model::now_ms();
+        self.run(true, move |tx| ops::reads::changes_since_read(tx, agent, entity, now, audit))
     }
 
     fn record_read(&self, agent: String, key: String, seq: u64, draft: AuditDraft) -> Result<u64, StoreError> {
@@ -3177,52 +2642,17 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let entities = txn.open_table(ENTITIES).map_err(backend)?;
-        // A hash map by entity: replay is one lookup per event (no key
-        // string built), and order only matters for the report, sorted
-        // below. A value is `None` only while its event is applied.
-        let mut rebuilt: std::collections::HashMap<EntityRef, Option<Entity>> = Default::default();
-        let mut count = 0;
-        for item in events.iter().map_err(backend)? {
+        let events = events.iter().map_err(backend)?.map(|item| {
             let (k, v) = item.map_err(backend)?;
-            let seq = k.value();
-            let event: Event = decode(v.value(), || format!("event {seq}"))?;
-            count += 1;
-            match rebuilt.get_mut(&event.entity) {
-                Some(slot) => *slot = Entity::apply_owned(slot.take(), event),
-                None => {
-                    if let Some(created) = Entity::apply_owned(None, event) {
-                        rebuilt.insert(created.entity.clone(), Some(created));
-                    }
-                }
-            }
-        }
-        let mut differences = Vec::new();
-        let mut stored_count = 0;
-        for item in entities.iter().map_err(backend)? {
+            decode(v.value(), || format!("event {}", k.value()))
+        });
+        let stored = entities.iter().map_err(backend)?.map(|item| {
             let (k, v) = item.map_err(backend)?;
-            let key = k.value();
-            let stored: Entity = decode(v.value(), || format!("entity {key}"))?;
-            stored_count += 1;
-            if stored.entity.key() != key {
-                differences.push(format!("{key}: the projection stores {} under this key", stored.entity));
-                continue;
-            }
-            match rebuilt.remove(&stored.entity).flatten() {
-                None => differences
-                    .push(format!("{key}: in the projection (version {}) but no event creates it", stored.version)),
-                Some(r) if r != stored => differences.push(format!(
-                    "{key}: the projection has version {} by {}, the events give version {} by {}",
-                    stored.version, stored.updated_by, r.version, r.updated_by
-                )),
-                Some(_) => {}
-            }
-        }
-        let mut missing: Vec<_> = rebuilt.into_values().flatten().map(|r| (r.entity.key(), r.version)).collect();
-        missing.sort();
-        for (key, version) in missing {
-            differences.push(format!("{key}: the events give version {version}, but the projection lacks it"));
-        }
-        Ok(ReplayReport { events: count, entities: stored_count, differences })
+            let key = k.value().to_string();
+            let entity = decode(v.value(), || format!("entity {key}"))?;
+            Ok((key, entity))
+        });
+        ops::reads::replay(events, stored)
     }
 
     fn append_audit(&self, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
@@ -3304,18 +2734,8 @@ impl Store for RedbStore {
             }
             Ok(out.len() < limit)
         };
-        let invocations: Option<Vec<u64>> = match (&filter.invocation, &filter.trace) {
-            (Some(i), _) => Some(vec![*i]),
-            (None, Some(t)) => Some(t.iter().copied().collect()),
-            (None, None) => None,
-        };
-        let index = match (&filter.agent, &filter.entity) {
-            (Some(agent), _) => Some((AUDIT_BY_AGENT, agent.as_str())),
-            (None, Some(entity)) => Some((AUDIT_BY_ENTITY, entity.as_str())),
-            (None, None) => None,
-        };
-        if invocations.is_none() && index.is_none() {
-            // No index narrows it: the log itself, in the reading direction.
+        let plan = ops::audit_plan::plan(filter);
+        if plan == AuditPlan::Log {
             scan(seqs, &mut out)?;
             return done(out);
         }
@@ -3332,40 +2752,40 @@ impl Store for RedbStore {
                 return done(out);
             }
         }
-        if let Some(invocations) = invocations {
-            // An invocation (or a trace: a set of them) has its own index.
-            let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
-            let mut found = Vec::new();
-            for inv in invocations {
-                let open = |lo: u64, hi: u64| index.range((inv, lo)..=(inv, hi)).map_err(backend);
-                walk_runs(open, in_index.clone(), true, AUDIT_BY_INVOCATION.name(), |seq| {
-                    found.push(seq);
-                    Ok(true)
-                })?;
-            }
-            found.sort_unstable();
-            if !forward {
-                found.reverse();
-            }
-            for seq in found {
-                if !take(seq, &mut out)? {
-                    return done(out);
-                }
-            }
-        } else if let (Some(agent), Some(entity)) = (&filter.agent, &filter.entity) {
-            // Agent and entity: their own index, exactly the matches.
-            let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
-            let open = |lo: u64, hi: u64| {
-                index
-                    .range((agent.as_str(), entity.as_str(), lo)..=(agent.as_str(), entity.as_str(), hi))
-                    .map_err(backend)
-            };
-            walk_runs(open, in_index, forward, AUDIT_BY_AGENT_ENTITY.name(), |seq| take(seq, &mut out))?;
-        } else if let Some((table, key)) = index {
-            // The narrowest index, checking each entry against the rest.
+        let single = |table: TableDefinition<(&str, u64), &[u8]>, key: &str, out: &mut Vec<AuditEntry>| {
             let index = txn.open_table(table).map_err(backend)?;
             let open = |lo: u64, hi: u64| index.range((key, lo)..=(key, hi)).map_err(backend);
-            walk_runs(open, in_index, forward, table.name(), |seq| take(seq, &mut out))?;
+            walk_runs(open, in_index.clone(), forward, table.name(), |seq| take(seq, out))
+        };
+        match plan {
+            AuditPlan::Log => {}
+            AuditPlan::Invocations(invocations) => {
+                let index = txn.open_table(AUDIT_BY_INVOCATION).map_err(backend)?;
+                let mut found = Vec::new();
+                for inv in invocations {
+                    let open = |lo: u64, hi: u64| index.range((inv, lo)..=(inv, hi)).map_err(backend);
+                    walk_runs(open, in_index.clone(), true, AUDIT_BY_INVOCATION.name(), |seq| {
+                        found.push(seq);
+                        Ok(true)
+                    })?;
+                }
+                found.sort_unstable();
+                if !forward {
+                    found.reverse();
+                }
+                for seq in found {
+                    if !take(seq, &mut out)? {
+                        return done(out);
+                    }
+                }
+            }
+            AuditPlan::AgentEntity { agent, entity } => {
+                let index = txn.open_table(AUDIT_BY_AGENT_ENTITY).map_err(backend)?;
+                let open = |lo: u64, hi: u64| index.range((agent, entity, lo)..=(agent, entity, hi)).map_err(backend);
+                walk_runs(open, in_index.clone(), forward, AUDIT_BY_AGENT_ENTITY.name(), |seq| take(seq, &mut out))?;
+            }
+            AuditPlan::Agent(agent) => single(AUDIT_BY_AGENT, agent, &mut out)?,
+            AuditPlan::Entity(entity) => single(AUDIT_BY_ENTITY, entity, &mut out)?,
         }
         if forward && out.len() < limit {
             scan(past, &mut out)?;

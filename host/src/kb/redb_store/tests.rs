@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::audit::Decision;
+use crate::kb::model::{Conflict, EventKind, Expect};
+use crate::kb::ops::commit::CONFLICT_WALK;
 
 fn draft(agent: &str, call: &str) -> AuditDraft {
     AuditDraft {
