@@ -5,7 +5,7 @@ use crate::coord::cascade::{self, FollowUp};
 use crate::coord::conflicts::{Report, Tracker};
 use crate::coord::outbox::{self, Delivery, Sink, SinkError};
 use crate::gate::{Breakpoint, Gate};
-use crate::kb::{RedbStore, Store, StoreError};
+use crate::kb::{self, Access, OpenError, Store, StoreError};
 use crate::policy::config::{Config, ConfigError};
 use crate::runtime::folder::{FileChange, Folder};
 use crate::runtime::{AgentInfo, Invocation, LoadError, Message, Origin, RefusedFile, Runtime};
@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 pub enum StartError {
     #[error(transparent)]
     Agents(#[from] LoadError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot open the action sink: {0}")]
@@ -116,7 +118,7 @@ impl Host {
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
         let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
         check_schedules(&config, &runtime)?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(&config.kb_path, config.kb_sharing)?);
+        let store = kb::open(&config.kb_backend(), Access::ReadWrite)?;
         let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
             tracing::warn!("{w}");

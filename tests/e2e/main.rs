@@ -9,6 +9,7 @@ mod common;
 mod audit;
 mod bad_input;
 mod cli;
+mod conformance;
 mod coord;
 mod coordination;
 mod crash;

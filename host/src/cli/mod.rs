@@ -61,6 +61,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || error.downcast_ref::<crate::runtime::LoadError>().is_some()
             || error.downcast_ref::<crate::host::StartError>().is_some()
             || error.downcast_ref::<crate::kb::StoreError>().is_some()
+            || error.downcast_ref::<crate::kb::OpenError>().is_some()
             || error.downcast_ref::<crate::coord::script::ScriptError>().is_some()
             || error.downcast_ref::<crate::coord::outbox::SinkError>().is_some()
             || error.downcast_ref::<CheckpointError>().is_some()

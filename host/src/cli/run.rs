@@ -5,7 +5,6 @@ use super::{Failure, format};
 use crate::coord::conflicts;
 use crate::coord::script::{self, Script, StepReport};
 use crate::host::Host;
-use crate::kb::RedbStore;
 use crate::policy::config::Config;
 use crate::runtime::Outcome;
 use std::path::Path;
@@ -32,7 +31,7 @@ pub(super) fn check(config_path: &Path) -> Result<u8, Failure> {
     let config = Config::load(config_path)?;
     refuse_if_served(&config, "check every page")?;
     let started = std::time::Instant::now();
-    let report = RedbStore::check(&config.kb_path)?;
+    let report = crate::kb::check(&config.kb_backend())?;
     for table in &report.tables {
         for problem in &table.problems {
             outln!("DAMAGED {}: {problem}", table.table);

@@ -9,7 +9,7 @@ use crate::audit::{AuditEntry, AuditFilter, Verification};
 use crate::coord::conflicts::Report;
 use crate::coord::import::{EntityView, RawRow, Row};
 use crate::coord::{conflicts, import, operator};
-use crate::kb::{ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, RedbStore, ReplayReport, Store, Value};
+use crate::kb::{self, ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, ReplayReport, Store, Value};
 use crate::policy::config::Config;
 use crate::server::wire::{
     ActionPage, AgentList, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
@@ -28,8 +28,8 @@ pub enum Access {
 /// The store, or the running host's API.
 #[derive(Debug)]
 pub enum Source {
-    Local { config: Config, store: RedbStore },
-    Remote { config: Config, client: Client },
+    Local { config: Config, store: std::sync::Arc<dyn Store> },
+    Remote { config: Config, client: Box<Client> },
 }
 
 /// Pages the CLI asks for at a time.
@@ -40,12 +40,13 @@ impl Source {
     /// [`Access::Read`]).
     pub fn open(config: Config, access: Access) -> Result<Source, Failure> {
         if let Some(client) = Client::find(&config.kb_path)? {
-            return Ok(Source::Remote { config, client });
+            return Ok(Source::Remote { config, client: Box::new(client) });
         }
-        let store = match access {
-            Access::Read => RedbStore::open_read_only_with(&config.kb_path, config.kb_sharing)?,
-            Access::Write => RedbStore::open_with(&config.kb_path, config.kb_sharing)?,
+        let access = match access {
+            Access::Read => kb::Access::ReadOnly,
+            Access::Write => kb::Access::ReadWrite,
         };
+        let store = kb::open(&config.kb_backend(), access)?;
         Ok(Source::Local { config, store })
     }
 
@@ -57,7 +58,7 @@ impl Source {
 
     pub fn client(&self) -> Option<&Client> {
         match self {
-            Source::Remote { client, .. } => Some(client),
+            Source::Remote { client, .. } => Some(&**client),
             Source::Local { .. } => None,
         }
     }
@@ -142,7 +143,7 @@ impl Source {
     /// An invocation's causation chain.
     pub fn trace(&self, id: u64) -> Result<BTreeSet<u64>, Failure> {
         match self {
-            Source::Local { store, .. } => crate::coord::trace::chain(store, id).map_err(|e| match e {
+            Source::Local { store, .. } => crate::coord::trace::chain(&**store, id).map_err(|e| match e {
                 crate::coord::trace::TraceError::NoSuchInvocation(_) => Failure { code: 4, error: e.into() },
                 crate::coord::trace::TraceError::Store(s) => Failure::from(s),
             }),
@@ -162,7 +163,7 @@ impl Source {
 
     pub fn verify_checkpoint(&self, cp: &Checkpoint, trusted: Option<&str>) -> Result<Verification, Failure> {
         match self {
-            Source::Local { store, .. } => Ok(crate::audit::checkpoint::verify(store, cp, trusted)?),
+            Source::Local { store, .. } => Ok(crate::audit::checkpoint::verify(&**store, cp, trusted)?),
             Source::Remote { client, .. } => {
                 let req = VerifyRequest { checkpoint: cp.clone(), public_key: trusted.map(String::from) };
                 Ok(client.post::<VerifyView>("/v1/audit/verify", &req)?.into())
@@ -173,7 +174,7 @@ impl Source {
     /// Signs the verified head with `key` (which stays on this machine).
     pub fn checkpoint(&self, key: &ed25519_dalek::SigningKey, by: Option<String>) -> Result<Checkpoint, Failure> {
         match self {
-            Source::Local { store, .. } => Ok(crate::audit::checkpoint::create(store, key)?),
+            Source::Local { store, .. } => Ok(crate::audit::checkpoint::create(&**store, key)?),
             Source::Remote { client, .. } => {
                 let public_key = crate::audit::checkpoint::public_key(key);
                 let head: CheckpointHead =
@@ -221,7 +222,7 @@ impl Source {
 
     pub fn conflicts(&self, window_ms: u64) -> Result<Report, Failure> {
         match self {
-            Source::Local { store, .. } => Ok(conflicts::stored(store, window_ms)?),
+            Source::Local { store, .. } => Ok(conflicts::stored(&**store, window_ms)?),
             Source::Remote { client, .. } => Ok(client.get(&format!("/v1/conflicts?window_ms={window_ms}"))?),
         }
     }
@@ -240,7 +241,8 @@ impl Source {
         match self {
             Source::Local { store, config } => {
                 let now_ms = crate::kb::now_ms();
-                let schedules = crate::coord::schedule::views(&config.schedules, store, now_ms, &Default::default())?;
+                let schedules =
+                    crate::coord::schedule::views(&config.schedules, &**store, now_ms, &Default::default())?;
                 Ok(ScheduleList { schedules, now_ms })
             }
             Source::Remote { client, .. } => Ok(client.get("/v1/schedules")?),
@@ -263,7 +265,7 @@ impl Source {
     ) -> Result<Event, Failure> {
         match self {
             Source::Local { store, .. } => {
-                Ok(operator::pin(store, entity, fields, by.as_deref().unwrap_or_default(), reason)?)
+                Ok(operator::pin(&**store, entity, fields, by.as_deref().unwrap_or_default(), reason)?)
             }
             Source::Remote { client, .. } => {
                 let set = fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
@@ -282,7 +284,7 @@ impl Source {
     ) -> Result<Event, Failure> {
         match self {
             Source::Local { store, .. } => {
-                Ok(operator::unpin(store, entity, fields, by.as_deref().unwrap_or_default(), reason)?)
+                Ok(operator::unpin(&**store, entity, fields, by.as_deref().unwrap_or_default(), reason)?)
             }
             Source::Remote { client, .. } => {
                 let path = format!("/v1/entities/{}/{}/unpin", segment(&entity.kind), segment(&entity.id));
@@ -294,7 +296,7 @@ impl Source {
     pub fn break_lease(&self, entity: &EntityRef, by: Option<String>, reason: &str) -> Result<Lease, Failure> {
         match self {
             Source::Local { store, .. } => {
-                Ok(operator::break_lease(store, entity, by.as_deref().unwrap_or_default(), reason)?)
+                Ok(operator::break_lease(&**store, entity, by.as_deref().unwrap_or_default(), reason)?)
             }
             Source::Remote { client, .. } => {
                 let path = format!("/v1/entities/{}/{}/lease/break", segment(&entity.kind), segment(&entity.id));
@@ -306,7 +308,7 @@ impl Source {
     pub fn revert(&self, seq: u64, by: Option<String>, reason: &str, force: bool) -> Result<Event, Failure> {
         match self {
             Source::Local { store, .. } => {
-                Ok(operator::revert(store, seq, by.as_deref().unwrap_or_default(), reason, force)?)
+                Ok(operator::revert(&**store, seq, by.as_deref().unwrap_or_default(), reason, force)?)
             }
             Source::Remote { client, .. } => Ok(client
                 .post(&format!("/v1/events/{seq}/revert"), &RevertRequest { reason: reason.into(), force, by })?),
@@ -322,7 +324,9 @@ impl Source {
         source: &str,
     ) -> Result<Vec<Event>, Failure> {
         match self {
-            Source::Local { store, .. } => Ok(import::import(store, rows, by.as_deref().unwrap_or_default(), source)?),
+            Source::Local { store, .. } => {
+                Ok(import::import(&**store, rows, by.as_deref().unwrap_or_default(), source)?)
+            }
             Source::Remote { client, .. } => {
                 let req = ImportRequest { rows: raw.to_vec(), source: Some(source.into()), by };
                 Ok(client.post::<ImportAnswer>("/v1/entities:import", &req)?.events)

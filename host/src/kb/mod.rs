@@ -2,19 +2,23 @@
 //!
 //! - [`model`]: the data types (entities, values, events, writes, conflicts).
 //! - [`store`]: the [`Store`] trait every backend implements.
-//! - [`redb_store`]: the embedded default backend.
+//! - [`ops`]: the rules every backend shares (commit checks, conflicts,
+//!   fencing, pins, events, replay, audit query plans).
+//! - [`backend`]: which backend `[kb]` names, opened as a [`Store`].
+//! - [`redb`]: the embedded default backend.
 
-mod journal;
+pub mod backend;
 pub mod model;
-pub(crate) mod ops;
-pub mod redb_store;
+pub mod ops;
+pub mod redb;
 pub mod store;
 
+pub use backend::{Access, Backend, OpenError, check, open};
 pub use model::{
     ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Expect, FieldChange, Fields,
     Lease, Pin, Value, Write, now_ms, parse_time,
 };
-pub use redb_store::{CheckReport, RedbStore, Sharing, TableCheck, WriteHold, WriterStats};
+pub use redb::{CheckReport, RedbStore, Sharing, TableCheck};
 pub use store::{
     ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Guard, GuardInput, LeaseOutcome,
     ReplayReport, Store, StoreError,

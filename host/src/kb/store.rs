@@ -1,23 +1,21 @@
 //! The storage boundary. Everything durable goes through [`Store`], so that
-//! another backend (PostgreSQL, for several hosts) fits behind the same trait.
+//! another backend (PostgreSQL, for several hosts) fits behind the same
+//! trait. A backend implements storage and transactions; the rules it must
+//! apply are written once in [`super::ops`], over its transaction
+//! ([`super::ops::Txn`]). Stores are opened by [`super::open`] from the
+//! configured [`super::Backend`], whose constructor errors are its own
+//! ([`super::OpenError`]); once open, every failure is a [`StoreError`].
 
 use super::model::{
     ActionRecord, ChangeRequest, Conflict, Denial, Entity, EntityRef, Event, EventKind, Lease, Pin, Value, Write,
 };
 use crate::audit::{AuditDraft, AuditEntry, AuditFilter, Verification};
-use std::path::PathBuf;
 
 /// A storage failure. These are host faults, not agent mistakes: the runtime
 /// turns them into a trap of the invocation that hit them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("the knowledge base {path} is already in use{}; let it finish or stop it first; to read, pin or revert while a host runs, run it as `concord serve`, which the CLI goes through", .pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
-    InUse { path: PathBuf, pid: Option<u32> },
-    #[error("the knowledge base {path} does not exist yet; run `concord run` to create it")]
-    Missing { path: PathBuf },
-    #[error("cannot open the knowledge base {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
     #[error("the knowledge base is open read-only")]
     ReadOnly,
     #[error("storage error: {0}")]
@@ -170,17 +168,44 @@ pub struct ReplayReport {
 /// Durable state: the event log, its projection, the coordination records
 /// (pins, leases, outbox, change requests, read cursors) and the audit log.
 ///
-/// Invariants every implementation keeps:
+/// # Invariants every implementation keeps
 /// - events are append-only, numbered from 1 without gaps;
 /// - the projection changes in the same transaction as the events that
 ///   caused it, by [`Entity::apply`];
 /// - every operation's audit entry is written in the operation's own
 ///   transaction (a refused one is audited alone);
 /// - audit entries are numbered from 1 without gaps and hash-chained.
+///
+/// The conformance suite (`tests/e2e/conformance.rs`) checks them, and the
+/// rules of `kb::ops`, against every backend.
+///
+/// # Durability classes
+/// - **Acknowledged-durable**: every operation with an effect (`commit`,
+///   `commit_then`, `act`, `mark_delivered`, the lease calls, the change
+///   request calls, `pin`, `unpin`, `changes_since_read`, `append_audit`,
+///   `put_request_key`, `put_host_state`) answers only once its effect and
+///   its audit entry are durable: a crash after the answer loses neither.
+/// - **Deferred**: the audit entries of calls without effects
+///   (`append_read_audit`, `record_read` and its cursor move) are numbered
+///   and visible to this process's queries at once, and durable within
+///   [`READ_AUDIT_FLUSH`] or with the next acknowledged-durable operation,
+///   whichever comes first. [`Store::sync_then`] waits for them: the host
+///   calls it before an answer leaves for the outside world.
+///
+/// # Threads and blocking
+/// The host calls five methods on the async threads that run invocations,
+/// so they must not wait for other writers, the disk or a network:
+/// [`Store::get`] (a point read), [`Store::record_read`] and
+/// [`Store::append_read_audit`] (numbering only; past 65,536 entries
+/// waiting they wait, as backpressure), and [`Store::sync_then`] and
+/// [`Store::commit_then`] (answered through their callback, from the
+/// store's own threads). Every other method may block its thread; the host
+/// calls them from blocking threads (`spawn_blocking`) and the CLI from its
+/// own. A backend whose reads need a round trip answers these five from
+/// what it holds locally (redb reads an MVCC snapshot).
 pub trait Store: Send + Sync + 'static {
-    /// The current state of an entity. The gate calls this on the async
-    /// thread of the invocation, so it must not wait for writers or the
-    /// disk beyond a point read (redb reads an MVCC snapshot).
+    /// The current state of an entity. Called on an invocation's async
+    /// thread: it must not wait (see "Threads and blocking").
     fn get(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
 
     /// Calls `done` once everything this store has let anyone see (through

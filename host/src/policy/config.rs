@@ -316,6 +316,12 @@ struct RawField {
 }
 
 impl Config {
+    /// The knowledge base's backend, as `[kb]` configures it: what
+    /// [`crate::kb::open`] opens.
+    pub fn kb_backend(&self) -> crate::kb::Backend {
+        crate::kb::Backend::Redb { path: self.kb_path.clone(), sharing: self.kb_sharing }
+    }
+
     /// Where compiled components are cached: `cache/` beside the knowledge
     /// base.
     pub fn cache_dir(&self) -> PathBuf {

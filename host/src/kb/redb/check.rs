@@ -25,6 +25,7 @@
 //! Opening read-only used to read every record too: 1.5 s for a store of a
 //! million events (544 MiB), at every `concord get` (BENCHMARKS.md).
 
+use super::OpenError;
 use super::{
     ACTION_KEYS, ACTIONS, AUDIT, AUDIT_BY_AGENT, AUDIT_BY_AGENT_ENTITY, AUDIT_BY_ENTITY, AUDIT_BY_INVOCATION, CURSORS,
     ENTITIES, EVENTS, HISTORY, HOST_STATE, LEASES, META, OUTBOX, PINS, REQUEST_KEYS, REQUEST_KEYS_BY_TIME, REQUESTS,
@@ -32,7 +33,6 @@ use super::{
 };
 use crate::audit::AuditEntry;
 use crate::kb::model::{Entity, Event};
-use crate::kb::store::StoreError;
 use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
 use std::path::Path;
 
@@ -218,8 +218,8 @@ impl Visit for Ends<'_> {
 /// integrity check, on a [`ReadThrough`] view, so the file never changes):
 /// `Some(problem)` if one does not hold. The file must be closed cleanly,
 /// and held (a read-only redb handle) so that no host writes it meanwhile.
-fn verify_pages(path: &Path) -> Result<Option<String>, StoreError> {
-    let unreadable = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+fn verify_pages(path: &Path) -> Result<Option<String>, OpenError> {
+    let unreadable = |e: std::io::Error| OpenError::Cannot { path: path.to_path_buf(), reason: e.to_string() };
     let pages = ReadThrough::new(std::fs::File::open(path).map_err(unreadable)?).map_err(unreadable)?;
     let verified = redb::Database::builder().create_with_backend(pages).and_then(|mut db| db.check_integrity());
     Ok(match verified {
@@ -230,8 +230,8 @@ fn verify_pages(path: &Path) -> Result<Option<String>, StoreError> {
 }
 
 /// The error for a damaged file.
-fn damaged_at(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
-    StoreError::Open {
+fn damaged_at(path: &Path, e: &dyn std::fmt::Display) -> OpenError {
+    OpenError::Cannot {
         path: path.to_path_buf(),
         reason: format!(
             "the file is damaged ({e}). Restore it from a backup, or move it away to start empty (nothing was changed)"
@@ -243,11 +243,11 @@ impl RedbStore {
     /// Verifies every page's checksum, then reads every record of the store
     /// once and decodes the events, entities, audit entries and audit index
     /// runs (`concord check`). Changes nothing. Needs the host stopped.
-    pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
+    pub fn check(path: &Path) -> Result<CheckReport, OpenError> {
         // Exclusive, whatever `shared_reads` says: a host writing meanwhile
         // would look like damage. The handle keeps a host from starting.
         let store = Self::open_read_only_unchecked(path, super::Sharing::Exclusive).map_err(|e| match e {
-            StoreError::InUse { path, pid } => StoreError::Open {
+            OpenError::InUse { path, pid } => OpenError::Cannot {
                 path,
                 reason: format!(
                     "a host is using it{}; stop that `concord run` first: `concord check` reads a file no host is writing",
@@ -272,7 +272,7 @@ impl RedbStore {
     /// has it open. Returns whether it did; if not, redb's repair at the
     /// open verifies them itself (a file not closed cleanly), or the open
     /// reports why it cannot open the file.
-    pub(super) fn verify_before_writing(path: &Path) -> Result<bool, StoreError> {
+    pub(super) fn verify_before_writing(path: &Path) -> Result<bool, OpenError> {
         if !path.exists() {
             return Ok(false);
         }
@@ -288,7 +288,7 @@ impl RedbStore {
 
     /// For a host's open: every record readable, or the error that names
     /// the first problem.
-    pub(super) fn read_every_record(&self) -> Result<(), StoreError> {
+    pub(super) fn read_every_record(&self) -> Result<(), OpenError> {
         let txn = self.read().map_err(|e| self.damaged(&e))?;
         let mut walk = Walk { txn: &txn, decode: false, stop: true, tables: Vec::new() };
         every_table(&mut walk);
@@ -299,7 +299,7 @@ impl RedbStore {
     }
 
     /// For a read-only open: each table's first and last records readable.
-    pub(super) fn read_table_ends(&self) -> Result<(), StoreError> {
+    pub(super) fn read_table_ends(&self) -> Result<(), OpenError> {
         let txn = self.read().map_err(|e| self.damaged(&e))?;
         let mut ends = Ends { txn: &txn, first_problem: None };
         every_table(&mut ends);
@@ -310,7 +310,7 @@ impl RedbStore {
     }
 
     /// The error for a damaged file.
-    pub(super) fn damaged(&self, e: &dyn std::fmt::Display) -> StoreError {
+    pub(super) fn damaged(&self, e: &dyn std::fmt::Display) -> OpenError {
         damaged_at(&self.path, e)
     }
 }

@@ -50,7 +50,7 @@
 //! that mode, since another process could not see them, so each batch is
 //! a durable redb commit there.
 
-use super::store::StoreError;
+use crate::kb::store::StoreError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -231,7 +231,7 @@ impl Journal {
     ///
     /// Refuses a journal whose records skip over ids after `applied`: the
     /// batches in between would be lost.
-    pub(super) fn recover(store: &Path, applied: u64) -> Result<(Self, Vec<Record>), StoreError> {
+    pub(super) fn recover(store: &Path, applied: u64) -> Result<(Self, Vec<Record>), super::OpenError> {
         let path = journal_path(store);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -288,19 +288,19 @@ impl Journal {
 /// The records of the store's journal that `applied` does not cover, read
 /// without creating or opening the file for writing (read-only opens, and
 /// opens that do not use the journal, only recover or count them).
-pub(super) fn read_unapplied(store: &Path, applied: u64) -> Result<Vec<Record>, StoreError> {
+pub(super) fn read_unapplied(store: &Path, applied: u64) -> Result<Vec<Record>, super::OpenError> {
     let path = journal_path(store);
     match std::fs::read(&path) {
         Ok(data) => unapplied(&path, read_records(&data), applied),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_error(&path, "read", e)),
+        Err(e) => Err(io_error(&path, "read", e).into()),
     }
 }
 
-fn unapplied(path: &Path, records: Vec<Record>, applied: u64) -> Result<Vec<Record>, StoreError> {
+fn unapplied(path: &Path, records: Vec<Record>, applied: u64) -> Result<Vec<Record>, super::OpenError> {
     let pending: Vec<Record> = records.into_iter().filter(|r| r.id > applied).collect();
     match pending.first() {
-        Some(first) if first.id != applied + 1 => Err(StoreError::Open {
+        Some(first) if first.id != applied + 1 => Err(super::OpenError::Cannot {
             path: path.to_path_buf(),
             reason: format!(
                 "the journal's first unapplied batch is {}, but the store holds batches up to {applied}: batches in between are missing, so the journal is damaged. Restore the store and its journal from a backup",
