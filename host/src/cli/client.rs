@@ -38,6 +38,17 @@ impl Refused {
     }
 }
 
+/// Why a call to the running host gave no answer the CLI can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host answered, with a refusal.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The host could not be reached, or its answer could not be read.
+    #[error(transparent)]
+    Unreachable(#[from] anyhow::Error),
+}
+
 /// The API of a running host.
 #[derive(Debug)]
 pub struct Client {
@@ -142,7 +153,7 @@ impl Client {
         Ok((status, bytes))
     }
 
-    fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<T> {
+    fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
         let (status, bytes) = self.runtime.block_on(self.send(method, path, body))?;
         if !status.is_success() {
             let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
@@ -164,28 +175,29 @@ impl Client {
             }
             return Err(Refused { status, error, detail }.into());
         }
-        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("the host's answer to {path} does not decode: {e}"))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("the host's answer to {path} does not decode: {e}").into())
     }
 
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None)
     }
 
-    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
-        self.call(Method::POST, path, Some(serde_json::to_vec(body)?))
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(serde_json::to_vec(body).map_err(anyhow::Error::from)?))
     }
 
     /// Follows a Server-Sent Events stream from `after`, calling `each`
     /// with every item's data, in order, until it returns false. A broken
     /// connection (a host restart) is retried with `Last-Event-ID`, so no
     /// item is missed or seen twice.
-    pub fn follow(&self, path: &str, mut after: u64, mut each: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
+    pub fn follow(&self, path: &str, mut after: u64, mut each: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
         self.runtime.block_on(async {
             let mut failures = 0u32;
             loop {
                 let mut req = self.request(Method::GET, path, None)?;
-                req.headers_mut().insert("last-event-id", after.to_string().parse()?);
-                req.headers_mut().insert("accept", "text/event-stream".parse()?);
+                req.headers_mut().insert("last-event-id", after.into());
+                req.headers_mut().insert("accept", hyper::header::HeaderValue::from_static("text/event-stream"));
                 let response = match self.http.request(req).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -199,7 +211,7 @@ impl Client {
                 };
                 if !response.status().is_success() {
                     let status = response.status();
-                    let bytes = response.into_body().collect().await?.to_bytes();
+                    let bytes = response.into_body().collect().await.map_err(anyhow::Error::from)?.to_bytes();
                     let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
                     let (error, detail) = body
                         .map_or((String::new(), String::from_utf8_lossy(&bytes).into_owned()), |b| (b.error, b.detail));

@@ -15,7 +15,9 @@
 //! 4 not found; 141 standard output closed before the command was done
 //! (`| head`); 5 an internal fault (a panic on the main thread, such as
 //! redb's on a page damaged behind its back: reported as an error that says
-//! what to do).
+//! what to do). Each error type maps to its code by a `From` impl on
+//! [`Failure`] below, so a new error type that reaches the edge without a
+//! mapping does not compile.
 
 pub mod args;
 mod client;
@@ -49,33 +51,69 @@ impl Failure {
     }
 }
 
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        use crate::audit::checkpoint::CheckpointError;
-        use crate::coord::import::ImportError;
-        let error = e.into();
-        if let Some(refused) = error.downcast_ref::<client::Refused>() {
-            return Failure { code: refused.code(), error };
+/// Bad input (exit 3): what these errors name is the user's to fix (the
+/// config, an agent file, a script, the store, a file to import, a token).
+macro_rules! bad_input {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Self {
+                Failure { code: 3, error: e.into() }
+            }
         }
-        let code = if error.downcast_ref::<crate::policy::config::ConfigError>().is_some()
-            || error.downcast_ref::<crate::runtime::LoadError>().is_some()
-            || error.downcast_ref::<crate::host::StartError>().is_some()
-            || error.downcast_ref::<crate::kb::StoreError>().is_some()
-            || error.downcast_ref::<crate::kb::OpenError>().is_some()
-            || error.downcast_ref::<crate::coord::script::ScriptError>().is_some()
-            || error.downcast_ref::<crate::coord::outbox::SinkError>().is_some()
-            || error.downcast_ref::<CheckpointError>().is_some()
-            || error.downcast_ref::<ImportError>().is_some()
-            || error.downcast_ref::<crate::server::ServeError>().is_some()
-            || error.downcast_ref::<crate::server::tokens::TokenError>().is_some()
-        {
-            3
-        } else {
-            1
-        };
-        Failure { code, error }
+    )*};
+}
+
+bad_input!(
+    crate::policy::config::ConfigError,
+    crate::runtime::LoadError,
+    crate::host::StartError,
+    crate::kb::StoreError,
+    crate::kb::OpenError,
+    crate::coord::script::ScriptError,
+    crate::coord::outbox::SinkError,
+    crate::audit::checkpoint::CheckpointError,
+    crate::coord::import::ImportError,
+    crate::server::ServeError,
+    crate::server::tokens::TokenError,
+);
+
+/// A refusal of the running host maps as the API says ([`client::Refused::code`]);
+/// a host that cannot be reached is a failure of the work (exit 1).
+impl From<client::ClientError> for Failure {
+    fn from(e: client::ClientError) -> Self {
+        match e {
+            client::ClientError::Refused(refused) => Failure { code: refused.code(), error: refused.into() },
+            client::ClientError::Unreachable(error) => Failure { code: 1, error },
+        }
     }
 }
+
+/// An invocation that could not start: a bad request is bad input (exit 3),
+/// a fault of the host a failure of the work (exit 1).
+impl From<crate::host::InvokeError> for Failure {
+    fn from(e: crate::host::InvokeError) -> Self {
+        use crate::host::InvokeError;
+        let code = match &e {
+            InvokeError::UnknownAgent { .. } | InvokeError::BadMessage(_) => 3,
+            _ => 1,
+        };
+        Failure { code, error: e.into() }
+    }
+}
+
+/// The work ran, and something in it failed (exit 1): a file it could not
+/// read or write, output it could not encode, any other error.
+macro_rules! failed {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Self {
+                Failure { code: 1, error: e.into() }
+            }
+        }
+    )*};
+}
+
+failed!(anyhow::Error, std::io::Error, serde_json::Error);
 
 /// Runs the command line; the `concord` binary is just this.
 pub fn main() -> ExitCode {

@@ -100,9 +100,7 @@ impl Source {
                         let lease = view.lease.take();
                         Ok(Some((view.into_entity(&config.schema).map_err(anyhow::Error::msg)?, lease)))
                     }
-                    Err(e) if e.downcast_ref::<super::client::Refused>().is_some_and(|r| r.error == "not_found") => {
-                        Ok(None)
-                    }
+                    Err(super::client::ClientError::Refused(r)) if r.error == "not_found" => Ok(None),
                     Err(e) => Err(e.into()),
                 }
             }
