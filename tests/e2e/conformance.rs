@@ -47,7 +47,7 @@ backends! {
         let dir = tempfile::tempdir().expect("a temp dir");
         let backend = concord::kb::Backend::Redb {
             path: dir.path().join("kb.redb"),
-            sharing: concord::kb::Sharing::Exclusive,
+            sharing: concord::kb::redb::Sharing::Exclusive,
         };
         let store = concord::kb::open(&backend, concord::kb::Access::ReadWrite).expect("a fresh redb store");
         (store, dir)

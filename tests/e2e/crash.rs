@@ -11,7 +11,8 @@
 
 use crate::common::{FAST_LIMITS, config_text, wasm};
 use concord::audit::{AuditFilter, Verification, calls};
-use concord::kb::{RedbStore, Store};
+use concord::kb::Store;
+use concord::kb::redb::RedbStore;
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 

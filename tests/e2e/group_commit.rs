@@ -3,7 +3,8 @@
 //! by one is the redb backend's own test: `kb::redb::tests::writer`.)
 
 use concord::audit::{AuditDraft, Decision, Verification};
-use concord::kb::{RedbStore, Store};
+use concord::kb::Store;
+use concord::kb::redb::RedbStore;
 
 fn draft() -> AuditDraft {
     AuditDraft {

@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn the_deepest_chain_is_the_earliest_of_equals() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = crate::kb::RedbStore::open(&dir.path().join("kb.redb")).expect("store");
+        let store = crate::kb::redb::RedbStore::open(&dir.path().join("kb.redb")).expect("store");
         let mut t = Tracker::default();
         for (i, c) in [(1, None), (2, Some(1)), (3, None), (4, Some(3))] {
             t.add_audit(&store, &start(i, c)).expect("count");
@@ -458,7 +458,7 @@ mod tests {
     }
 
     /// Sets `customer/acme.status` as `agent`, on whatever version it is.
-    fn set_status(store: &crate::kb::RedbStore, agent: &str, status: &str, at_ms: u64) {
+    fn set_status(store: &crate::kb::redb::RedbStore, agent: &str, status: &str, at_ms: u64) {
         use crate::kb::{Actor, CommitRequest, EventKind, Expect, Value, Write};
         let entity = EntityRef::new("customer", "acme");
         let expect = store.get(&entity).expect("get").map_or(Expect::Absent, |e| Expect::Version(e.version));
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn a_tracker_counted_in_steps_reports_what_a_full_count_does() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = crate::kb::RedbStore::open(&dir.path().join("kb.redb")).expect("store");
+        let store = crate::kb::redb::RedbStore::open(&dir.path().join("kb.redb")).expect("store");
         let mut tracker = Tracker::default();
         let refusal = |agent: &str, decision: Decision, peer: &str| AuditDraft {
             agent: agent.into(),

@@ -107,7 +107,7 @@ pub struct Config {
     pub kb_path: PathBuf,
     /// `[kb] shared_reads`: whether read commands may open the store while
     /// a host writes it (at a cost per read and per commit).
-    pub kb_sharing: crate::kb::Sharing,
+    pub kb_sharing: crate::kb::redb::Sharing,
     /// Where the agents' `*.wasm` components are.
     pub agents_dir: PathBuf,
     /// `[agents] watch`: whether `concord serve` loads, replaces and removes
@@ -615,9 +615,9 @@ impl Config {
             },
             kb_path: base.join(&raw.kb.path),
             kb_sharing: if raw.kb.shared_reads {
-                crate::kb::Sharing::SharedReads
+                crate::kb::redb::Sharing::SharedReads
             } else {
-                crate::kb::Sharing::Exclusive
+                crate::kb::redb::Sharing::Exclusive
             },
             agents_dir: base.join(&raw.agents.dir),
             agents_watch: raw.agents.watch,
