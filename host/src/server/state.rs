@@ -7,7 +7,7 @@ use super::tokens::TokenSet;
 use crate::Host;
 use crate::policy::server::ServerConfig;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Semaphore, watch};
 
 /// The server's state, behind an `Arc` in every handler.
@@ -31,7 +31,6 @@ pub struct App {
     pub idle: tokio::sync::Notify,
     pub http: super::observe::HttpMetrics,
     pub refusals: super::auth::RefusalLimiter,
-    pub ready: AtomicBool,
     /// The conflicts report is counted on the blocking pool, one at a time.
     pub conflicts_lock: tokio::sync::Mutex<()>,
     /// One permit per open stream (at most [`MAX_STREAMS`]).
@@ -70,7 +69,6 @@ impl App {
             idle: tokio::sync::Notify::new(),
             http: Default::default(),
             refusals: Default::default(),
-            ready: AtomicBool::new(true),
             conflicts_lock: tokio::sync::Mutex::new(()),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             whole_log: Semaphore::new(WHOLE_LOG_READS),
