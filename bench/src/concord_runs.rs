@@ -5,11 +5,12 @@ use crate::machine::{Threads, rss_bytes};
 use crate::stats::{median, percentile};
 use crate::{CONTENDERS, LEVELS, Sizes};
 use anyhow::{Context, bail};
+use concord::Caller;
 use concord::audit::AuditFilter;
-use concord::gate::Caller;
 use concord::kb::redb::RedbStore;
+use concord::kb::{EntityRef, Value};
 use concord::kb::{Expect, Write};
-use concord::{Breakpoint, Config, EntityRef, Host, Message, Outcome, Value};
+use concord::{Breakpoint, Config, Host, Message, Outcome};
 use serde_json::{Value as Json, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -555,7 +556,7 @@ pub async fn reports(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
         })
     })
     .await?;
-    let server = concord::server::Server::start(lab.host.clone(), "127.0.0.1:0".parse()?).await?;
+    let server = concord::Server::start(lab.host.clone(), "127.0.0.1:0".parse()?).await?;
     let base = format!("http://{}", server.addr());
     let mut http = Vec::new();
     for _ in 0..10 {

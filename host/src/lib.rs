@@ -1,21 +1,33 @@
 //! Concord: a host runtime where sandboxed WebAssembly agents share one
 //! versioned, owned, audited knowledge base.
 //!
-//! # Layout
-//! - [`host`]: [`Host`], the assembled runtime. Start here.
-//! - [`gate`]: the one place every host call passes through (policy, then
+//! # The public surface
+//! Every public type has one path. The knowledge base and the audit are
+//! namespaces of their own ([`kb`], [`audit`]); everything else an embedder
+//! uses is listed below and re-exported here, from private modules:
+//! - running a host: [`Host`], [`Config`], [`Limits`], [`Message`],
+//!   [`Invocation`], [`Outcome`], [`Breakpoint`], and the service
+//!   ([`Server`], [`tokens`]);
+//! - coordination from outside: [`script`], [`operator`], [`outbox`]
+//!   sinks, [`schedule`], the [`conflicts`] report;
+//! - the command line: [`main`].
+//!
+//! # Layout (the private modules)
+//! - `host`: [`Host`], the assembled runtime. Start here.
+//! - `gate`: the one place every host call passes through (policy, then
 //!   store, then audit).
-//! - [`policy`]: `concord.toml`, the schema, field ownership, and the
+//! - `policy`: `concord.toml`, the schema, field ownership, and the
 //!   coordination rules (CEL).
-//! - [`kb`]: entities, events, versions, pins, leases, the outbox, and the
-//!   [`Store`](kb::Store) trait with its redb backend (group commit).
+//! - [`kb`]: entities, events, versions, pins, leases, the outbox, the
+//!   [`Store`](kb::Store) contract, the rules every backend shares, and the
+//!   redb backend.
 //! - [`audit`]: audit entries, the hash chain, signed checkpoints, queries.
-//! - [`runtime`]: the wasm engine, agent loading, sandboxed invocations.
-//! - [`coord`]: scripts of triggers, cascades (subscriptions, handoffs), the
+//! - `runtime`: the wasm engine, agent loading, sandboxed invocations.
+//! - `coord`: scripts of triggers, cascades (subscriptions, handoffs), the
 //!   outbox dispatcher and its sinks, operator commands, the conflicts report.
-//! - [`server`]: `concord serve`, the host as an HTTP service (triggers,
+//! - `server`: `concord serve`, the host as an HTTP service (triggers,
 //!   reads, streams, operators, metrics).
-//! - [`cli`]: the `concord` command line.
+//! - `cli`: the `concord` command line.
 //!
 //! # Example
 //! ```no_run
@@ -31,20 +43,24 @@
 //! ```
 
 pub mod audit;
-pub mod cli;
-pub mod coord;
-pub mod gate;
-pub mod host;
+mod cli;
+mod coord;
+mod gate;
+mod host;
 pub mod kb;
-pub mod metrics;
-pub mod policy;
-pub mod runtime;
-pub mod server;
+mod metrics;
+mod policy;
+mod runtime;
+mod server;
 
-pub use gate::Breakpoint;
-pub use host::{Host, InvokeError, StartError};
-pub use kb::{Entity, EntityRef, Event, Value};
-pub use policy::config::Config;
-pub use runtime::{Invocation, Message, Origin, Outcome};
+pub use cli::main;
+pub use coord::{conflicts, operator, outbox, schedule, script};
+pub use gate::{Breakpoint, Caller};
+pub use host::{AgentChange, ConfigReload, Host, InvokeError, StartError};
+pub use policy::config::{Config, ConfigError, Limits};
+pub use runtime::{Invocation, LoadError, MAX_LIVE_INVOCATIONS, Message, Origin, Outcome, Runtime};
+pub use server::live::LiveOptions;
+pub use server::state::MAX_STREAMS;
+pub use server::{ServeError, Server, tokens};
 /// The wasmtime this crate is built on, so embedders stay on one version.
 pub use wasmtime;

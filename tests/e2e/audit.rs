@@ -54,9 +54,8 @@ async fn each_host_call_is_one_audit_entry_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scripted_run_is_audited_completely() {
     let env = Env::new(&[("sales", "sales"), ("support", "support"), ("product", "product")]);
-    let script =
-        concord::coord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
-    let runs = concord::coord::script::run(env.host.clone(), &script, |_| {}).await.expect("runs");
+    let script = concord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
+    let runs = concord::script::run(env.host.clone(), &script, |_| {}).await.expect("runs");
 
     let made: u64 = runs.iter().map(|r| u64::from(r.host_calls)).sum();
     let entries = env.all_audit();

@@ -2,7 +2,7 @@
 //! nothing is written on the way to that error.
 
 use crate::common::{FAST_LIMITS, config_text, wasm};
-use concord::runtime::LoadError;
+use concord::LoadError;
 use concord::{Config, Host, StartError};
 use std::path::Path;
 
@@ -105,7 +105,7 @@ fn random_wasm_files_are_refused_cleanly() {
             let _ = std::fs::remove_dir_all(&agents);
             std::fs::create_dir_all(&agents).expect("dir");
             std::fs::write(agents.join("fuzz.wasm"), &b).expect("write");
-            match concord::runtime::Runtime::load(&agents, concord::policy::config::Limits::default(), None) {
+            match concord::Runtime::load(&agents, concord::Limits::default(), None) {
                 Err(LoadError::BadFiles(bad)) => {
                     prop_assert_eq!(bad.len(), 1);
                     prop_assert!(!bad[0].reason.is_empty());

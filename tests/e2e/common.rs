@@ -1,7 +1,8 @@
 //! Shared helpers: build the guests once, lay out a host in a temp folder.
 
 use concord::audit::{AuditEntry, AuditFilter};
-use concord::{Config, Entity, EntityRef, Host, Invocation, Message};
+use concord::kb::{Entity, EntityRef};
+use concord::{Config, Host, Invocation, Message};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -87,7 +88,7 @@ impl Env {
     }
 
     /// With this config text, delivering actions to `sink`.
-    pub fn with_sink(agents: &[(&str, &str)], config: &str, sink: Box<dyn concord::coord::outbox::Sink>) -> Env {
+    pub fn with_sink(agents: &[(&str, &str)], config: &str, sink: Box<dyn concord::outbox::Sink>) -> Env {
         let dir = Self::layout(agents, config);
         let host = Arc::new(Host::start_with_sink(Self::config_of(dir.path()), sink).expect("host starts"));
         Env { dir, host }
@@ -117,7 +118,7 @@ impl Env {
 
     /// Stops the host (as a crash would, between two operations) and starts
     /// a new one on the same folder, delivering to `sink`.
-    pub fn restart_with_sink(self, sink: Box<dyn concord::coord::outbox::Sink>) -> Env {
+    pub fn restart_with_sink(self, sink: Box<dyn concord::outbox::Sink>) -> Env {
         let Env { dir, host } = self;
         drop(Arc::into_inner(host).expect("no other host handles"));
         let host = Arc::new(Host::start_with_sink(Self::config_of(dir.path()), sink).expect("host restarts"));
@@ -179,7 +180,7 @@ pub async fn onboard(env: &Env, id: &str) {
 
 pub fn text(e: &Entity, field: &str) -> Option<String> {
     match e.fields.get(field) {
-        Some(concord::Value::Text(s)) => Some(s.clone()),
+        Some(concord::kb::Value::Text(s)) => Some(s.clone()),
         _ => None,
     }
 }

@@ -5,9 +5,9 @@
 use crate::common::{Env, FAST_LIMITS, config_text, message, onboard, text};
 use concord::Breakpoint;
 use concord::audit::{AuditFilter, Decision, calls};
-use concord::coord::outbox::{JsonlSink, Sink, SinkError};
-use concord::coord::{conflicts, operator};
 use concord::kb::{ActionRecord, AtPoint, Value};
+use concord::outbox::{JsonlSink, Sink, SinkError};
+use concord::{conflicts, operator};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -359,9 +359,8 @@ async fn actions_survive_a_crash_and_reach_the_sink_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_equals_the_projection_and_the_past_is_readable() {
     let env = Env::new(&[("sales", "sales"), ("support", "support"), ("product", "product")]);
-    let script =
-        concord::coord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
-    concord::coord::script::run(env.host.clone(), &script, |_| {}).await.expect("runs");
+    let script = concord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
+    concord::script::run(env.host.clone(), &script, |_| {}).await.expect("runs");
     let store = env.host.store();
     let report = store.replay().expect("replay");
     assert!(report.differences.is_empty(), "{:?}", report.differences);
@@ -476,7 +475,7 @@ async fn conflicts_report_finds_a_provoked_ping_pong() {
 async fn the_past_is_readable_by_time() {
     let env = Env::new(SALES_SUPPORT);
     onboard(&env, "acme").await;
-    let acme: concord::EntityRef = "customer/acme".parse().expect("ref");
+    let acme: concord::kb::EntityRef = "customer/acme".parse().expect("ref");
     let created = env.get("customer/acme").expect("acme");
     env.dispatch("support", "escalation", "customer/acme", json!({"ticket": "T", "summary": "s"})).await;
     let store = env.host.store();

@@ -121,7 +121,7 @@ async fn lost_updates_concurrent_increments_all_count() {
         }
     }
     let acme = env.get("customer/acme").expect("acme");
-    assert_eq!(acme.fields.get("open_tickets"), Some(&concord::Value::Integer(successes)));
+    assert_eq!(acme.fields.get("open_tickets"), Some(&concord::kb::Value::Integer(successes)));
     assert_eq!(successes, WRITERS as i64, "every writer eventually succeeds");
     assert_eq!(acme.version, 1 + WRITERS as u64);
 
@@ -203,9 +203,8 @@ async fn atomicity_a_bad_third_write_leaves_all_three_unchanged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acme_scenario_never_upsells_an_at_risk_customer() {
     let env = Env::new(&[("sales", "sales"), ("support", "support"), ("product", "product")]);
-    let script =
-        concord::coord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
-    let runs = concord::coord::script::run(env.host.clone(), &script, |_| {}).await.expect("script runs");
+    let script = concord::script::Script::load(&crate::common::root().join("scenarios/acme.jsonl")).expect("script");
+    let runs = concord::script::run(env.host.clone(), &script, |_| {}).await.expect("script runs");
     assert!(runs.iter().all(|r| r.outcome.is_ok()), "{runs:#?}");
 
     // Every upsell email recorded rests on a version where Acme was active
@@ -221,8 +220,8 @@ async fn acme_scenario_never_upsells_an_at_risk_customer() {
             .get_at(&a.entity, concord::kb::AtPoint::Seq(at.expect("version exists")))
             .expect("read")
             .expect("exists");
-        assert_eq!(state.fields.get("status"), Some(&concord::Value::Text("active".into())), "action {}", a.id);
-        assert_eq!(state.fields.get("open_tickets"), Some(&concord::Value::Integer(0)), "action {}", a.id);
+        assert_eq!(state.fields.get("status"), Some(&concord::kb::Value::Text("active".into())), "action {}", a.id);
+        assert_eq!(state.fields.get("open_tickets"), Some(&concord::kb::Value::Integer(0)), "action {}", a.id);
         assert!(a.delivered_at_ms.is_some(), "delivered");
     }
     let delivered = std::fs::read_to_string(env.dir.path().join("data/actions.jsonl")).expect("sink file");

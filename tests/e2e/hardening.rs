@@ -5,7 +5,7 @@
 use crate::common::{Env, FAST_LIMITS, concord, config_text, demo_dir, stderr};
 use crate::http::Served;
 use concord::audit::{AuditFilter, Decision, calls};
-use concord::coord::conflicts;
+use concord::conflicts;
 use hyper::StatusCode;
 use serde_json::json;
 use std::path::Path;
@@ -271,7 +271,7 @@ async fn change_requests_go_to_someone_and_expire_when_nobody_answers() {
     // Support (a probe) is asked, and does not answer.
     let r = env.probe("sales", ask("support", json!({ "open_tickets": 2 }))).await;
     let id = r[0]["request"].as_u64().unwrap_or_else(|| panic!("accepted: {r:?}"));
-    let ttl = concord::policy::config::Limits::default().change_request_ttl_ms;
+    let ttl = concord::Limits::default().change_request_ttl_ms;
     let asked_at = env.host.store().event(id).unwrap().expect("the request's event").at_ms;
     assert!(env.host.expire_change_requests(asked_at + ttl - 1).unwrap().is_empty(), "not yet");
     let expired = env.host.expire_change_requests(asked_at + ttl).unwrap();

@@ -4,7 +4,7 @@
 
 use crate::common::{Env, config_text, wasm};
 use bytes::Bytes;
-use concord::server::Server;
+use concord::Server;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;

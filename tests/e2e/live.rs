@@ -4,7 +4,7 @@
 
 use crate::common::{Env, wasm};
 use concord::audit::{AuditFilter, Decision, calls};
-use concord::host::{AgentChange, ConfigReload};
+use concord::{AgentChange, ConfigReload};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -232,7 +232,7 @@ async fn values_of_a_removed_or_retyped_field_stay_and_writes_follow_the_new_sch
 
     // Stored values stay, and agents still read them.
     let acme = env.get("customer/acme").expect("there");
-    assert_eq!(acme.fields.get("open_tickets"), Some(&concord::Value::Integer(3)));
+    assert_eq!(acme.fields.get("open_tickets"), Some(&concord::kb::Value::Integer(3)));
     assert_eq!(crate::common::text(&acme, "last_interaction").as_deref(), Some("call on Monday"));
     let read = env.probe("support", json!([{ "op": "get", "entity": "customer/acme" }])).await;
     assert_eq!(read[0]["fields"]["open_tickets"], "3", "{read:?}");

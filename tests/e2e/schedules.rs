@@ -6,10 +6,10 @@
 
 use crate::common::{Env, concord, config_text, stdout};
 use crate::http::Api;
+use concord::LiveOptions;
+use concord::Server;
 use concord::audit::{AuditEntry, AuditFilter, Decision, calls};
-use concord::coord::schedule::{self, Clock};
-use concord::server::Server;
-use concord::server::live::LiveOptions;
+use concord::schedule::{self, Clock};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -278,8 +278,8 @@ async fn an_idempotency_key_runs_once() {
 async fn tokens_and_roles_are_enforced_and_refusals_audited() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = dir.path().join("tokens.toml");
-    let alice = concord::server::tokens::add(&tokens, "alice", concord::server::tokens::Role::Operator).expect("add");
-    let rita = concord::server::tokens::add(&tokens, "rita", concord::server::tokens::Role::Read).expect("add");
+    let alice = concord::tokens::add(&tokens, "alice", concord::tokens::Role::Operator).expect("add");
+    let rita = concord::tokens::add(&tokens, "rita", concord::tokens::Role::Read).expect("add");
     let server = format!("tokens = {:?}", tokens.display().to_string());
     let s = Served::start(&[("sales", "sales")], &server).await;
     let (as_alice, as_rita) = (s.api.with_token(&alice), s.api.with_token(&rita));
@@ -393,7 +393,7 @@ async fn bad_requests_are_named_and_never_a_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_503_with_retry_after() {
     let s = Served::start(&[("sales", "probe")], "breakpoints = true\nqueue = 1").await;
-    let pool = concord::runtime::MAX_LIVE_INVOCATIONS as usize;
+    let pool = concord::MAX_LIVE_INVOCATIONS as usize;
     let get = json!({ "kind": "probe", "body": { "ops": [{ "op": "get", "entity": "customer/x" }] }, "pause_before": "kb.get" });
     let mut ids = Vec::new();
     for _ in 0..pool {
@@ -666,7 +666,7 @@ async fn an_open_server_answers_only_requests_addressed_to_loopback() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = dir.path().join("tokens.toml");
-    let rita = concord::server::tokens::add(&tokens, "rita", concord::server::tokens::Role::Read).expect("add");
+    let rita = concord::tokens::add(&tokens, "rita", concord::tokens::Role::Read).expect("add");
     let s = Served::start(&[("sales", "sales")], &format!("tokens = {:?}", tokens.display().to_string())).await;
     let named = s.api.with_token(&rita).request(Method::GET, "/v1/agents", None, &[("host", "concord.example")]).await;
     assert_eq!(named.status, StatusCode::OK, "{}", named.text);
@@ -678,8 +678,8 @@ async fn an_open_server_answers_only_requests_addressed_to_loopback() {
 async fn a_stream_ends_when_its_token_is_removed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = dir.path().join("tokens.toml");
-    let rita = concord::server::tokens::add(&tokens, "rita", concord::server::tokens::Role::Read).expect("add");
-    let ray = concord::server::tokens::add(&tokens, "ray", concord::server::tokens::Role::Read).expect("add");
+    let rita = concord::tokens::add(&tokens, "rita", concord::tokens::Role::Read).expect("add");
+    let ray = concord::tokens::add(&tokens, "ray", concord::tokens::Role::Read).expect("add");
     let s = Served::start(&[("sales", "sales")], &format!("tokens = {:?}", tokens.display().to_string())).await;
     let (as_rita, as_ray) = (s.api.with_token(&rita), s.api.with_token(&ray));
     let within = Duration::from_secs(30);
@@ -694,7 +694,7 @@ async fn a_stream_ends_when_its_token_is_removed() {
         started.elapsed()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(concord::server::tokens::remove(&tokens, "rita").expect("remove"));
+    assert!(concord::tokens::remove(&tokens, "rita").expect("remove"));
     let rita_open = rita_stream.await.expect("rita's stream");
     assert!(rita_open < within, "rita's stream ended by itself, after {rita_open:?}");
     let ray_open = ray_stream.await.expect("ray's stream");
@@ -721,7 +721,7 @@ async fn streams_past_the_bound_are_answered_503() {
         client.request(req)
     };
     let mut held = Vec::new();
-    for _ in 0..concord::server::state::MAX_STREAMS {
+    for _ in 0..concord::MAX_STREAMS {
         let response = open(&client).await.expect("opens");
         assert_eq!(response.status(), StatusCode::OK);
         held.push(response);

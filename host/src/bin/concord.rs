@@ -1,5 +1,5 @@
-//! The `concord` binary: see `concord --help`, or [`concord::cli`].
+//! The `concord` binary: see `concord --help`, or [`concord::main`].
 
 fn main() -> std::process::ExitCode {
-    concord::cli::main()
+    concord::main()
 }

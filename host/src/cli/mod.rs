@@ -19,7 +19,7 @@
 //! [`Failure`] below, so a new error type that reaches the edge without a
 //! mapping does not compile.
 
-pub mod args;
+mod args;
 mod client;
 mod format;
 mod operate;
@@ -29,7 +29,7 @@ mod run;
 mod service;
 mod source;
 
-pub use args::{AuditAction, AuditArgs, Cli, Command, LeaseAction, TokenAction};
+use args::{Cli, Command, LeaseAction};
 use clap::Parser;
 use std::process::ExitCode;
 

@@ -9,7 +9,7 @@ use crate::kb::{ActionRecord, Event};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-pub use crate::coord::import::{EntityView, RawRow, RowError};
+pub use crate::coord::import::{EntityView, RawRow};
 
 /// A trigger: `POST /v1/invoke/{agent}`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
