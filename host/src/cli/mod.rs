@@ -88,21 +88,9 @@ impl From<client::ClientError> for Failure {
     }
 }
 
-/// An invocation that could not start: a bad request is bad input (exit 3),
-/// a fault of the host a failure of the work (exit 1).
-impl From<crate::host::InvokeError> for Failure {
-    fn from(e: crate::host::InvokeError) -> Self {
-        use crate::host::InvokeError;
-        let code = match &e {
-            InvokeError::UnknownAgent { .. } | InvokeError::BadMessage(_) => 3,
-            _ => 1,
-        };
-        Failure { code, error: e.into() }
-    }
-}
-
 /// The work ran, and something in it failed (exit 1): a file it could not
-/// read or write, output it could not encode, any other error.
+/// read or write, output it could not encode, an invocation that could not
+/// start (as before the mapping was typed), any other error.
 macro_rules! failed {
     ($($error:ty),* $(,)?) => {$(
         impl From<$error> for Failure {
@@ -113,7 +101,7 @@ macro_rules! failed {
     )*};
 }
 
-failed!(anyhow::Error, std::io::Error, serde_json::Error);
+failed!(anyhow::Error, std::io::Error, serde_json::Error, crate::host::InvokeError);
 
 /// Runs the command line; the `concord` binary is just this.
 pub fn main() -> ExitCode {

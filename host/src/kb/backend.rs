@@ -16,14 +16,6 @@ pub enum Backend {
     Redb { path: PathBuf, sharing: Sharing },
 }
 
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Backend::Redb { path, .. } => write!(f, "{}", path.display()),
-        }
-    }
-}
-
 /// What the opener means to do with the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

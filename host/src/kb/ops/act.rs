@@ -16,10 +16,9 @@ pub fn act(
     audit: Auditor<ActOutcome>,
 ) -> Result<(ActOutcome, AuditEntry), StoreError> {
     let now = request.at_ms;
-    audited(tx, now, move |tx| {
+    audited(tx, now, audit, move |tx| {
         let outcome = decide(tx, &request, &guard)?;
-        let draft = audit(&outcome);
-        Ok((outcome, draft))
+        Ok(outcome)
     })
 }
 
@@ -58,7 +57,7 @@ fn decide(tx: &dyn Txn, request: &ActRequest, guard: &Guard) -> Result<ActOutcom
     }
     // Counted in the transaction that records: concurrent requests cannot
     // overshoot the bound.
-    let pending = tx.pending_actions()?;
+    let pending = tx.outbox_len()?;
     if pending >= request.max_pending {
         return Ok(ActOutcome::Denied(Denial::Rule {
             entity: request.entity.clone(),

@@ -21,13 +21,12 @@ pub fn commit(
     audit: Auditor<CommitOutcome>,
 ) -> Result<(CommitOutcome, AuditEntry), StoreError> {
     let now = request.at_ms;
-    audited(tx, now, move |tx| {
+    audited(tx, now, audit, move |tx| {
         let outcome = match check(tx, &request, &guard)? {
             Err(refused) => refused,
             Ok(current) => apply(tx, &request, current)?,
         };
-        let draft = audit(&outcome);
-        Ok((outcome, draft))
+        Ok(outcome)
     })
 }
 

@@ -39,7 +39,7 @@ pub fn lease(
     now_ms: u64,
     audit: Auditor<LeaseOutcome>,
 ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
-    audited(tx, now_ms, move |tx| {
+    audited(tx, now_ms, audit, move |tx| {
         let outcome = match tx.lease(&entity)?.filter(|l| l.is_live(now_ms) && l.holder != actor.name) {
             Some(l) => {
                 LeaseOutcome::Denied(Denial::Leased { entity, holder: l.holder, expires_at_ms: l.expires_at_ms })
@@ -55,8 +55,7 @@ pub fn lease(
                 LeaseOutcome::Granted(lease)
             }
         };
-        let draft = audit(&outcome);
-        Ok((outcome, draft))
+        Ok(outcome)
     })
 }
 
@@ -69,12 +68,12 @@ pub fn release(
     at_ms: u64,
     audit: Auditor<bool>,
 ) -> Result<(bool, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let released = tx.lease(&entity)?.is_some_and(|l| l.token == token && l.holder == actor.name);
         if released {
             tx.remove_lease(&entity)?;
         }
-        Ok((released, audit(&released)))
+        Ok(released)
     })
 }
 
@@ -89,7 +88,7 @@ pub fn renew(
     now_ms: u64,
     audit: Auditor<LeaseOutcome>,
 ) -> Result<(LeaseOutcome, AuditEntry), StoreError> {
-    audited(tx, now_ms, move |tx| {
+    audited(tx, now_ms, audit, move |tx| {
         let outcome = match tx.lease(&entity)?.filter(|l| l.is_live(now_ms)) {
             Some(mut l) if l.token == token && l.holder == actor.name => {
                 l.expires_at_ms = now_ms.saturating_add(ttl_ms);
@@ -98,8 +97,7 @@ pub fn renew(
             }
             live => LeaseOutcome::Denied(Denial::StaleFence { entity, token, current: live.map(|l| l.token) }),
         };
-        let draft = audit(&outcome);
-        Ok((outcome, draft))
+        Ok(outcome)
     })
 }
 
@@ -111,14 +109,13 @@ pub fn break_lease(
     at_ms: u64,
     audit: Auditor<Lease>,
 ) -> Result<(Lease, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let Some(lease) = tx.lease(&entity)?.filter(|l| l.is_live(at_ms)) else {
             return Err(StoreError::Rejected(format!(
                 "{entity} holds no live lease: nothing to break (see `concord get {entity}`)"
             )));
         };
         tx.remove_lease(&entity)?;
-        let draft = audit(&lease);
-        Ok((lease, draft))
+        Ok(lease)
     })
 }

@@ -99,7 +99,7 @@ pub trait Txn: EntityHistory {
     fn next_action_id(&self) -> Result<u64, StoreError>;
 
     /// How many recorded actions are not yet delivered.
-    fn pending_actions(&self) -> Result<u64, StoreError>;
+    fn outbox_len(&self) -> Result<u64, StoreError>;
 
     /// Records a new action: the record, its idempotency key, and its place
     /// in the outbox.
@@ -141,14 +141,16 @@ pub(crate) fn existing(tx: &dyn Txn, entity: &EntityRef) -> Result<Entity, Store
         .ok_or_else(|| StoreError::Rejected(format!("{entity} does not exist (check `concord get {entity}`)")))
 }
 
-/// Runs `op`, then appends the audit entry it returns: the operation and its
-/// entry commit together.
+/// Runs `op`, then appends the audit entry `audit` makes of its outcome:
+/// the operation and its entry commit together. An `op` that fails writes
+/// no entry (a rejected operator command writes nothing at all).
 pub(crate) fn audited<T>(
     tx: &dyn Txn,
     at_ms: u64,
-    op: impl FnOnce(&dyn Txn) -> Result<(T, AuditDraft), StoreError>,
+    audit: super::store::Auditor<T>,
+    op: impl FnOnce(&dyn Txn) -> Result<T, StoreError>,
 ) -> Result<(T, AuditEntry), StoreError> {
-    let (value, draft) = op(tx)?;
-    let entry = tx.append_audit(draft, at_ms)?;
+    let value = op(tx)?;
+    let entry = tx.append_audit(audit(&value), at_ms)?;
     Ok((value, entry))
 }

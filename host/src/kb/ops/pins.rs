@@ -16,7 +16,7 @@ pub fn pin(
     at_ms: u64,
     audit: Auditor<Event>,
 ) -> Result<(Event, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let current = existing(tx, &entity)?;
         let seq = tx.next_event_seq()?;
         let changes = fields
@@ -43,8 +43,7 @@ pub fn pin(
         for (field, _) in fields {
             tx.put_pin(&entity, &Pin { field, by: by.clone(), reason: reason.clone(), at_ms, seq })?;
         }
-        let draft = audit(&event);
-        Ok((event, draft))
+        Ok(event)
     })
 }
 
@@ -59,7 +58,7 @@ pub fn unpin(
     at_ms: u64,
     audit: Auditor<Event>,
 ) -> Result<(Event, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let current = existing(tx, &entity)?;
         // Check every field first: a rejected operation writes nothing.
         let pinned = tx.pins(&entity)?;
@@ -84,7 +83,6 @@ pub fn unpin(
             detail: Some(serde_json::json!({ "fields": fields }).to_string()),
         };
         super::append(tx, &event, None)?;
-        let draft = audit(&event);
-        Ok((event, draft))
+        Ok(event)
     })
 }

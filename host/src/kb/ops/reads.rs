@@ -41,14 +41,13 @@ pub fn changes_since_read(
     at_ms: u64,
     audit: Auditor<Vec<Event>>,
 ) -> Result<(Vec<Event>, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let since = tx.read_cursor(&agent, &entity)?;
         let out = tx.events_after(&entity, since, MAX_READ_EVENTS)?;
         if let Some(last) = out.last() {
             tx.put_read_cursor(&agent, &entity, last.seq)?;
         }
-        let draft = audit(&out);
-        Ok((out, draft))
+        Ok(out)
     })
 }
 

@@ -16,36 +16,36 @@ pub fn request_change(
     at_ms: u64,
     audit: Auditor<Event>,
 ) -> Result<(ChangeRequest, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
-        let current = tx.entity(&request.entity)?;
-        let seq = tx.next_event_seq()?;
-        let changes = request
-            .proposed
-            .iter()
-            .map(|(name, value)| FieldChange {
-                name: name.clone(),
-                before: current.as_ref().and_then(|e| e.fields.get(name).cloned()),
-                after: Some(value.clone()),
-            })
-            .collect();
-        let event = Event {
-            seq,
-            at_ms,
-            agent: actor.name.clone(),
-            entity: request.entity.clone(),
-            version: current.as_ref().map_or(0, |e| e.version),
-            kind: EventKind::ChangeRequested,
-            changes,
-            reason: request.reason.clone(),
-            invocation: actor.invocation,
-            detail: Some(serde_json::json!({ "request": seq, "owner": request.owner }).to_string()),
-        };
-        super::append(tx, &event, current)?;
-        let stored = ChangeRequest { id: seq, applied: None, resolution: None, ..request };
-        tx.put_change_request(&stored)?;
-        let draft = audit(&event);
-        Ok((stored, draft))
-    })
+    // Audited by hand, not through `audited`: the entry is about the
+    // event, while the caller gets the stored request.
+    let current = tx.entity(&request.entity)?;
+    let seq = tx.next_event_seq()?;
+    let changes = request
+        .proposed
+        .iter()
+        .map(|(name, value)| FieldChange {
+            name: name.clone(),
+            before: current.as_ref().and_then(|e| e.fields.get(name).cloned()),
+            after: Some(value.clone()),
+        })
+        .collect();
+    let event = Event {
+        seq,
+        at_ms,
+        agent: actor.name.clone(),
+        entity: request.entity.clone(),
+        version: current.as_ref().map_or(0, |e| e.version),
+        kind: EventKind::ChangeRequested,
+        changes,
+        reason: request.reason.clone(),
+        invocation: actor.invocation,
+        detail: Some(serde_json::json!({ "request": seq, "owner": request.owner }).to_string()),
+    };
+    super::append(tx, &event, current)?;
+    let stored = ChangeRequest { id: seq, applied: None, resolution: None, ..request };
+    tx.put_change_request(&stored)?;
+    let entry = tx.append_audit(audit(&event), at_ms)?;
+    Ok((stored, entry))
 }
 
 /// Closes open request `id` as declined by the host with `reason`;
@@ -57,7 +57,7 @@ pub fn expire_change_request(
     at_ms: u64,
     audit: Auditor<Event>,
 ) -> Result<(Event, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let Some(mut r) = tx.change_request(id)? else {
             return Err(StoreError::Rejected(format!("there is no change request {id}")));
         };
@@ -83,8 +83,7 @@ pub fn expire_change_request(
             ),
         };
         super::append(tx, &event, None)?;
-        let draft = audit(&event);
-        Ok((event, draft))
+        Ok(event)
     })
 }
 
@@ -99,7 +98,7 @@ pub fn resolve_change(
     at_ms: u64,
     audit: Auditor<Result<ChangeRequest, String>>,
 ) -> Result<(Result<ChangeRequest, String>, AuditEntry), StoreError> {
-    audited(tx, at_ms, move |tx| {
+    audited(tx, at_ms, audit, move |tx| {
         let result = match tx.change_request(id)? {
             None => Err(format!("there is no change request {id}")),
             Some(r) if r.owner != actor.name => {
@@ -129,7 +128,6 @@ pub fn resolve_change(
                 Ok(r)
             }
         };
-        let draft = audit(&result);
-        Ok((result, draft))
+        Ok(result)
     })
 }

@@ -18,7 +18,7 @@
 //! | `reads.rs` | snapshot reads: point reads sharing decoded entities, and history walks |
 //! | `store.rs` | the [`Store`] methods, each a transaction over the rules or a snapshot read |
 //! | `check.rs` | the checks for a damaged file, at open and in `concord check` |
-//! | `tests.rs` | the tests that need the private parts |
+//! | `tests/` | the tests that need the private parts, by topic (writer, recovery, reads, audit, schema) |
 
 mod audit_index;
 mod audit_log;

@@ -130,12 +130,13 @@ impl<K: Key + 'static, V: redb::Value + 'static> Logged<'_, '_, K, V> {
         Ok(())
     }
 
-    pub(super) fn remove<'k>(&mut self, key: impl Borrow<K::SelfType<'k>>) -> Result<(), redb::StorageError> {
+    /// Removes `key`; whether it was there (only a removal is journaled).
+    pub(super) fn remove<'k>(&mut self, key: impl Borrow<K::SelfType<'k>>) -> Result<bool, redb::StorageError> {
         let removed = self.table.remove(key.borrow())?.is_some();
         if removed && let Some((changes, table)) = self.log {
             changes.borrow_mut().remove(table, K::as_bytes(key.borrow()).as_ref());
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -224,12 +225,7 @@ impl ops::Txn for Tx<'_> {
 
     fn remove_pin(&self, entity: &EntityRef, field: &str) -> Result<bool, StoreError> {
         let key = entity.key();
-        let mut pins = self.pin_table().map_err(backend)?;
-        let pinned = pins.get((key.as_str(), field)).map_err(backend)?.is_some();
-        if pinned {
-            pins.remove((key.as_str(), field)).map_err(backend)?;
-        }
-        Ok(pinned)
+        self.pin_table().map_err(backend)?.remove((key.as_str(), field)).map_err(backend)
     }
 
     fn lease(&self, entity: &EntityRef) -> Result<Option<Lease>, StoreError> {
@@ -242,7 +238,7 @@ impl ops::Txn for Tx<'_> {
     }
 
     fn remove_lease(&self, entity: &EntityRef) -> Result<(), StoreError> {
-        self.leases().map_err(backend)?.remove(entity.key().as_str()).map_err(backend)
+        self.leases().map_err(backend)?.remove(entity.key().as_str()).map(drop).map_err(backend)
     }
 
     fn next_fence(&self) -> Result<u64, StoreError> {
@@ -269,7 +265,7 @@ impl ops::Txn for Tx<'_> {
         Ok(self.actions().map_err(backend)?.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1)
     }
 
-    fn pending_actions(&self) -> Result<u64, StoreError> {
+    fn outbox_len(&self) -> Result<u64, StoreError> {
         self.outbox().map_err(backend)?.len().map_err(backend)
     }
 
@@ -281,7 +277,7 @@ impl ops::Txn for Tx<'_> {
 
     fn deliver_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
         self.actions().map_err(backend)?.insert(record.id, encode(record)?.as_slice()).map_err(backend)?;
-        self.outbox().map_err(backend)?.remove(record.id).map_err(backend)
+        self.outbox().map_err(backend)?.remove(record.id).map(drop).map_err(backend)
     }
 
     fn change_request(&self, id: u64) -> Result<Option<ChangeRequest>, StoreError> {
