@@ -1,8 +1,8 @@
 //! One conformance suite for every knowledge-base backend, written against
 //! the [`Store`] contract alone: a backend passes it or it is not a
 //! backend. Each check takes a fresh, empty store from the backend's
-//! opener; [`backends!`] runs every check on every backend (redb today; a
-//! new backend adds one line there).
+//! opener; [`backends!`] runs every check on every backend (redb and
+//! PostgreSQL; a new backend adds one line there).
 //!
 //! The checks drive the store as the gate does (requests, guards and
 //! auditors), with no agent and no policy in between, so that a failure
@@ -52,27 +52,34 @@ backends! {
         let store = concord::kb::open(&backend, concord::kb::Access::ReadWrite).expect("a fresh redb store");
         (store, dir)
     },
+    postgres => || {
+        let server = crate::pg::PgServer::shared();
+        let options = concord::kb::postgres::PgOptions { url: server.fresh_database(), pool: 4 };
+        let backend = concord::kb::Backend::Postgres(options);
+        let store = concord::kb::open(&backend, concord::kb::Access::ReadWrite).expect("a fresh PostgreSQL store");
+        (store, server)
+    },
 }
 
-const T0: u64 = 1_700_000_000_000;
+pub(crate) const T0: u64 = 1_700_000_000_000;
 
-fn acme() -> EntityRef {
+pub(crate) fn acme() -> EntityRef {
     EntityRef::new("customer", "acme")
 }
 
-fn globex() -> EntityRef {
+pub(crate) fn globex() -> EntityRef {
     EntityRef::new("customer", "globex")
 }
 
-fn actor(name: &str, invocation: u64) -> Actor {
+pub(crate) fn actor(name: &str, invocation: u64) -> Actor {
     Actor { name: name.into(), invocation }
 }
 
-fn text(s: &str) -> Value {
+pub(crate) fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
-fn set(entity: EntityRef, expect: Expect, fields: &[(&str, &str)]) -> Write {
+pub(crate) fn set(entity: EntityRef, expect: Expect, fields: &[(&str, &str)]) -> Write {
     Write {
         entity,
         expect,
@@ -82,7 +89,13 @@ fn set(entity: EntityRef, expect: Expect, fields: &[(&str, &str)]) -> Write {
     }
 }
 
-fn draft(agent: &str, invocation: u64, call: &str, decision: Decision, entities: &[&EntityRef]) -> AuditDraft {
+pub(crate) fn draft(
+    agent: &str,
+    invocation: u64,
+    call: &str,
+    decision: Decision,
+    entities: &[&EntityRef],
+) -> AuditDraft {
     AuditDraft {
         agent: agent.into(),
         digest: String::new(),
@@ -101,13 +114,13 @@ fn draft(agent: &str, invocation: u64, call: &str, decision: Decision, entities:
     }
 }
 
-fn allow() -> Guard {
+pub(crate) fn allow() -> Guard {
     Box::new(|_| None)
 }
 
 /// A commit by `agent`, audited as the gate audits it: the decision follows
 /// the outcome.
-fn commit(store: &dyn Store, agent: &str, writes: Vec<Write>, at_ms: u64) -> (CommitOutcome, AuditEntry) {
+pub(crate) fn commit(store: &dyn Store, agent: &str, writes: Vec<Write>, at_ms: u64) -> (CommitOutcome, AuditEntry) {
     commit_guarded(store, agent, writes, at_ms, allow())
 }
 
@@ -146,7 +159,7 @@ fn commit_guarded(
         .expect("the store answers a commit")
 }
 
-fn versions(outcome: &CommitOutcome) -> Vec<u64> {
+pub(crate) fn versions(outcome: &CommitOutcome) -> Vec<u64> {
     match outcome {
         CommitOutcome::Committed { versions, .. } => versions.clone(),
         other => panic!("expected a commit, got {other:?}"),

@@ -18,6 +18,8 @@ mod group_commit;
 mod hardening;
 mod http;
 mod live;
+mod pg;
+mod postgres;
 mod sandbox;
 mod schedules;
 mod serve;

@@ -3,6 +3,7 @@
 //! through [`open`] and check one through [`check`], and see it only as a
 //! [`Store`]: no backend is named outside `kb`.
 
+use super::postgres::{self, PgOptions, PgStore};
 use super::redb::{self, CheckReport, RedbStore, Sharing};
 use super::store::Store;
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use std::sync::Arc;
 pub enum Backend {
     /// The embedded default: one redb file (and its journal beside it).
     Redb { path: PathBuf, sharing: Sharing },
+    /// A PostgreSQL server, shared by any number of hosts.
+    Postgres(PgOptions),
 }
 
 /// What the opener means to do with the store.
@@ -32,6 +35,8 @@ pub enum Access {
 pub enum OpenError {
     #[error(transparent)]
     Redb(#[from] redb::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::OpenError),
 }
 
 /// Opens the configured store.
@@ -41,13 +46,15 @@ pub fn open(backend: &Backend, access: Access) -> Result<Arc<dyn Store>, OpenErr
         (Backend::Redb { path, sharing }, Access::ReadOnly) => {
             Arc::new(RedbStore::open_read_only_with(path, *sharing)?)
         }
+        (Backend::Postgres(options), access) => Arc::new(PgStore::open(options, access)?),
     })
 }
 
 /// Reads every record of the configured store once and reports damage
-/// (`concord check`). Changes nothing; needs the host stopped.
+/// (`concord check`). Changes nothing; on redb it needs the host stopped.
 pub fn check(backend: &Backend) -> Result<CheckReport, OpenError> {
     match backend {
         Backend::Redb { path, .. } => Ok(RedbStore::check(path)?),
+        Backend::Postgres(options) => Ok(PgStore::check(options)?),
     }
 }

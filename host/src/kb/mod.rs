@@ -10,10 +10,12 @@
 //!   fencing, pins, events, replay, audit query plans), over a backend's
 //!   transaction ([`ops::Txn`]).
 //! - [`redb`]: the embedded default backend.
+//! - [`postgres`]: PostgreSQL, for several hosts on one database.
 
 mod backend;
 mod model;
 pub mod ops;
+pub mod postgres;
 pub mod redb;
 mod store;
 

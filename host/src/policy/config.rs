@@ -108,6 +108,10 @@ pub struct Config {
     /// `[kb] shared_reads`: whether read commands may open the store while
     /// a host writes it (at a cost per read and per commit).
     pub kb_sharing: crate::kb::redb::Sharing,
+    /// `[kb] backend = "postgres"`: the server, instead of the redb file.
+    /// (`kb_path` still anchors the host's local files: its cache, its
+    /// server file.)
+    pub kb_postgres: Option<crate::kb::postgres::PgOptions>,
     /// Where the agents' `*.wasm` components are.
     pub agents_dir: PathBuf,
     /// `[agents] watch`: whether `concord serve` loads, replaces and removes
@@ -247,11 +251,72 @@ struct RawKb {
     path: String,
     #[serde(default)]
     shared_reads: bool,
+    /// `redb` (the default) or `postgres`.
+    backend: Option<Spanned<String>>,
+    /// The PostgreSQL server (`postgres://…`); `CONCORD_PG_URL` wins over it.
+    url: Option<Spanned<String>>,
+    /// Connections this host keeps for reads.
+    pool: Option<Spanned<usize>>,
 }
 
 impl Default for RawKb {
     fn default() -> Self {
-        Self { path: default_kb_path(), shared_reads: false }
+        Self { path: default_kb_path(), shared_reads: false, backend: None, url: None, pool: None }
+    }
+}
+
+/// The environment variable that names the PostgreSQL server, over `[kb] url`
+/// (so that a password need not be in the file).
+pub const PG_URL_ENV: &str = "CONCORD_PG_URL";
+
+/// `[kb] pool` when not given.
+const DEFAULT_PG_POOL: usize = 8;
+
+impl RawKb {
+    /// The PostgreSQL options, when `backend = "postgres"`.
+    fn postgres(
+        &self,
+        err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+    ) -> Result<Option<crate::kb::postgres::PgOptions>, ConfigError> {
+        let backend = self.backend.as_ref().map_or("redb", |b| b.get_ref().as_str());
+        let span = self.backend.as_ref().map(Spanned::span);
+        match backend {
+            "redb" => {
+                if let Some(url) = &self.url {
+                    return Err(err(
+                        Some(url.span()),
+                        "kb.url is for backend = \"postgres\"; the redb backend takes kb.path".into(),
+                    ));
+                }
+                Ok(None)
+            }
+            "postgres" => {
+                let url = match (std::env::var(PG_URL_ENV).ok().filter(|u| !u.is_empty()), &self.url) {
+                    (Some(url), _) => url,
+                    (None, Some(url)) => url.get_ref().clone(),
+                    (None, None) => {
+                        return Err(err(
+                            span,
+                            format!(
+                                "backend = \"postgres\" needs the server: set kb.url = \"postgres://USER:PASSWORD@HOST:5432/DBNAME\", or {PG_URL_ENV}"
+                            ),
+                        ));
+                    }
+                };
+                let pool = match &self.pool {
+                    Some(p) if !(1..=256).contains(p.get_ref()) => {
+                        return Err(err(Some(p.span()), "kb.pool is between 1 and 256 connections".into()));
+                    }
+                    Some(p) => *p.get_ref(),
+                    None => DEFAULT_PG_POOL,
+                };
+                Ok(Some(crate::kb::postgres::PgOptions { url, pool }))
+            }
+            other => Err(err(
+                span,
+                format!("kb.backend `{other}` is not one Concord has: use \"redb\" (the default) or \"postgres\""),
+            )),
+        }
     }
 }
 
@@ -319,7 +384,10 @@ impl Config {
     /// The knowledge base's backend, as `[kb]` configures it: what
     /// [`crate::kb::open`] opens.
     pub fn kb_backend(&self) -> crate::kb::Backend {
-        crate::kb::Backend::Redb { path: self.kb_path.clone(), sharing: self.kb_sharing }
+        match &self.kb_postgres {
+            Some(options) => crate::kb::Backend::Postgres(options.clone()),
+            None => crate::kb::Backend::Redb { path: self.kb_path.clone(), sharing: self.kb_sharing },
+        }
     }
 
     /// Where compiled components are cached: `cache/` beside the knowledge
@@ -601,6 +669,7 @@ impl Config {
         };
 
         let server = raw.server.parse(base).map_err(|(span, message)| err(Some(span), message))?;
+        let kb_postgres = raw.kb.postgres(&err)?;
 
         let sink = match raw.actions.sink.as_str() {
             "stdout" => SinkConfig::Stdout,
@@ -619,6 +688,7 @@ impl Config {
             } else {
                 crate::kb::redb::Sharing::Exclusive
             },
+            kb_postgres,
             agents_dir: base.join(&raw.agents.dir),
             agents_watch: raw.agents.watch,
             agents_settle,

@@ -34,6 +34,7 @@ pub fn needs_restart(old: &Config, new: &Config, memory_ceiling: usize) -> Vec<S
         }
     };
     differs("kb.path", old.kb_path.display().to_string(), new.kb_path.display().to_string());
+    differs("kb.backend", format!("{:?}", old.kb_postgres), format!("{:?}", new.kb_postgres));
     differs("kb.shared_reads", format!("{:?}", old.kb_sharing), format!("{:?}", new.kb_sharing));
     differs("agents.dir", old.agents_dir.display().to_string(), new.agents_dir.display().to_string());
     differs("agents.watch", old.agents_watch.to_string(), new.agents_watch.to_string());

@@ -1,0 +1,225 @@
+//! The PostgreSQL backend beyond the conformance suite: what several hosts
+//! on one database must keep (one order, one chain, conflicts across
+//! hosts, fences that only grow), and the open errors. Each test runs on a
+//! real server ([`crate::pg`]); a "host" here is a store opened on the
+//! shared database, as each `concord serve` process opens one.
+
+use crate::conformance::{T0, acme, actor, commit, draft, globex, set, versions};
+use crate::pg::PgServer;
+use concord::audit::{AuditFilter, Decision, Verification};
+use concord::kb::postgres::{OpenError, PgOptions, SCHEMA_VERSION};
+use concord::kb::{Access, Backend, CommitOutcome, EntityRef, Expect, LeaseOutcome, Store, Value};
+use std::sync::Arc;
+
+fn open(url: &str, access: Access) -> Result<Arc<dyn Store>, concord::kb::OpenError> {
+    concord::kb::open(&Backend::Postgres(PgOptions { url: url.into(), pool: 4 }), access)
+}
+
+fn host(url: &str) -> Arc<dyn Store> {
+    open(url, Access::ReadWrite).expect("a host's store on the shared database")
+}
+
+fn pg_error(result: Result<Arc<dyn Store>, concord::kb::OpenError>) -> OpenError {
+    match result {
+        Err(concord::kb::OpenError::Postgres(e)) => e,
+        Err(other) => panic!("expected a PostgreSQL open error, got {other}"),
+        Ok(_) => panic!("expected the open to fail"),
+    }
+}
+
+#[test]
+fn open_errors_name_the_server_and_never_the_password() {
+    let server = PgServer::shared();
+
+    let e = pg_error(open("postgres://concord:s3cret@127.0.0.1:notaport/x", Access::ReadWrite));
+    assert!(matches!(e, OpenError::BadUrl { .. }), "{e:?}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let e = pg_error(open(&format!("postgres://concord:s3cret@127.0.0.1:{port}/kb"), Access::ReadWrite));
+    let text = e.to_string();
+    assert!(matches!(e, OpenError::Unreachable { .. }), "{e:?}");
+    assert!(text.contains(&format!("127.0.0.1:{port}/kb as concord")), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let e = pg_error(open(&format!("postgres://concord:s3cret@127.0.0.1:{}/missing", server.port), Access::ReadWrite));
+    let text = e.to_string();
+    assert!(matches!(e, OpenError::Refused { .. }), "{e:?}");
+    assert!(text.contains("createdb"), "says what to do: {text}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    // A read command on a database no host has set up.
+    let url = server.fresh_database();
+    let e = pg_error(open(&url, Access::ReadOnly));
+    assert!(matches!(e, OpenError::NotMigrated { found: 0, .. }), "{e:?}");
+    assert!(e.to_string().contains("concord serve"), "{e}");
+
+    // A schema from a newer Concord is refused, naming both versions, and
+    // left as it was.
+    drop(host(&url));
+    let newer = SCHEMA_VERSION + 1;
+    server.psql(&url, &format!("INSERT INTO concord_schema VALUES ({newer}, 0)"));
+    for access in [Access::ReadWrite, Access::ReadOnly] {
+        let e = pg_error(open(&url, access));
+        let text = e.to_string();
+        assert!(matches!(e, OpenError::Newer { .. }), "{e:?}");
+        assert!(text.contains(&format!("version {newer}")) && text.contains(&SCHEMA_VERSION.to_string()), "{text}");
+    }
+    assert_eq!(server.psql(&url, "SELECT max(version) FROM concord_schema"), newer.to_string());
+}
+
+#[test]
+fn a_second_host_migrates_nothing_and_sees_the_first_hosts_state() {
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let a = host(&url);
+    let (outcome, _) = commit(&*a, "support", vec![set(acme(), Expect::Absent, &[("status", "active")])], T0);
+    assert_eq!(versions(&outcome), [1]);
+    let b = host(&url);
+    assert_eq!(b.get(&acme()).expect("read").map(|e| e.version), Some(1));
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM concord_schema"), SCHEMA_VERSION.to_string());
+    let reader = open(&url, Access::ReadOnly).expect("a read-only open of a migrated database");
+    assert_eq!(reader.get(&acme()).expect("read").map(|e| e.version), Some(1));
+}
+
+#[test]
+fn a_conflict_across_hosts_names_the_other_hosts_agent() {
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let (a, b) = (host(&url), host(&url));
+    commit(&*a, "support", vec![set(acme(), Expect::Absent, &[("status", "active")])], T0);
+    // Sales, on host A, read version 1; Support, on host B, changes it.
+    let read = a.get(&acme()).expect("read").expect("acme").version;
+    let (outcome, _) =
+        commit(&*b, "support", vec![set(acme(), Expect::Version(read), &[("status", "at_risk")])], T0 + 1);
+    assert_eq!(versions(&outcome), [2]);
+    let (outcome, entry) =
+        commit(&*a, "sales", vec![set(acme(), Expect::Version(read), &[("note", "upsell")])], T0 + 2);
+    let CommitOutcome::Conflict(c) = outcome else { panic!("expected a conflict, got {outcome:?}") };
+    assert_eq!((c.changed_by.as_str(), c.changed_fields.as_slice()), ("support", ["status".to_string()].as_slice()));
+    assert_eq!(c.current_version, Some(2));
+    assert_eq!(entry.decision, Decision::Conflict);
+}
+
+/// Hosts × writers, each adding 1 to a counter on shared entities, on the
+/// version it read, retrying on conflicts.
+#[test]
+fn several_hosts_keep_one_order_one_chain_and_no_lost_update() {
+    const HOSTS: usize = 3;
+    const WRITERS: usize = 3;
+    const INCREMENTS: usize = 15;
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let hosts: Vec<Arc<dyn Store>> = (0..HOSTS).map(|_| host(&url)).collect();
+    let entities = [acme(), globex(), EntityRef::new("customer", "initech")];
+    for e in &entities {
+        let w = concord::kb::Write {
+            entity: e.clone(),
+            expect: Expect::Absent,
+            set: [("n".to_string(), Value::Integer(0))].into(),
+            unset: vec![],
+            fence: None,
+        };
+        commit(&*hosts[0], "setup", vec![w], T0);
+    }
+    let conflicts = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for (h, store) in hosts.iter().enumerate() {
+            for w in 0..WRITERS {
+                let (store, entities, conflicts) = (store.clone(), &entities, &conflicts);
+                scope.spawn(move || {
+                    let agent = format!("h{h}w{w}");
+                    for i in 0..INCREMENTS {
+                        let entity = &entities[(h + w + i) % entities.len()];
+                        loop {
+                            let current = store.get(entity).expect("read").expect("exists");
+                            let Some(Value::Integer(n)) = current.fields.get("n").cloned() else { panic!("n") };
+                            let write = concord::kb::Write {
+                                entity: entity.clone(),
+                                expect: Expect::Version(current.version),
+                                set: [("n".to_string(), Value::Integer(n + 1))].into(),
+                                unset: vec![],
+                                fence: None,
+                            };
+                            match commit(&*store, &agent, vec![write], T0 + 1).0 {
+                                CommitOutcome::Committed { .. } => break,
+                                CommitOutcome::Conflict(_) => {
+                                    conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let total: i64 = entities
+        .iter()
+        .map(|e| match hosts[1].get(e).expect("read").expect("exists").fields.get("n") {
+            Some(Value::Integer(n)) => *n,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(total as usize, HOSTS * WRITERS * INCREMENTS, "no increment lost");
+    // One gap-free order of events across hosts, the same from every host.
+    let events = hosts[2].events(0, usize::MAX).expect("events");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(seqs.len(), entities.len() + HOSTS * WRITERS * INCREMENTS);
+    // One chain: every host verifies it whole, every commit and conflict in it.
+    for store in &hosts {
+        match store.verify_audit().expect("verify") {
+            Verification::Intact { entries, .. } => {
+                let expected = entities.len()
+                    + HOSTS * WRITERS * INCREMENTS
+                    + conflicts.load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(entries as usize, expected);
+            }
+            broken => panic!("{broken:?}"),
+        }
+    }
+    let refused =
+        hosts[0].audit(&AuditFilter { decision: Some(Decision::Conflict), ..Default::default() }).expect("audit");
+    assert_eq!(refused.len(), conflicts.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+#[test]
+fn fencing_tokens_grow_strictly_across_hosts() {
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let (a, b) = (host(&url), host(&url));
+    let mut tokens = Vec::new();
+    for round in 0..6u64 {
+        let (store, agent) = if round % 2 == 0 { (&a, "support") } else { (&b, "sales") };
+        let now = T0 + round * 100_000;
+        let granted = store
+            .lease(actor(agent, 1), acme(), 1_000, now, Box::new(|_| draft("a", 1, "kb.lease", Decision::Allowed, &[])))
+            .expect("lease")
+            .0;
+        let LeaseOutcome::Granted(lease) = granted else { panic!("the last lease expired: {granted:?}") };
+        tokens.push(lease.token);
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+#[test]
+fn another_hosts_commit_wakes_this_hosts_streams() {
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let (a, b) = (host(&url), host(&url));
+    let mut changes = b.durable_changes();
+    // The listener connects in the background; wait for its first wake-up.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), changes.changed()).await;
+        changes.borrow_and_update();
+        commit(&*a, "support", vec![set(acme(), Expect::Absent, &[("status", "active")])], T0);
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.changed())
+            .await
+            .expect("host B is told of host A's commit within 5 s")
+            .expect("the store is open");
+    });
+    assert_eq!(b.events(0, 10).expect("events").len(), 1);
+}
