@@ -45,6 +45,10 @@ run: build-agents build
     @echo; echo "== who got in whose way (concord conflicts) =="
     ./target/debug/concord conflicts
 
+# The Acme scenario with two hosts on one PostgreSQL, which it starts and stops itself (see README "Several hosts on PostgreSQL")
+run-pg: build-agents build
+    python3 scripts/run_pg.py
+
 # Run the host as a service on http://127.0.0.1:7700 (an optimised build; see README "Run as a service")
 serve *args: build-agents
     cargo build --release -p concord-host

@@ -561,7 +561,17 @@ fn check_schedules(config: &Config, runtime: &Runtime) -> Result<(), ConfigError
 /// a stop entry (a crash or a kill).
 fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result<(), StoreError> {
     use crate::audit::{AuditDraft, AuditFilter, HOST, calls};
-    let last = store.audit(&AuditFilter { agent: Some(HOST.into()), limit: Some(1), ..Default::default() })?.pop();
+    // This host's own last lifecycle entry: several hosts may share one
+    // store (PostgreSQL), and another's start is not this one's crash.
+    // Entries from before hosts named themselves count as this host's.
+    let me = host_identity(config);
+    let recent = store.audit(&AuditFilter { agent: Some(HOST.into()), limit: Some(256), ..Default::default() })?;
+    let last = recent.into_iter().rev().find(|e| {
+        let named = serde_json::from_str::<serde_json::Value>(&e.args)
+            .ok()
+            .and_then(|a| a.get("host").and_then(|h| h.as_str().map(str::to_string)));
+        named.is_none_or(|h| h == me)
+    });
     // The config last in force: the last start's, or a reload's since.
     let last_of = |call: &str| {
         store.audit(&AuditFilter {
@@ -583,7 +593,7 @@ fn record_start(store: &dyn Store, config: &Config, runtime: &Runtime) -> Result
     }
     let unclean = last.as_ref().is_some_and(|e| e.call == calls::HOST_START);
     let agents: serde_json::Map<_, _> = runtime.agents().into_iter().map(|a| (a.name, a.digest.into())).collect();
-    let args = serde_json::json!({ "config": config.file, "agents": agents, "pid": std::process::id() });
+    let args = serde_json::json!({ "config": config.file, "agents": agents, "pid": std::process::id(), "host": me });
     let outcome = if unclean {
         "started; the previous run ended without a stop entry (killed or crashed)".to_string()
     } else {
@@ -608,13 +618,25 @@ impl Drop for Host {
         let draft = AuditDraft::host(
             calls::HOST_STOP,
             &self.config().digest,
-            serde_json::json!({ "pending_actions": pending }),
+            serde_json::json!({ "pending_actions": pending, "host": host_identity(&self.config()) }),
             "stopped".into(),
         );
         if let Err(e) = self.store().append_audit(draft) {
             tracing::error!("could not audit the host's stop: {e}");
         }
     }
+}
+
+/// Which host this is, in its lifecycle entries: the machine and the
+/// config file it runs from (two hosts on one machine run from two folders).
+fn host_identity(config: &Config) -> String {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let file = std::fs::canonicalize(&config.file).unwrap_or_else(|_| config.file.clone());
+    format!("{machine}:{}", file.display())
 }
 
 /// Checks the config's ownership, rules and subscriptions against the

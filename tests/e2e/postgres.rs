@@ -223,3 +223,108 @@ fn another_hosts_commit_wakes_this_hosts_streams() {
     });
     assert_eq!(b.events(0, 10).expect("events").len(), 1);
 }
+
+/// Two `concord serve` processes, each from its own folder, on one
+/// database: the reference race played across them. Sales reads Acme on
+/// host A and pauses before its action; Support marks Acme at_risk on host
+/// B; Sales goes on, and its stale action is refused, naming Support.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_race_across_two_serve_processes() {
+    use crate::http::{Process, service_dir};
+    use serde_json::json;
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let agents = [("sales", "sales"), ("support", "support"), ("product", "product")];
+    let folder = || {
+        let dir = service_dir(&agents, "breakpoints = true");
+        let path = dir.path().join("concord.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
+        std::fs::write(&path, text).expect("config");
+        dir
+    };
+    let (dir_a, dir_b) = (folder(), folder());
+    let (a, b) = (Process::start(dir_a.path()), Process::start(dir_b.path()));
+    let onboard = json!({ "kind": "onboard", "entity": "customer/acme", "body": { "name": "Acme Corp" } });
+    assert_eq!(a.api.post("/v1/invoke/sales", onboard).await.status, hyper::StatusCode::OK);
+    let upsell = json!({ "kind": "upsell", "entity": "customer/acme", "body": { "offer": "Enterprise tier" }, "pause_before": "coord.act" });
+    let paused = a.api.post("/v1/invoke/sales?wait=false", upsell).await;
+    let id = paused.body["invocation"].as_u64().expect("an invocation id");
+    let escalation =
+        json!({ "kind": "escalation", "entity": "customer/acme", "body": { "ticket": "T-1", "summary": "outage" } });
+    let escalated = b.api.post("/v1/invoke/support", escalation).await;
+    assert_eq!(escalated.status, hyper::StatusCode::OK, "{}", escalated.text);
+    let resumed = a.api.post(&format!("/v1/invocations/{id}/resume"), json!({})).await;
+    assert!(resumed.text.contains("held the upsell"), "Sales on host A held back: {}", resumed.text);
+
+    // One store, whichever host is asked: the refusal names Support, and
+    // no email was recorded.
+    let store = open(&url, Access::ReadOnly).expect("the shared database");
+    let refused = store
+        .audit(&AuditFilter {
+            call: Some("coord.act".into()),
+            decision: Some(Decision::Conflict),
+            ..Default::default()
+        })
+        .expect("audit");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].invocation, id);
+    assert!(refused[0].peer.as_deref().is_some_and(|p| p.contains("support")), "{:?}", refused[0].peer);
+    assert!(store.actions().expect("actions").is_empty());
+    assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
+    // Each host's start is its own: neither reads the other's as a crash.
+    let starts = store
+        .audit(&AuditFilter { call: Some(concord::audit::calls::HOST_START.into()), ..Default::default() })
+        .expect("audit");
+    assert_eq!(starts.len(), 2);
+    assert!(starts.iter().all(|e| e.outcome == "started"), "{starts:#?}");
+    // The CLI reads the same from either folder.
+    let out = crate::common::concord(dir_b.path(), &["audit", "verify"]);
+    assert!(crate::common::stdout(&out).contains("intact"), "{}", crate::common::stderr(&out));
+}
+
+/// Each pending action is claimed by one host at a time; a claim that runs
+/// out (its host died before delivering) lets another host deliver it.
+#[test]
+fn one_host_at_a_time_claims_an_action_and_a_dead_hosts_claim_runs_out() {
+    use concord::kb::{ActOutcome, ActRequest};
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let (a, b) = (host(&url), host(&url));
+    commit(&*a, "sales", vec![set(acme(), Expect::Absent, &[("status", "active")])], T0);
+    for n in 0..3 {
+        let request = ActRequest {
+            actor: actor("sales", 1),
+            entity: acme(),
+            based_on: 1,
+            kind: "email.upsell".into(),
+            payload: format!("{{\"n\":{n}}}"),
+            idempotency_key: None,
+            at_ms: T0 + 1,
+            max_pending: 100,
+        };
+        let (outcome, _) = a
+            .act(
+                request,
+                crate::conformance::allow(),
+                Box::new(|_| draft("sales", 1, "coord.act", Decision::Allowed, &[])),
+            )
+            .expect("act");
+        assert!(matches!(outcome, ActOutcome::Recorded(_)), "{outcome:?}");
+    }
+    let first = a.claim_pending_actions(2, 60_000).expect("claim");
+    assert_eq!(first.iter().map(|x| x.id).collect::<Vec<_>>(), [1, 2]);
+    // Host B gets only what A did not claim.
+    let second = b.claim_pending_actions(10, 60_000).expect("claim");
+    assert_eq!(second.iter().map(|x| x.id).collect::<Vec<_>>(), [3]);
+    assert!(b.claim_pending_actions(10, 60_000).expect("claim").is_empty());
+    // A dies without delivering; once its claim runs out, B takes them.
+    drop(a);
+    server.psql(&url, "UPDATE concord_actions SET claimed_until = 0 WHERE id IN (1, 2)");
+    let again = b.claim_pending_actions(10, 60_000).expect("claim");
+    assert_eq!(again.iter().map(|x| x.id).collect::<Vec<_>>(), [1, 2]);
+    for x in &again {
+        b.mark_delivered(x.id, T0 + 2).expect("delivered");
+    }
+    assert_eq!(b.pending_actions(10).expect("pending").iter().map(|x| x.id).collect::<Vec<_>>(), [3]);
+}

@@ -134,11 +134,15 @@ pub struct Delivery {
     pub failed: Vec<(u64, SinkError)>,
 }
 
+/// How long a round's actions are this host's to deliver (see
+/// [`Store::claim_pending_actions`]): longer than a round takes.
+const CLAIM_MS: u64 = 60_000;
+
 /// Delivers every pending action, oldest first. A sink failure stops the
 /// round (later actions wait, so order is kept) and is reported.
 pub fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<Delivery, StoreError> {
     let mut out = Delivery::default();
-    for action in store.pending_actions(usize::MAX)? {
+    for action in store.claim_pending_actions(usize::MAX, CLAIM_MS)? {
         match sink.deliver(&action) {
             Ok(()) => {
                 store.mark_delivered(action.id, now_ms())?;

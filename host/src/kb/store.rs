@@ -1,5 +1,5 @@
 //! The storage boundary. Everything durable goes through [`Store`], so that
-//! another backend (PostgreSQL, for several hosts) fits behind the same
+//! every backend (redb; PostgreSQL, for several hosts) fits behind the same
 //! trait. A backend implements storage and transactions; the rules it must
 //! apply are written once in [`super::ops`], over its transaction
 //! ([`super::ops::Txn`]). Stores are opened by [`super::open`] from the
@@ -201,8 +201,11 @@ pub struct ReplayReport {
 /// [`Store::commit_then`] (answered through their callback, from the
 /// store's own threads). Every other method may block its thread; the host
 /// calls them from blocking threads (`spawn_blocking`) and the CLI from its
-/// own. A backend whose reads need a round trip answers these five from
-/// what it holds locally (redb reads an MVCC snapshot).
+/// own. A backend answers these five from what it holds locally where it
+/// can (redb reads an MVCC snapshot); where it cannot (PostgreSQL: a read
+/// is a round trip, and a read audit's global seq is handed out under the
+/// cluster's lock), it waits inside `tokio::task::block_in_place`, so that
+/// the runtime moves its other tasks off the waiting thread.
 pub trait Store: Send + Sync + 'static {
     /// The current state of an entity. Called on an invocation's async
     /// thread: it must not wait (see "Threads and blocking").
@@ -286,6 +289,20 @@ pub trait Store: Send + Sync + 'static {
     /// ones: a store that lets reads see a commit before it is on disk
     /// waits here until these are.
     fn pending_actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// The pending actions this host is to deliver now, oldest first, at
+    /// most `limit`: each is this host's alone for `for_ms` (or until it is
+    /// delivered), so that hosts sharing a store do not deliver the same
+    /// action at once. A claim that runs out (its host died, or its sink
+    /// failed) lets any host take the action again: delivery stays at least
+    /// once, with the idempotency key.
+    ///
+    /// The default is [`Store::pending_actions`]: a store one host holds
+    /// has no one to share the outbox with.
+    fn claim_pending_actions(&self, limit: usize, for_ms: u64) -> Result<Vec<ActionRecord>, StoreError> {
+        let _ = for_ms;
+        self.pending_actions(limit)
+    }
 
     /// Every recorded action, oldest first.
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError>;

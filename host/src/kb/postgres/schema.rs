@@ -110,6 +110,10 @@ const MIGRATIONS: &[&str] = &[
         at_ms bigint NOT NULL
     );
     "#,
+    // 2: outbox claims, so that one host at a time delivers an action.
+    r#"
+    ALTER TABLE concord_actions ADD COLUMN claimed_until bigint NOT NULL DEFAULT 0;
+    "#,
 ];
 
 fn failed(server: &str, what: &str, e: &tokio_postgres::Error) -> OpenError {

@@ -151,6 +151,22 @@ impl Store for PgStore {
         )
     }
 
+    fn claim_pending_actions(&self, limit: usize, for_ms: u64) -> Result<Vec<ActionRecord>, StoreError> {
+        // SKIP LOCKED: a host claiming meanwhile takes the next ones rather
+        // than waiting; `claimed_until` keeps them this host's afterwards.
+        let now = now_ms();
+        let mut claimed: Vec<ActionRecord> = self.bodies(
+            "UPDATE concord_actions SET claimed_until = $2 WHERE id IN \
+             (SELECT id FROM concord_actions WHERE pending AND claimed_until <= $1 \
+              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, body",
+            vec![Box::new(int(now)), Box::new(int(now.saturating_add(for_ms))), Box::new(int(limit as u64))],
+            |r| format!("action {}", r.get::<_, i64>("id")),
+        )?;
+        claimed.sort_by_key(|a| a.id);
+        Ok(claimed)
+    }
+
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
         self.bodies("SELECT id, body FROM concord_actions ORDER BY id", vec![], |r| {
             format!("action {}", r.get::<_, i64>("id"))
