@@ -328,3 +328,47 @@ fn one_host_at_a_time_claims_an_action_and_a_dead_hosts_claim_runs_out() {
     }
     assert_eq!(b.pending_actions(10).expect("pending").iter().map(|x| x.id).collect::<Vec<_>>(), [3]);
 }
+
+/// Two `concord serve` processes with the same schedule fire it once per
+/// due time between them, not once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_cluster() {
+    use crate::http::{Process, service_dir};
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let folder = || {
+        let dir = service_dir(&[("product", "probe")], "");
+        let path = dir.path().join("concord.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
+        let schedule = "\n[[schedules]]\nname = \"beat\"\nagent = \"product\"\nkind = \"probe\"\n\
+                        body = { ops = [{ op = \"log\", message = \"beat\" }] }\nevery = \"1s\"\n";
+        std::fs::write(&path, text + schedule).expect("config");
+        dir
+    };
+    let (dir_a, dir_b) = (folder(), folder());
+    let a = Process::start(dir_a.path());
+    let b = Process::start(dir_b.path());
+    tokio::time::sleep(std::time::Duration::from_millis(4_500)).await;
+    drop((a, b));
+    let store = open(&url, Access::ReadOnly).expect("the shared database");
+    let fires = store
+        .audit(&AuditFilter { call: Some(concord::audit::calls::SCHEDULE_FIRE.into()), ..Default::default() })
+        .expect("audit");
+    let mut due: Vec<u64> = fires
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.args).expect("args")["due_ms"].as_u64().expect("due_ms"))
+        .collect();
+    let log = std::fs::read_to_string(dir_a.path().join("serve.log")).unwrap_or_default();
+    assert!(due.len() >= 3, "it fired in 4.5 s: {fires:#?}\n{log}");
+    let all = due.len();
+    due.dedup();
+    assert_eq!(due.len(), all, "no due time fired twice: {fires:#?}");
+    // And each fire ran the agent once.
+    let runs = store
+        .audit(&AuditFilter { call: Some(concord::audit::calls::INVOCATION_START.into()), ..Default::default() })
+        .expect("audit");
+    for fire in &fires {
+        assert_eq!(runs.iter().filter(|r| r.causation == Some(fire.seq)).count(), 1, "fire {}: {runs:#?}", fire.seq);
+    }
+}

@@ -304,6 +304,17 @@ pub trait Store: Send + Sync + 'static {
         self.pending_actions(limit)
     }
 
+    /// Claims the fire (or skip) of schedule `schedule` due at `due_ms`:
+    /// `true` for the first caller only, on any host sharing the store, so
+    /// that a schedule fires once per cluster. Durable when it answers.
+    ///
+    /// The default says `true`: a store one host holds has no one else to
+    /// fire the schedule.
+    fn claim_schedule_fire(&self, schedule: &str, due_ms: u64) -> Result<bool, StoreError> {
+        let _ = (schedule, due_ms);
+        Ok(true)
+    }
+
     /// Every recorded action, oldest first.
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError>;
 

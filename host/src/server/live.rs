@@ -298,6 +298,19 @@ fn tick_one(
         }
         d => d,
     };
+    // Hosts sharing a store fire a schedule once between them: the first
+    // to claim a due time fires (or skips) it, the others move past it.
+    let due_ms = match &due {
+        Due::Wait(_) => None,
+        Due::Skip { due_ms, .. } | Due::Fire { due_ms, .. } => Some(*due_ms),
+    };
+    if let Some(due_ms) = due_ms
+        && !store.claim_schedule_fire(&s.name, due_ms)?
+    {
+        tracing::debug!("schedule {}: the fire due at {due_ms} is another host's", s.name);
+        state.anchor_ms = due_ms;
+        return Ok(s.timing.next_after(due_ms).unwrap_or(u64::MAX));
+    }
     match due {
         Due::Wait(at) => Ok(at),
         Due::Skip { due_ms, fires: n, why } => {

@@ -114,6 +114,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE concord_actions ADD COLUMN claimed_until bigint NOT NULL DEFAULT 0;
     "#,
+    // 3: schedule fires, claimed once per cluster.
+    r#"
+    CREATE TABLE concord_schedule_fires (
+        name text NOT NULL,
+        due_ms bigint NOT NULL,
+        PRIMARY KEY (name, due_ms)
+    );
+    "#,
 ];
 
 fn failed(server: &str, what: &str, e: &tokio_postgres::Error) -> OpenError {

@@ -167,6 +167,19 @@ impl Store for PgStore {
         Ok(claimed)
     }
 
+    fn claim_schedule_fire(&self, schedule: &str, due_ms: u64) -> Result<bool, StoreError> {
+        // The primary key decides: one insert of (name, due) succeeds. A
+        // week's claims are kept per schedule (a host far behind would
+        // otherwise claim an old fire again); older ones go as new ones come.
+        let rows = self.query(
+            "WITH gone AS (DELETE FROM concord_schedule_fires WHERE name = $1 AND due_ms < $2::bigint - 604800000) \
+             INSERT INTO concord_schedule_fires (name, due_ms) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+            vec![Box::new(schedule.to_string()), Box::new(int(due_ms))],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
     fn actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
         self.bodies("SELECT id, body FROM concord_actions ORDER BY id", vec![], |r| {
             format!("action {}", r.get::<_, i64>("id"))
