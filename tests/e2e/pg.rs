@@ -79,24 +79,46 @@ impl PgServer {
             .output()
             .expect("initdb (PostgreSQL 15) on the PATH: `.ci/run` installs it");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
-            server.dir.path().display()
-        );
-        let out = server
+        let options = server.options();
+        server.pg_ctl_start(&options);
+        server
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
+    fn pg_ctl_start(&self, options: &str) {
+        let out = self
             .command("pg_ctl")
-            .args(["-D", &server.data().display().to_string(), "-l"])
-            .arg(server.dir.path().join("log"))
-            .args(["-o", &options, "-w", "-t", "30", "start"])
+            .args(["-D", &self.data().display().to_string(), "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-o", options, "-w", "-t", "30", "start"])
             .output()
             .expect("pg_ctl on the PATH");
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
         );
-        server
+    }
+
+    /// Stops the server at once (`-m immediate`: connections cut, as in a
+    /// crash), waits `down`, and starts it again on the same port.
+    pub fn restart(&self, down: std::time::Duration) {
+        let out = self
+            .command("pg_ctl")
+            .args(["-D", &self.data().display().to_string(), "-m", "immediate", "-w", "stop"])
+            .output()
+            .expect("pg_ctl on the PATH");
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(down);
+        self.pg_ctl_start(&self.options());
     }
 
     /// The URL of database `db` on this server.

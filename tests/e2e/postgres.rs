@@ -372,3 +372,142 @@ async fn a_schedule_fires_once_per_cluster() {
         assert_eq!(runs.iter().filter(|r| r.causation == Some(fire.seq)).count(), 1, "fire {}: {runs:#?}", fire.seq);
     }
 }
+
+/// PostgreSQL killed and restarted under load: while it is gone every
+/// commit is refused as unavailable (naming the server, saying to retry);
+/// then the host reconnects by itself. Every commit answered as committed
+/// is there once, and none answered as failed is there at all.
+#[test]
+fn a_server_restart_under_load_loses_nothing_and_doubles_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    // A server of its own: the restart must not disturb other tests.
+    let server = PgServer::start();
+    let url = server.fresh_database();
+    let store = host(&url);
+    let counter = EntityRef::new("customer", "counter");
+    let create = concord::kb::Write {
+        entity: counter.clone(),
+        expect: Expect::Absent,
+        set: [("n".to_string(), Value::Integer(0))].into(),
+        unset: vec![],
+        fence: None,
+    };
+    commit(&*store, "setup", vec![create], T0);
+    let (acked, unavailable, stop) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
+    let messages = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|scope| {
+        for w in 0..4 {
+            let (store, counter, acked, unavailable, stop, messages) =
+                (store.clone(), &counter, &acked, &unavailable, &stop, &messages);
+            scope.spawn(move || {
+                let agent = format!("w{w}");
+                while !stop.load(Relaxed) {
+                    let current = match store.get(counter) {
+                        Ok(e) => e.expect("exists"),
+                        Err(_) => {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    let Some(Value::Integer(n)) = current.fields.get("n").cloned() else { panic!("n") };
+                    let write = concord::kb::Write {
+                        entity: counter.clone(),
+                        expect: Expect::Version(current.version),
+                        set: [("n".to_string(), Value::Integer(n + 1))].into(),
+                        unset: vec![],
+                        fence: None,
+                    };
+                    let request = concord::kb::CommitRequest {
+                        actor: actor(&agent, 1),
+                        reason: "count".into(),
+                        writes: vec![write],
+                        at_ms: T0 + 1,
+                        by_human: false,
+                        kind: concord::kb::EventKind::Updated,
+                    };
+                    let audit = Box::new(|_: &CommitOutcome| draft("w", 1, "kb.commit", Decision::Allowed, &[]));
+                    match store.commit(request, crate::conformance::allow(), audit) {
+                        Ok((CommitOutcome::Committed { .. }, _)) => {
+                            acked.fetch_add(1, Relaxed);
+                        }
+                        Ok((CommitOutcome::Conflict(_), _)) => {}
+                        Ok((other, _)) => panic!("{other:?}"),
+                        Err(concord::kb::StoreError::Unavailable(m)) => {
+                            unavailable.fetch_add(1, Relaxed);
+                            messages.lock().expect("lock").push(m);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err(e) => panic!("a commit failed other than as unavailable: {e}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        server.restart(std::time::Duration::from_millis(700));
+        // Back to committing after the restart.
+        let before = acked.load(Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while acked.load(Relaxed) < before + 20 {
+            assert!(std::time::Instant::now() < deadline, "no commits after the restart");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stop.store(true, Relaxed);
+    });
+    assert!(unavailable.load(Relaxed) > 0, "some commits met the server down");
+    let messages = messages.into_inner().expect("lock");
+    assert!(
+        messages.iter().all(|m| m.contains(&format!("127.0.0.1:{}", server.port)) && m.contains("retry")),
+        "{messages:#?}"
+    );
+    let n = match store.get(&counter).expect("read").expect("exists").fields.get("n") {
+        Some(Value::Integer(n)) => *n as usize,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(n, acked.load(Relaxed), "every acknowledged commit once, and no other");
+    assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
+    assert!(store.health().is_ok(), "healthy again: {:?}", store.health());
+}
+
+/// While PostgreSQL is gone, `concord serve` answers 503 with
+/// `Retry-After` (naming the server), and serves again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_503_while_postgresql_is_down() {
+    use crate::http::{Process, service_dir};
+    use serde_json::json;
+    let server = Arc::new(PgServer::start());
+    let url = server.fresh_database();
+    let dir = service_dir(&[("sales", "sales")], "");
+    let path = dir.path().join("concord.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
+    std::fs::write(&path, text).expect("config");
+    let p = Process::start(dir.path());
+    let onboard = |id: &str| json!({ "kind": "onboard", "entity": format!("customer/{id}"), "body": { "name": id } });
+    assert_eq!(p.api.post("/v1/invoke/sales", onboard("before")).await.status, hyper::StatusCode::OK);
+
+    let restarting = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || server.restart(std::time::Duration::from_secs(2)))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let down = p.api.post("/v1/invoke/sales", onboard("during")).await;
+    assert_eq!(down.status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{}", down.text);
+    assert!(down.headers.contains_key("retry-after"), "{:?}", down.headers);
+    assert!(down.text.contains(&format!("127.0.0.1:{}", server.port)), "names the server: {}", down.text);
+    restarting.await.expect("restarted");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let again = p.api.post("/v1/invoke/sales", onboard("after")).await;
+        if again.status == hyper::StatusCode::OK {
+            break;
+        }
+        assert_eq!(again.status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{}", again.text);
+        assert!(std::time::Instant::now() < deadline, "the host did not reconnect: {}", again.text);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let store = open(&url, Access::ReadOnly).expect("the database");
+    assert!(store.get(&EntityRef::new("customer", "before")).expect("read").is_some());
+    assert!(store.get(&EntityRef::new("customer", "after")).expect("read").is_some());
+    assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
+}

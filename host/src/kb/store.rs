@@ -20,6 +20,11 @@ pub enum StoreError {
     ReadOnly,
     #[error("storage error: {0}")]
     Backend(String),
+    /// The store's server cannot be reached for now (a networked backend):
+    /// nothing was applied, and the same request may be sent again once it
+    /// is back. The API answers 503 with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("stored record {what} is corrupt: {reason}")]
     Corrupt { what: String, reason: String },
     /// A request that cannot be carried out as asked (an operator command

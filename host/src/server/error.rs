@@ -103,6 +103,7 @@ impl From<crate::kb::StoreError> for ApiError {
     fn from(e: crate::kb::StoreError) -> Self {
         match e {
             crate::kb::StoreError::Rejected(why) => Self::conflict("rejected", why),
+            crate::kb::StoreError::Unavailable(why) => Self::unavailable("store_unavailable", why, 1),
             other => Self::host(other),
         }
     }
@@ -110,7 +111,10 @@ impl From<crate::kb::StoreError> for ApiError {
 
 impl From<crate::gate::HostFault> for ApiError {
     fn from(e: crate::gate::HostFault) -> Self {
-        Self::host(e)
+        match e {
+            crate::gate::HostFault::Store(e) => e.into(),
+            other => Self::host(other),
+        }
     }
 }
 

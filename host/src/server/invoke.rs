@@ -150,7 +150,8 @@ fn invoke_error(e: InvokeError) -> ApiError {
     match e {
         InvokeError::UnknownAgent { .. } => ApiError::not_found("unknown_agent", e.to_string()),
         InvokeError::BadMessage(m) => ApiError::unprocessable("invalid_message", m),
-        other => ApiError::host(other),
+        InvokeError::Host(e) => e.into(),
+        InvokeError::Fault(e) => e.into(),
     }
 }
 

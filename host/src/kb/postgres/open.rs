@@ -93,6 +93,11 @@ pub(super) fn connect_error(server: &str, e: &tokio_postgres::Error) -> OpenErro
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
             refused("create the database first (`createdb NAME`), or name an existing one in [kb] url")
         }
+        // Starting up, shutting down, or a connection failure: it is not
+        // there for now, rather than refusing this host.
+        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => {
+            OpenError::Unreachable { server: server.to_string(), reason }
+        }
         Some(_) => refused("see the server's log for why"),
         None => OpenError::Unreachable { server: server.to_string(), reason },
     }

@@ -1,8 +1,7 @@
 //! Reads outside a transaction, on the pool, and the one way any thread
 //! waits for the backend's runtime ([`block`]).
 
-use super::open::message;
-use super::writer::Job;
+use super::writer::{Job, pg_error, unavailable};
 use super::{PgStore, backend, decode, int};
 use crate::kb::model::{EntityRef, Event};
 use crate::kb::ops;
@@ -42,9 +41,9 @@ impl PgStore {
         let (pool, server, sql) = (self.pool.clone(), self.server.clone(), sql.into());
         block(&self.handle, async move {
             let client = pool.get().await.map_err(|e| pool_error(&server, e))?;
-            let statement = client.prepare_cached(&sql).await.map_err(|e| backend(&server, message(&e)))?;
+            let statement = client.prepare_cached(&sql).await.map_err(|e| pg_error(&server, &e))?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            client.query(&statement, &refs).await.map_err(|e| backend(&server, message(&e)))
+            client.query(&statement, &refs).await.map_err(|e| pg_error(&server, &e))
         })
         .map_err(StoreError::Backend)?
     }
@@ -109,7 +108,8 @@ impl PgStore {
 
 fn pool_error(server: &str, e: deadpool_postgres::PoolError) -> StoreError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => backend(server, message(&e)),
+        deadpool_postgres::PoolError::Backend(e) => pg_error(server, &e),
+        deadpool_postgres::PoolError::Timeout(_) => unavailable(server, "no connection within the pool's wait"),
         other => backend(server, format!("no connection: {other}")),
     }
 }

@@ -174,7 +174,10 @@ impl WriterThread {
                         .map_err(|e| StoreError::Backend(message(&e)))?;
                     Ok::<_, OpenError>(client)
                 })
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+                .map_err(|e| match e {
+                    OpenError::Unreachable { reason, .. } => unavailable(&self.server, &reason),
+                    other => StoreError::Backend(other.to_string()),
+                })?;
             self.conn = Some(Conn::new(client, self.handle.clone(), self.server.clone()));
         }
         self.conn.as_ref().ok_or_else(|| StoreError::Backend("no connection".into()))
@@ -213,7 +216,7 @@ impl WriterThread {
             Ended::NotApplied(why) => {
                 self.fail(&why);
                 for (_, answer) in answers {
-                    answer(Err(StoreError::Backend(why.to_string())));
+                    answer(Err(same_kind(&why)));
                 }
             }
         }
@@ -231,7 +234,7 @@ impl WriterThread {
             match found {
                 Ok(true) => return Ended::Committed,
                 Ok(false) => {
-                    return Ended::NotApplied(StoreError::Backend(format!(
+                    return Ended::NotApplied(StoreError::Unavailable(format!(
                         "the connection to PostgreSQL at {} was lost while committing ({lost}); nothing was applied: retry",
                         self.server
                     )));
@@ -253,7 +256,15 @@ impl WriterThread {
 fn answer_all(jobs: Vec<Job>, why: &StoreError) {
     for job in jobs {
         let (_, answer) = job(None);
-        answer(Err(StoreError::Backend(why.to_string())));
+        answer(Err(same_kind(why)));
+    }
+}
+
+/// One error, for each of a batch's jobs (a [`StoreError`] is not `Clone`).
+fn same_kind(why: &StoreError) -> StoreError {
+    match why {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Backend(other.to_string().trim_start_matches("storage error: ").to_string()),
     }
 }
 
@@ -402,7 +413,29 @@ pub(super) fn listen(
     });
 }
 
-/// A PostgreSQL error on the writer's connection, as a [`StoreError`].
+/// A PostgreSQL error as a [`StoreError`]: [`StoreError::Unavailable`]
+/// when the server is gone or going (a lost connection, a refused one, a
+/// shutdown), so that callers retry; a storage fault otherwise.
 pub(super) fn pg_error(server: &str, e: &tokio_postgres::Error) -> StoreError {
-    backend(server, message(e))
+    if lost(e) { unavailable(server, &message(e)) } else { backend(server, message(e)) }
+}
+
+/// Whether the error says the connection or the server is gone: closed,
+/// an I/O failure, or SQLSTATE class 08 (connection exception) or 57P
+/// (the server shutting down, crashed, or not accepting connections yet).
+fn lost(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if inner.is::<std::io::Error>() {
+            return true;
+        }
+        source = inner.source();
+    }
+    e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
+pub(super) fn unavailable(server: &str, why: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL at {server} is unreachable ({why}); nothing was applied: retry shortly (the host reconnects on its own)"
+    ))
 }
