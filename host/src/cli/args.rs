@@ -147,6 +147,18 @@ pub enum Command {
     /// base, and report any damage (other read commands read only the ends
     /// of each table). Changes nothing; needs the host stopped.
     Check,
+    /// Copy a whole knowledge base into an empty one, between backends:
+    /// events, the projection, the audit (its chain checked on the copy),
+    /// pins, leases, the outbox, change requests, read cursors and the
+    /// fencing counter. Stop the hosts on the source first
+    Migrate {
+        /// The source: a redb file (`data/concord.redb`) or a PostgreSQL URL (`postgres://…`)
+        #[arg(long)]
+        from: String,
+        /// The target, empty: a redb file (created) or a PostgreSQL URL (its schema is created)
+        #[arg(long)]
+        to: String,
+    },
     /// Undo an event by appending a compensating event (history is never
     /// edited). Refuses if later events changed the same fields, unless
     /// --force. Goes through a running host.

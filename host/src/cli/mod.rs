@@ -4,7 +4,7 @@
 //! - [`args`]: the commands and their flags (clap).
 //! - `source`: where a command reads and writes: the store, or the API of
 //!   the `concord serve` that holds it (through `client`).
-//! - `reads`, `operate`, `run`, `service`: the commands, by family.
+//! - `reads`, `operate`, `run`, `service`, `migrate`: the commands, by family.
 //! - `format`: tables and JSON lines; `out`: stdout, and what a closed
 //!   pipe means (a read command ends quietly; `run` and `serve` go on).
 //!
@@ -22,6 +22,7 @@
 mod args;
 mod client;
 mod format;
+mod migrate;
 mod operate;
 mod out;
 mod reads;
@@ -195,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Run { script } => run::script(config, &script),
         Command::Check => run::check(config),
+        Command::Migrate { from, to } => migrate::migrate(&from, &to),
         Command::Serve { listen } => service::serve(config, listen),
         Command::Invoke { agent, kind, entity, body, key, no_wait, json } => {
             service::invoke(config, &agent, &kind, entity, body, key, !no_wait, json)

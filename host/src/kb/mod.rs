@@ -25,6 +25,6 @@ pub use model::{
     Lease, Pin, Value, Write, now_ms, parse_time,
 };
 pub use store::{
-    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, EXPIRED_PER_PUT, Guard,
-    GuardInput, LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
+    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, EXPIRED_PER_PUT, Extras,
+    Guard, GuardInput, Import, LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
 };

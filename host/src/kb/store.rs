@@ -500,6 +500,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores host state, durably.
     fn put_host_state(&self, name: String, value: Vec<u8>) -> Result<(), StoreError>;
+
+    /// What the store keeps for itself (see [`Extras`]), read at once.
+    fn extras(&self) -> Result<Extras, StoreError>;
+
+    /// Applies one part of a copied store, in one transaction, durably (see
+    /// [`Import`] and `kb::ops::migrate`). Only for an empty store being
+    /// filled by `concord migrate`.
+    fn import(&self, part: Import) -> Result<(), StoreError>;
+}
+
+/// What a store keeps for itself, beyond what the other read methods
+/// give: what `concord migrate` needs to copy a store whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extras {
+    /// The fencing token the store would give next.
+    pub next_fence: u64,
+    /// Every lease record, live or not, in entity order.
+    pub leases: Vec<Lease>,
+    /// Every read cursor: (agent, entity as `kind/id`, seq).
+    pub cursors: Vec<(String, String, u64)>,
+    /// The host's derived state, by name.
+    pub host_state: Vec<(String, Vec<u8>)>,
+}
+
+/// One part of a store copied into an empty one (`concord migrate`),
+/// applied in one transaction by [`super::ops::migrate::import`]. Events and
+/// audit entries come in seq order, from 1, without gaps.
+#[derive(Debug, Clone)]
+pub enum Import {
+    Events(Vec<Event>),
+    Audit(Vec<AuditEntry>),
+    Pins(Vec<(EntityRef, Pin)>),
+    Actions(Vec<ActionRecord>),
+    ChangeRequests(Vec<ChangeRequest>),
+    Extras(Extras),
 }
 
 /// How many expired request keys one [`Store::put_request_key`] forgets.

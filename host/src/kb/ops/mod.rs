@@ -12,6 +12,7 @@
 //! | [`pins`] | a human's pin and unpin, as events |
 //! | [`reads`] | changes since an agent's last read; the state at a past point; replay against the projection |
 //! | [`audit_plan`] | which index answers an audit query |
+//! | [`migrate`] | copying a whole store into an empty one, and checking the copy |
 //!
 //! Invariants the rules keep, given a [`Txn`] that keeps its own (below):
 //! every operation checks everything before it writes anything, so a refusal
@@ -23,6 +24,7 @@ pub mod act;
 pub mod audit_plan;
 pub mod commit;
 pub mod leases;
+pub mod migrate;
 pub mod pins;
 pub mod reads;
 pub mod requests;
@@ -119,6 +121,13 @@ pub trait Txn: EntityHistory {
 
     /// Moves `agent`'s read cursor on `entity` to `seq`.
     fn put_read_cursor(&self, agent: &str, entity: &EntityRef, seq: u64) -> Result<(), StoreError>;
+
+    /// Raises the fencing counter so that the next token is at least
+    /// `next` (never lowers it). For copying a store.
+    fn raise_fence(&self, next: u64) -> Result<(), StoreError>;
+
+    /// Stores host state under `name` (see `Store::put_host_state`).
+    fn put_host_state(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
     /// Numbers `draft`, links it into the audit chain and stores it, in this
     /// transaction.

@@ -32,7 +32,7 @@ mod store;
 mod tx;
 mod writer;
 
-pub use open::{OpenError, PgOptions};
+pub use open::{OpenError, PgOptions, describe};
 pub use schema::SCHEMA_VERSION;
 
 use crate::kb::store::StoreError;

@@ -60,7 +60,7 @@ pub enum OpenError {
 }
 
 /// The server a URL names, as errors and logs show it: never its password.
-pub(super) fn describe(url: &str) -> String {
+pub fn describe(url: &str) -> String {
     match tokio_postgres::Config::from_str(url) {
         Ok(config) => describe_config(&config),
         Err(_) => "(an invalid URL)".into(),

@@ -433,4 +433,27 @@ impl Store for PgStore {
     fn put_host_state(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
         self.run(move |tx| tx.put_host_state(&name, &value))
     }
+
+    fn extras(&self) -> Result<crate::kb::store::Extras, StoreError> {
+        let head = self.query("SELECT next_fence FROM concord_head WHERE id = 1", vec![])?;
+        let next_fence = head.first().map_or(Ok(1), |r| uint(r.get(0), || "concord_head.next_fence".into()))?;
+        let leases = self.bodies("SELECT entity, body FROM concord_leases ORDER BY entity", vec![], |r| {
+            format!("lease on {}", r.get::<_, &str>("entity"))
+        })?;
+        let cursors = self
+            .query("SELECT agent, entity, seq FROM concord_read_cursors ORDER BY agent, entity", vec![])?
+            .iter()
+            .map(|r| Ok((r.get(0), r.get(1), uint(r.get(2), || "a read cursor".into())?)))
+            .collect::<Result<_, StoreError>>()?;
+        let host_state = self
+            .query("SELECT name, value FROM concord_host_state ORDER BY name COLLATE \"C\"", vec![])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(crate::kb::store::Extras { next_fence, leases, cursors, host_state })
+    }
+
+    fn import(&self, part: crate::kb::store::Import) -> Result<(), StoreError> {
+        self.run(move |tx| ops::migrate::import(tx, part))
+    }
 }

@@ -155,16 +155,6 @@ impl<'a> PgTx<'a> {
             )
             .map(drop)
     }
-
-    pub(super) fn put_host_state(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO concord_host_state (name, value) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                &[&name, &value],
-            )
-            .map(drop)
-    }
 }
 
 /// How many events one page of a newest-first walk reads.
@@ -366,6 +356,22 @@ impl ops::Txn for PgTx<'_> {
                 "INSERT INTO concord_read_cursors (agent, entity, seq) VALUES ($1, $2, $3) \
                  ON CONFLICT (agent, entity) DO UPDATE SET seq = excluded.seq",
                 &[&agent, &key, &int(seq)],
+            )
+            .map(drop)
+    }
+
+    fn raise_fence(&self, next: u64) -> Result<(), StoreError> {
+        let mut heads = self.heads.borrow_mut();
+        heads.fence = heads.fence.max(next);
+        Ok(())
+    }
+
+    fn put_host_state(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO concord_host_state (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &value],
             )
             .map(drop)
     }

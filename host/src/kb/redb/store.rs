@@ -561,10 +561,35 @@ impl Store for RedbStore {
     }
 
     fn put_host_state(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
-        self.run(true, move |tx| {
-            tx.host_state().map_err(backend)?.insert(name.as_str(), value.as_slice()).map_err(backend)?;
-            Ok(())
-        })
+        self.run(true, move |tx| ops::Txn::put_host_state(tx, &name, &value))
+    }
+
+    fn extras(&self) -> Result<crate::kb::store::Extras, StoreError> {
+        self.settle()?;
+        let txn = self.read()?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let next_fence = meta.get(NEXT_FENCE).map_err(backend)?.map_or(1, |v| v.value());
+        let mut leases = Vec::new();
+        for item in txn.open_table(LEASES).map_err(backend)?.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            leases.push(decode(v.value(), || format!("lease on {}", k.value()))?);
+        }
+        let mut cursors = Vec::new();
+        for item in txn.open_table(CURSORS).map_err(backend)?.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let (agent, key) = k.value();
+            cursors.push((agent.to_string(), key.to_string(), v.value()));
+        }
+        let mut host_state = Vec::new();
+        for item in txn.open_table(HOST_STATE).map_err(backend)?.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            host_state.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(crate::kb::store::Extras { next_fence, leases, cursors, host_state })
+    }
+
+    fn import(&self, part: crate::kb::store::Import) -> Result<(), StoreError> {
+        self.run(true, move |tx| ops::migrate::import(tx, part))
     }
 
     fn verify_audit(&self) -> Result<Verification, StoreError> {

@@ -301,6 +301,19 @@ impl ops::Txn for Tx<'_> {
         self.cursors().map_err(backend)?.insert((agent, key.as_str()), seq).map_err(backend)
     }
 
+    fn raise_fence(&self, next: u64) -> Result<(), StoreError> {
+        let mut meta = self.meta().map_err(backend)?;
+        let current = meta.get(NEXT_FENCE).map_err(backend)?.map_or(1, |v| v.value());
+        if next > current {
+            meta.insert(NEXT_FENCE, next).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn put_host_state(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.host_state().map_err(backend)?.insert(name, value).map_err(backend)
+    }
+
     fn append_audit(&self, draft: AuditDraft, at_ms: u64) -> Result<AuditEntry, StoreError> {
         append_audit_in(self, draft, at_ms)
     }
