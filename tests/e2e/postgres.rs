@@ -570,3 +570,72 @@ fn migrate_redb_to_postgresql_and_back() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
 }
+
+/// Two `concord serve` hosts on one database, under commits sent to both:
+/// an event stream on either host shows every event of the cluster once,
+/// in seq order; then one host is SIGKILLed mid-load, the other goes on,
+/// and every commit either host acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_show_the_whole_cluster_and_a_killed_host_loses_nothing_acknowledged() {
+    use crate::http::{Process, service_dir};
+    use serde_json::json;
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let folder = || {
+        let dir = service_dir(&[("support", "probe")], "");
+        let path = dir.path().join("concord.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
+        std::fs::write(&path, text).expect("config");
+        dir
+    };
+    let (dir_a, dir_b) = (folder(), folder());
+    let a = Process::start(dir_a.path());
+    let mut b = Process::start(dir_b.path());
+    let create = |id: String| json!({ "kind": "probe", "body": { "ops": [{ "op": "commit", "writes": [{ "entity": id, "expect": "absent", "set": { "name": "w" } }] }] } });
+    const EVENTS: usize = 20;
+    let within = std::time::Duration::from_secs(30);
+    let (api_a, api_b) = (a.api.clone(), b.api.clone());
+    let stream_a = tokio::spawn(async move { api_a.sse("/v1/events", None, EVENTS, within).await });
+    let stream_b = tokio::spawn(async move { api_b.sse("/v1/events", None, EVENTS, within).await });
+    for i in 0..EVENTS {
+        let api = if i % 2 == 0 { &a.api } else { &b.api };
+        let answer = api.post("/v1/invoke/support", create(format!("customer/s{i}"))).await;
+        assert!(answer.text.contains("versions"), "{}", answer.text);
+    }
+    for stream in [stream_a.await.expect("stream a"), stream_b.await.expect("stream b")] {
+        let ids: Vec<u64> = stream.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (1..=EVENTS as u64).collect::<Vec<_>>(), "every event once, in order");
+    }
+
+    // Load on both hosts; B dies under it.
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (h, api) in [(0, a.api.clone()), (1, b.api.clone()), (2, a.api.clone()), (3, b.api.clone())] {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200 {
+                let id = format!("customer/k{h}-{i}");
+                let Some(answer) = api.try_post("/v1/invoke/support", &create(id.clone())).await else { return };
+                if answer.status == hyper::StatusCode::OK && answer.text.contains("versions") {
+                    acked.lock().expect("lock").push(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    b.child.kill().expect("SIGKILL host B");
+    for t in tasks {
+        t.await.expect("a load task");
+    }
+    let after = a.api.post("/v1/invoke/support", create("customer/after".into())).await;
+    assert!(after.text.contains("versions"), "host A goes on: {}", after.text);
+    let store = open(&url, Access::ReadOnly).expect("the database");
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() > 20, "load ran on both hosts: {}", acked.len());
+    for id in &acked {
+        let entity: EntityRef = id.parse().expect("an entity");
+        assert!(store.get(&entity).expect("read").is_some(), "{id} was acknowledged and is there");
+    }
+    assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
+}
