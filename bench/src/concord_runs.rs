@@ -47,7 +47,7 @@ pub struct Lab {
 
 impl Lab {
     /// A host loading `agents` (`(name, guest file stem)`) under `config`.
-    fn new(guests: &Path, agents: &[(&str, &str)], config: &str) -> anyhow::Result<Lab> {
+    pub(crate) fn new(guests: &Path, agents: &[(&str, &str)], config: &str) -> anyhow::Result<Lab> {
         let dir = tempfile::tempdir_in(crate::root().join("target")).context("creating a temp folder under target/")?;
         let agents_dir = dir.path().join("agents");
         std::fs::create_dir_all(&agents_dir)?;
@@ -99,7 +99,7 @@ impl Lab {
         Ok(Lab { host: Arc::new(Host::start(config)?), dir })
     }
 
-    fn bench(guests: &Path) -> anyhow::Result<Lab> {
+    pub(crate) fn bench(guests: &Path) -> anyhow::Result<Lab> {
         Self::new(guests, &[("bench", "bench_agent")], BENCH_CONFIG)
     }
 
@@ -272,7 +272,7 @@ async fn concurrently(host: &Arc<Host>, bodies: Vec<Json>) -> anyhow::Result<(Ve
 }
 
 /// Field `n` of `key`, and its version.
-fn counter(host: &Host, key: &str) -> anyhow::Result<(i64, u64)> {
+pub(crate) fn counter(host: &Host, key: &str) -> anyhow::Result<(i64, u64)> {
     let e = host.store().get(&entity(key)?)?.with_context(|| format!("{key} is missing"))?;
     let n = match e.fields.get("n") {
         Some(Value::Integer(n)) => *n,
@@ -281,7 +281,7 @@ fn counter(host: &Host, key: &str) -> anyhow::Result<(i64, u64)> {
     Ok((n, e.version))
 }
 
-fn summary(reports: &[Report], seconds: f64, lost: i64) -> Json {
+pub(crate) fn summary(reports: &[Report], seconds: f64, lost: i64) -> Json {
     let ok: u64 = reports.iter().map(|r| r.ok).sum();
     let conflicts: u64 = reports.iter().map(|r| r.conflicts).sum();
     let lat: Vec<f64> = reports.iter().flat_map(|r| r.lat_us.iter().copied()).collect();

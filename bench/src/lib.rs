@@ -31,17 +31,21 @@
 //! - `reload`: hot reload in `concord serve`: from a build renamed into
 //!   `agents/` to the first invocation on it (compiled-component cache
 //!   missed and hit), and invocation latency while builds swap in, against
-//!   a steady window ([`reload`]).
+//!   a steady window ([`reload`]);
+//! - `postgres`: durable commits at 16 and 64 invocations with one and two
+//!   hosts on one PostgreSQL (which it starts), against Concord on redb and
+//!   pgbench's simple-update on the same server ([`postgres`]).
 //!
 //! Results go to `DIR` (default `target/bench`): `report.md` (the tables),
 //! `results.json` (the raw numbers) and `throughput.png` (the plot).
 //!
 //! Layout: [`concord_runs`] (the Concord side), [`sqlite`] (the baseline),
-//! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`reload`], [`stats`], [`plot`].
+//! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`reload`], [`postgres`], [`stats`], [`plot`].
 
 pub mod concord_runs;
 pub mod machine;
 pub mod plot;
+pub mod postgres;
 pub mod reload;
 pub mod service;
 pub mod sqlite;
@@ -111,8 +115,8 @@ pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Invocations contending on one entity.
 pub const CONTENDERS: usize = 16;
 
-const PHASES: [&str; 10] =
-    ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service", "reload"];
+const PHASES: [&str; 11] =
+    ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service", "reload", "postgres"];
 
 struct Args {
     sizes: Sizes,
@@ -203,6 +207,7 @@ pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
                 sizes.reload_rounds,
                 std::time::Duration::from_millis(sizes.service_ms),
             ))?,
+            "postgres" => runtime.block_on(postgres::run_phase(&guests, sizes))?,
             _ => unreachable!("phases are checked when parsed"),
         };
         eprintln!("   {phase} took {:.1} s", t.elapsed().as_secs_f64());
@@ -423,6 +428,33 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             num(f(v, &["concord", "rss_after_load_mib"]), 1),
             service::CLIENTS.iter().map(|c| v["concord"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
             service::CLIENTS.iter().map(|c| v["sqlite"][c.to_string()]["failed"].as_u64().unwrap_or(0)).sum::<u64>(),
+        ));
+    }
+    if let Some(v) = r.get("postgres") {
+        s.push_str("### PostgreSQL (durable: fsync on, synchronous_commit on)\n\n| invocations | store | commits/s | p50 | p99 | hosts' CPU / commit | server CPU / commit | cores busy | lost |\n|---|---|---|---|---|---|---|---|---|\n");
+        for level in ["16", "64"] {
+            for (key, label) in [
+                ("redb", "redb, one host"),
+                ("one_host", "PostgreSQL, one host"),
+                ("two_hosts", "PostgreSQL, two hosts"),
+            ] {
+                let l = &v["levels"][level][key];
+                s.push_str(&format!(
+                    "| {level} | {label} | {} | {} ms | {} ms | {} µs | {} µs | {} | {} |\n",
+                    num(f(l, &["per_s"]), 0),
+                    num(f(l, &["p50_ms"]), 2),
+                    num(f(l, &["p99_ms"]), 2),
+                    num(f(l, &["cpu", "hosts_us"]), 0),
+                    num(f(l, &["cpu", "server_us"]), 0),
+                    num(f(l, &["cpu", "cores_busy"]), 2),
+                    l["lost_updates"],
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "\npgbench simple-update on the same server: {} tps at 16 clients, {} tps at 64.\n\n",
+            num(f(v, &["pgbench_tps", "16"]), 0),
+            num(f(v, &["pgbench_tps", "64"]), 0),
         ));
     }
     if let Some(v) = r.get("reload") {

@@ -53,7 +53,7 @@ backends! {
         (store, dir)
     },
     postgres => || {
-        let server = crate::pg::PgServer::shared();
+        let server = concord_pg_server::PgServer::shared();
         let options = concord::kb::postgres::PgOptions { url: server.fresh_database(), pool: 4 };
         let backend = concord::kb::Backend::Postgres(options);
         let store = concord::kb::open(&backend, concord::kb::Access::ReadWrite).expect("a fresh PostgreSQL store");

@@ -18,7 +18,6 @@ mod group_commit;
 mod hardening;
 mod http;
 mod live;
-mod pg;
 mod postgres;
 mod sandbox;
 mod schedules;

@@ -1,14 +1,14 @@
 //! The PostgreSQL backend beyond the conformance suite: what several hosts
 //! on one database must keep (one order, one chain, conflicts across
 //! hosts, fences that only grow), and the open errors. Each test runs on a
-//! real server ([`crate::pg`]); a "host" here is a store opened on the
+//! real server ([`concord_pg_server`]); a "host" here is a store opened on the
 //! shared database, as each `concord serve` process opens one.
 
 use crate::conformance::{T0, acme, actor, commit, draft, globex, set, versions};
-use crate::pg::PgServer;
 use concord::audit::{AuditFilter, Decision, Verification};
 use concord::kb::postgres::{OpenError, PgOptions, SCHEMA_VERSION};
 use concord::kb::{Access, Backend, CommitOutcome, EntityRef, Expect, LeaseOutcome, Store, Value};
+use concord_pg_server::PgServer;
 use std::sync::Arc;
 
 fn open(url: &str, access: Access) -> Result<Arc<dyn Store>, concord::kb::OpenError> {

@@ -1,4 +1,4 @@
-//! A real PostgreSQL 15 for the tests: `initdb` and `pg_ctl` (on the PATH,
+//! A real PostgreSQL 15 for Concord's tests and benchmarks: `initdb` and `pg_ctl` (on the PATH,
 //! as on the machine image and in CI) on a temporary folder, listening on
 //! a free loopback port. One server is shared by the tests that run at the
 //! same time, each on its own fresh database; it stops when the last of
@@ -18,6 +18,8 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     pub port: u16,
     as_postgres: bool,
+    /// Whether the server syncs its WAL (off for tests, on for benchmarks).
+    fsync: bool,
 }
 
 static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
@@ -53,16 +55,30 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
-    /// A new server on a temporary folder.
+    /// A new server on a temporary folder, for tests: `fsync = off` (a
+    /// test's data need not outlive the machine).
     pub fn start() -> PgServer {
-        let dir = tempfile::tempdir().expect("a temp dir for PostgreSQL");
+        Self::start_with(false)
+    }
+
+    /// A new server that syncs its WAL as a production one does, for
+    /// benchmarks, under `target/` (the disk the other benchmarks use).
+    pub fn start_durable(under: &std::path::Path) -> PgServer {
+        Self::start_in(tempfile::tempdir_in(under).expect("a temp dir for PostgreSQL"), true)
+    }
+
+    fn start_with(fsync: bool) -> PgServer {
+        Self::start_in(tempfile::tempdir().expect("a temp dir for PostgreSQL"), fsync)
+    }
+
+    fn start_in(dir: tempfile::TempDir, fsync: bool) -> PgServer {
         let as_postgres = is_root();
         if as_postgres {
             let status = Command::new("chown").args(["postgres", &dir.path().display().to_string()]).status();
             assert!(status.is_ok_and(|s| s.success()), "chown of the PostgreSQL folder to the postgres user");
         }
         let port = free_port();
-        let server = PgServer { dir, port, as_postgres };
+        let server = PgServer { dir, port, as_postgres, fsync };
         let out = server
             .command("initdb")
             .args([
@@ -86,9 +102,10 @@ impl PgServer {
 
     fn options(&self) -> String {
         format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync={}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         )
     }
 
