@@ -639,3 +639,20 @@ async fn streams_show_the_whole_cluster_and_a_killed_host_loses_nothing_acknowle
     }
     assert!(matches!(store.verify_audit().expect("verify"), Verification::Intact { .. }));
 }
+
+/// A server that asks for a password: the right one opens, a wrong one is
+/// refused saying to check the user and password, and neither password
+/// appears in the error.
+#[test]
+fn a_wrong_password_is_refused_without_showing_it() {
+    let server = PgServer::start_with_password("right-horse-battery");
+    let url = server.fresh_database();
+    drop(host(&url));
+    let wrong = url.replace("right-horse-battery", "wr0ng-guess");
+    let e = pg_error(open(&wrong, Access::ReadWrite));
+    let text = e.to_string();
+    assert!(matches!(e, OpenError::Refused { .. }), "{e:?}");
+    assert!(text.contains("check the user and password"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{}", server.port)), "{text}");
+    assert!(!text.contains("wr0ng-guess") && !text.contains("right-horse-battery"), "{text}");
+}

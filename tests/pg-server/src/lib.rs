@@ -20,6 +20,9 @@ pub struct PgServer {
     as_postgres: bool,
     /// Whether the server syncs its WAL (off for tests, on for benchmarks).
     fsync: bool,
+    /// The `concord` user's password, when the server asks for one
+    /// (scram-sha-256) rather than trusting every local connection.
+    password: Option<String>,
 }
 
 static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
@@ -64,36 +67,43 @@ impl PgServer {
     /// A new server that syncs its WAL as a production one does, for
     /// benchmarks, under `target/` (the disk the other benchmarks use).
     pub fn start_durable(under: &std::path::Path) -> PgServer {
-        Self::start_in(tempfile::tempdir_in(under).expect("a temp dir for PostgreSQL"), true)
+        Self::start_in(tempfile::tempdir_in(under).expect("a temp dir for PostgreSQL"), true, None)
     }
 
     fn start_with(fsync: bool) -> PgServer {
-        Self::start_in(tempfile::tempdir().expect("a temp dir for PostgreSQL"), fsync)
+        Self::start_in(tempfile::tempdir().expect("a temp dir for PostgreSQL"), fsync, None)
     }
 
-    fn start_in(dir: tempfile::TempDir, fsync: bool) -> PgServer {
+    /// A new server that asks for the `concord` user's `password`.
+    pub fn start_with_password(password: &str) -> PgServer {
+        Self::start_in(tempfile::tempdir().expect("a temp dir for PostgreSQL"), false, Some(password.into()))
+    }
+
+    fn start_in(dir: tempfile::TempDir, fsync: bool, password: Option<String>) -> PgServer {
         let as_postgres = is_root();
         if as_postgres {
             let status = Command::new("chown").args(["postgres", &dir.path().display().to_string()]).status();
             assert!(status.is_ok_and(|s| s.success()), "chown of the PostgreSQL folder to the postgres user");
         }
         let port = free_port();
-        let server = PgServer { dir, port, as_postgres, fsync };
-        let out = server
-            .command("initdb")
-            .args([
-                "-D",
-                &server.data().display().to_string(),
-                "-A",
-                "trust",
-                "-U",
-                "concord",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ])
-            .output()
-            .expect("initdb (PostgreSQL 15) on the PATH: `.ci/run` installs it");
+        let server = PgServer { dir, port, as_postgres, fsync, password };
+        let mut initdb = server.command("initdb");
+        initdb.args(["-D", &server.data().display().to_string(), "-U", "concord", "--no-sync", "-E", "UTF8"]);
+        match &server.password {
+            Some(password) => {
+                let file = server.dir.path().join("pwfile");
+                std::fs::write(&file, password).expect("the password file");
+                if as_postgres {
+                    let status = Command::new("chown").arg("postgres").arg(&file).status();
+                    assert!(status.is_ok_and(|s| s.success()), "chown of the password file");
+                }
+                initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(&file);
+            }
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+        }
+        let out = initdb.output().expect("initdb (PostgreSQL 15) on the PATH: `.ci/run` installs it");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let options = server.options();
         server.pg_ctl_start(&options);
@@ -140,13 +150,17 @@ impl PgServer {
 
     /// The URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://concord@127.0.0.1:{}/{db}", self.port)
+        match &self.password {
+            Some(pw) => format!("postgres://concord:{pw}@127.0.0.1:{}/{db}", self.port),
+            None => format!("postgres://concord@127.0.0.1:{}/{db}", self.port),
+        }
     }
 
     /// A new, empty database; its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
         let out = Command::new("psql")
+            .env("PGPASSWORD", self.password.as_deref().unwrap_or(""))
             .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "concord", "-d", "postgres", "-c"])
             .arg(format!("CREATE DATABASE {name}"))
             .output()
