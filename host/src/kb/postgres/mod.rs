@@ -9,8 +9,8 @@
 //! they are gap-free, global, and become visible in commit order (a reader
 //! by position never skips one); and the audit hash chain is one chain
 //! across hosts. Each host's writer puts every job waiting for it into one
-//! PostgreSQL transaction (group commit), each job behind a savepoint so
-//! that one job's failure undoes only its own writes.
+//! PostgreSQL transaction (group commit); a job that is refused has written
+//! nothing (the rules check before they write), so it leaves the others be.
 //!
 //! | file | what it holds |
 //! |---|---|

@@ -25,30 +25,74 @@ pub(super) struct Conn {
     handle: Handle,
     server: String,
     statements: RefCell<HashMap<&'static str, Statement>>,
+    /// Statements that wrote, so far: the writer tells from it whether a
+    /// failed job had written anything.
+    writes: std::cell::Cell<u64>,
+    /// Whether the server failed a statement since the last
+    /// [`Conn::take_failed`]: the transaction is aborted then.
+    failed: std::cell::Cell<bool>,
 }
 
 impl Conn {
     pub(super) fn new(client: tokio_postgres::Client, handle: Handle, server: String) -> Self {
-        Conn { client, handle, server, statements: RefCell::default() }
+        Conn {
+            client,
+            handle,
+            server,
+            statements: RefCell::default(),
+            writes: std::cell::Cell::new(0),
+            failed: std::cell::Cell::new(false),
+        }
+    }
+
+    pub(super) fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub(super) fn writes(&self) -> u64 {
+        self.writes.get()
+    }
+
+    pub(super) fn take_failed(&self) -> bool {
+        self.failed.replace(false)
+    }
+
+    fn error(&self, e: &tokio_postgres::Error) -> StoreError {
+        self.failed.set(true);
+        pg_error(&self.server, e)
     }
 
     fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.handle.block_on(self.client.prepare(sql)).map_err(|e| pg_error(&self.server, &e))?;
+        let s = self.handle.block_on(self.client.prepare(sql)).map_err(|e| self.error(&e))?;
         self.statements.borrow_mut().insert(sql, s.clone());
         Ok(s)
     }
 
     pub(super) fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let s = self.statement(sql)?;
-        self.handle.block_on(self.client.query(&s, params)).map_err(|e| pg_error(&self.server, &e))
+        self.handle.block_on(self.client.query(&s, params)).map_err(|e| self.error(&e))
+    }
+
+    /// The writer's own statements without parameters, as rows of text,
+    /// in one round trip (`BEGIN; SELECT …`).
+    pub(super) fn simple_rows(&self, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryRow>, StoreError> {
+        let messages = self.handle.block_on(self.client.simple_query(sql)).map_err(|e| self.error(&e))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect())
     }
 
     pub(super) fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
-        self.handle.block_on(self.client.execute(&s, params)).map_err(|e| pg_error(&self.server, &e))
+        self.writes.set(self.writes.get() + 1);
+        self.handle.block_on(self.client.execute(&s, params)).map_err(|e| self.error(&e))
     }
 
     /// Two statements sent together (pipelined): one round trip.
@@ -58,15 +102,16 @@ impl Conn {
         b: (&'static str, &[&(dyn ToSql + Sync)]),
     ) -> Result<(), StoreError> {
         let (sa, sb) = (self.statement(a.0)?, self.statement(b.0)?);
+        self.writes.set(self.writes.get() + 2);
         self.handle
             .block_on(futures_util::future::try_join(self.client.execute(&sa, a.1), self.client.execute(&sb, b.1)))
             .map(drop)
-            .map_err(|e| pg_error(&self.server, &e))
+            .map_err(|e| self.error(&e))
     }
 
     /// Statements without parameters, in one round trip.
     pub(super) fn simple(&self, sql: &str) -> Result<(), StoreError> {
-        self.handle.block_on(self.client.batch_execute(sql)).map_err(|e| pg_error(&self.server, &e))
+        self.handle.block_on(self.client.batch_execute(sql)).map_err(|e| self.error(&e))
     }
 
     fn opt_body(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -1,7 +1,7 @@
 //! The group-commit writer: one thread per host, with its own connection.
 //! It takes every job waiting for it, opens one transaction, locks the
 //! cluster's head row (the serialization point: see the module docs), runs
-//! each job behind a savepoint, and commits. Jobs are answered only after
+//! each job, and commits. Jobs are answered only after
 //! the commit: an answered effect is durable on the server.
 //!
 //! If the connection is lost while committing, the outcome is unknown to
@@ -273,13 +273,18 @@ fn same_kind(why: &StoreError) -> StoreError {
 #[allow(clippy::type_complexity)]
 fn run_batch(conn: &Conn, jobs: Vec<Job>, id: &str, prune: bool) -> (Vec<(bool, Answer)>, Result<Ended, StoreError>) {
     let mut answers = Vec::with_capacity(jobs.len());
-    let fence = conn.simple("BEGIN").and_then(|()| {
-        let rows = conn.query("SELECT next_fence FROM concord_head WHERE id = 1 FOR UPDATE", &[])?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Corrupt { what: "concord_head".into(), reason: "its row is missing".into() })?;
-        super::uint(row.get(0), || "concord_head.next_fence".into())
-    });
+    // The lock with the BEGIN: one round trip.
+    let fence =
+        conn.simple_rows("BEGIN; SELECT next_fence FROM concord_head WHERE id = 1 FOR UPDATE").and_then(|rows| {
+            let row = rows.first().ok_or_else(|| StoreError::Corrupt {
+                what: "concord_head".into(),
+                reason: "its row is missing".into(),
+            })?;
+            row.get(0).and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| StoreError::Corrupt {
+                what: "concord_head.next_fence".into(),
+                reason: format!("{:?} is not a counter", row.get(0)),
+            })
+        });
     let fence = match fence {
         Ok(fence) => fence,
         Err(e) => {
@@ -290,11 +295,14 @@ fn run_batch(conn: &Conn, jobs: Vec<Job>, id: &str, prune: bool) -> (Vec<(bool, 
             return (answers, Ok(Ended::NotApplied(e)));
         }
     };
+    let _ = conn.take_failed();
     let tx = PgTx::new(conn, Heads::new(fence));
-    // With one job, its failure rolls back the transaction; with more,
-    // each runs behind a savepoint, so one job's failure (and whatever
-    // error left the transaction aborted) undoes only its own writes.
-    let many = jobs.len() > 1;
+    // No savepoint per job (it would cost a round trip each): the rules
+    // check everything before they write anything (see `kb::ops`), so a
+    // job that fails has written nothing, and the batch goes on without it.
+    // If it did write, or the server failed one of its statements (which
+    // aborts the transaction), nothing of the batch may commit: every job
+    // is answered as not applied.
     let mut ok_any = false;
     let mut broken: Option<StoreError> = None;
     for job in jobs {
@@ -302,23 +310,20 @@ fn run_batch(conn: &Conn, jobs: Vec<Job>, id: &str, prune: bool) -> (Vec<(bool, 
             answers.push(job(None));
             continue;
         }
-        if many && let Err(e) = conn.simple("SAVEPOINT job") {
-            broken = Some(e);
-            answers.push(job(None));
-            continue;
-        }
-        let saved = tx.heads();
+        let (saved, writes) = (tx.heads(), conn.writes());
         let (ok, answer) = job(Some(&tx));
         answers.push((ok, answer));
-        if !many {
-            ok_any = ok;
-            continue;
-        }
-        let step = if ok { "RELEASE SAVEPOINT job" } else { "ROLLBACK TO SAVEPOINT job" };
-        if let Err(e) = conn.simple(step) {
-            broken = Some(e);
-        } else if ok {
+        if ok {
             ok_any = true;
+        } else if conn.take_failed() || conn.writes() != writes {
+            broken = Some(if conn.client.is_closed() {
+                unavailable(conn.server(), "the connection was lost")
+            } else {
+                StoreError::Backend(
+                    "another operation in the same transaction failed at the server; nothing of it was applied: retry"
+                        .into(),
+                )
+            });
         } else {
             tx.restore(saved);
         }
@@ -328,7 +333,7 @@ fn run_batch(conn: &Conn, jobs: Vec<Job>, id: &str, prune: bool) -> (Vec<(bool, 
         return (answers, Ok(Ended::NotApplied(e)));
     }
     if !ok_any {
-        // Every job failed: each answers with its own error.
+        // Every job failed, none wrote: each answers with its own error.
         return match conn.simple("ROLLBACK") {
             Ok(()) => (answers, Ok(Ended::Committed)),
             Err(e) => (answers, Ok(Ended::NotApplied(e))),
