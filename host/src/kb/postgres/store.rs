@@ -327,11 +327,7 @@ impl Store for PgStore {
 
     fn record_read(&self, agent: String, key: String, seq: u64, draft: AuditDraft) -> Result<u64, StoreError> {
         let at_ms = now_ms();
-        self.run(move |tx| {
-            let entry = tx.append_audit(draft, at_ms)?;
-            tx.advance_read_cursor(&agent, &key, seq)?;
-            Ok(entry.seq)
-        })
+        self.run(move |tx| Ok(tx.append_audit_and_cursor(draft, at_ms, Some((&agent, &key, seq)))?.seq))
     }
 
     fn replay(&self) -> Result<ReplayReport, StoreError> {

@@ -109,6 +109,24 @@ impl Conn {
             .map_err(|e| self.error(&e))
     }
 
+    /// Three queries sent together (pipelined): one round trip.
+    #[allow(clippy::type_complexity)]
+    fn query3(
+        &self,
+        a: (&'static str, &[&(dyn ToSql + Sync)]),
+        b: (&'static str, &[&(dyn ToSql + Sync)]),
+        c: (&'static str, &[&(dyn ToSql + Sync)]),
+    ) -> Result<(Vec<Row>, Vec<Row>, Vec<Row>), StoreError> {
+        let (sa, sb, sc) = (self.statement(a.0)?, self.statement(b.0)?, self.statement(c.0)?);
+        self.handle
+            .block_on(futures_util::future::try_join3(
+                self.client.query(&sa, a.1),
+                self.client.query(&sb, b.1),
+                self.client.query(&sc, c.1),
+            ))
+            .map_err(|e| self.error(&e))
+    }
+
     /// Statements without parameters, in one round trip.
     pub(super) fn simple(&self, sql: &str) -> Result<(), StoreError> {
         self.handle.block_on(self.client.batch_execute(sql)).map_err(|e| self.error(&e))
@@ -136,15 +154,36 @@ impl Heads {
     }
 }
 
+/// An entity's pins and lease, read with its state in one round trip.
+struct Prefetched {
+    key: String,
+    pins: Vec<Pin>,
+    lease: Option<Lease>,
+}
+
 /// A batch's transaction (see the module docs).
 pub(super) struct PgTx<'a> {
     pub(super) conn: &'a Conn,
     heads: RefCell<Heads>,
+    /// The pins and lease of the entity last read: a commit or an action
+    /// reads the entity, then its lease and pins, and each round trip is
+    /// taken under the cluster's lock. Valid until a write to that
+    /// entity's pins or lease, which drops it (every write goes through
+    /// this transaction, and no other host writes while it holds the lock).
+    prefetched: RefCell<Option<Prefetched>>,
 }
 
 impl<'a> PgTx<'a> {
     pub(super) fn new(conn: &'a Conn, heads: Heads) -> Self {
-        PgTx { conn, heads: RefCell::new(heads) }
+        PgTx { conn, heads: RefCell::new(heads), prefetched: RefCell::new(None) }
+    }
+
+    /// Forgets the prefetched pins and lease of `key` (about to change).
+    fn forget(&self, key: &str) {
+        let mut slot = self.prefetched.borrow_mut();
+        if slot.as_ref().is_some_and(|p| p.key == key) {
+            *slot = None;
+        }
     }
 
     pub(super) fn heads(&self) -> Heads {
@@ -154,6 +193,7 @@ impl<'a> PgTx<'a> {
     /// Puts the counters back as they were before a job that rolled back.
     pub(super) fn restore(&self, heads: Heads) {
         *self.heads.borrow_mut() = heads;
+        *self.prefetched.borrow_mut() = None;
     }
 
     fn max(&self, sql: &'static str, what: &str) -> Result<u64, StoreError> {
@@ -183,22 +223,6 @@ impl<'a> PgTx<'a> {
                 &[&key, &at, &record],
             ),
         )
-    }
-
-    /// Moves `agent`'s read cursor on the entity `key` up to `seq` (a read
-    /// of an older version leaves it where it is; a read of nothing, seq 0,
-    /// writes nothing).
-    pub(super) fn advance_read_cursor(&self, agent: &str, key: &str, seq: u64) -> Result<(), StoreError> {
-        if seq == 0 {
-            return Ok(());
-        }
-        self.conn
-            .execute(
-                "INSERT INTO concord_read_cursors (agent, entity, seq) VALUES ($1, $2, $3) \
-                 ON CONFLICT (agent, entity) DO UPDATE SET seq = greatest(concord_read_cursors.seq, excluded.seq)",
-                &[&agent, &key, &int(seq)],
-            )
-            .map(drop)
     }
 }
 
@@ -232,8 +256,17 @@ impl ops::EntityHistory for PgTx<'_> {
 impl ops::Txn for PgTx<'_> {
     fn entity(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
         let key = entity.key();
-        let body = self.conn.opt_body("SELECT body FROM concord_entities WHERE key = $1", &[&key])?;
-        body.map(|b| decode(&b, || format!("entity {key}"))).transpose()
+        let (state, pins, lease) = self.conn.query3(
+            ("SELECT body FROM concord_entities WHERE key = $1", &[&key]),
+            ("SELECT body FROM concord_pins WHERE entity = $1 ORDER BY field", &[&key]),
+            ("SELECT body FROM concord_leases WHERE entity = $1", &[&key]),
+        )?;
+        let pins =
+            pins.iter().map(|r| decode(r.get::<_, &[u8]>(0), || format!("pin on {key}"))).collect::<Result<_, _>>()?;
+        let lease = lease.first().map(|r| decode(r.get::<_, &[u8]>(0), || format!("lease on {key}"))).transpose()?;
+        let state = state.first().map(|r| decode(r.get::<_, &[u8]>(0), || format!("entity {key}"))).transpose()?;
+        *self.prefetched.borrow_mut() = Some(Prefetched { key, pins, lease });
+        Ok(state)
     }
 
     fn events_after(&self, entity: &EntityRef, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -279,12 +312,16 @@ impl ops::Txn for PgTx<'_> {
 
     fn pins(&self, entity: &EntityRef) -> Result<Vec<Pin>, StoreError> {
         let key = entity.key();
+        if let Some(p) = self.prefetched.borrow().as_ref().filter(|p| p.key == key) {
+            return Ok(p.pins.clone());
+        }
         let rows = self.conn.query("SELECT body FROM concord_pins WHERE entity = $1 ORDER BY field", &[&key])?;
         rows.iter().map(|r| decode(r.get::<_, &[u8]>(0), || format!("pin on {key}"))).collect()
     }
 
     fn put_pin(&self, entity: &EntityRef, pin: &Pin) -> Result<(), StoreError> {
         let (key, body) = (entity.key(), encode(pin)?);
+        self.forget(&key);
         self.conn
             .execute(
                 "INSERT INTO concord_pins (entity, field, body) VALUES ($1, $2, $3) \
@@ -296,17 +333,22 @@ impl ops::Txn for PgTx<'_> {
 
     fn remove_pin(&self, entity: &EntityRef, field: &str) -> Result<bool, StoreError> {
         let key = entity.key();
+        self.forget(&key);
         Ok(self.conn.execute("DELETE FROM concord_pins WHERE entity = $1 AND field = $2", &[&key, &field])? > 0)
     }
 
     fn lease(&self, entity: &EntityRef) -> Result<Option<Lease>, StoreError> {
         let key = entity.key();
+        if let Some(p) = self.prefetched.borrow().as_ref().filter(|p| p.key == key) {
+            return Ok(p.lease.clone());
+        }
         let body = self.conn.opt_body("SELECT body FROM concord_leases WHERE entity = $1", &[&key])?;
         body.map(|b| decode(&b, || format!("lease on {key}"))).transpose()
     }
 
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let (key, body) = (lease.entity.key(), encode(lease)?);
+        self.forget(&key);
         self.conn
             .execute(
                 "INSERT INTO concord_leases (entity, body) VALUES ($1, $2) \
@@ -318,6 +360,7 @@ impl ops::Txn for PgTx<'_> {
 
     fn remove_lease(&self, entity: &EntityRef) -> Result<(), StoreError> {
         let key = entity.key();
+        self.forget(&key);
         self.conn.execute("DELETE FROM concord_leases WHERE entity = $1", &[&key]).map(drop)
     }
 
@@ -422,6 +465,21 @@ impl ops::Txn for PgTx<'_> {
     }
 
     fn append_audit(&self, draft: AuditDraft, at_ms: u64) -> Result<AuditEntry, StoreError> {
+        self.append_audit_and_cursor(draft, at_ms, None)
+    }
+}
+
+impl PgTx<'_> {
+    /// [`ops::Txn::append_audit`], with a read cursor (agent, entity key,
+    /// seq) moved up in the same round trip: a `kb.get`'s entry and its
+    /// cursor. A read of an older version leaves the cursor where it is; a
+    /// read of nothing (seq 0) moves none.
+    pub(super) fn append_audit_and_cursor(
+        &self,
+        draft: AuditDraft,
+        at_ms: u64,
+        cursor: Option<(&str, &str, u64)>,
+    ) -> Result<AuditEntry, StoreError> {
         let (seq, prev) = match self.heads.borrow_mut().audit.take() {
             Some(head) => head,
             None => {
@@ -438,22 +496,22 @@ impl ops::Txn for PgTx<'_> {
         let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
         let body = entry.link_encoded(&prev);
         let decision = decision_name(entry.decision);
-        let inserted = self.conn.execute(
+        let (seq_i, at_i, inv_i) = (int(entry.seq), int(entry.at_ms), int(entry.invocation));
+        let insert: (&'static str, &[&(dyn ToSql + Sync)]) = (
             "INSERT INTO concord_audit (seq, at_ms, agent, invocation, call, decision, entities, body) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &int(entry.seq),
-                &int(entry.at_ms),
-                &entry.agent,
-                &int(entry.invocation),
-                &entry.call,
-                &decision,
-                &entry.entities,
-                &body,
-            ],
+            &[&seq_i, &at_i, &entry.agent, &inv_i, &entry.call, &decision, &entry.entities, &body],
         );
+        let inserted = match cursor {
+            // A read of nothing (seq 0) moves no cursor.
+            Some((agent, key, read)) if read > 0 => {
+                let read = int(read);
+                self.conn.execute2(insert, (ADVANCE_CURSOR, &[&agent, &key, &read]))
+            }
+            _ => self.conn.execute(insert.0, insert.1).map(drop),
+        };
         match inserted {
-            Ok(_) => {
+            Ok(()) => {
                 self.heads.borrow_mut().audit = Some((seq + 1, entry.hash.clone()));
                 Ok(entry)
             }
@@ -465,6 +523,10 @@ impl ops::Txn for PgTx<'_> {
         }
     }
 }
+
+/// Moves a read cursor up, never down.
+const ADVANCE_CURSOR: &str = "INSERT INTO concord_read_cursors (agent, entity, seq) VALUES ($1, $2, $3) \
+     ON CONFLICT (agent, entity) DO UPDATE SET seq = greatest(concord_read_cursors.seq, excluded.seq)";
 
 /// A decision as its column holds it: its serde name (`allowed`, `conflict`, …).
 pub(super) fn decision_name(d: crate::audit::Decision) -> String {
