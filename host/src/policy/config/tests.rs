@@ -178,3 +178,27 @@ fn a_config_without_kinds_is_refused() {
     let e = parse("[kb]\npath = \"x\"\n").unwrap_err();
     assert!(e.message.contains("no entity kinds"), "{e}");
 }
+
+#[test]
+fn the_kb_backend_is_redb_or_postgres_with_a_server() {
+    let kinds = "[kinds.c.fields]\nx = { type = \"integer\", owner = \"a\" }\n";
+    let c = parse(&format!("[kb]\npath = \"kb.redb\"\n{kinds}")).expect("redb by default");
+    assert!(matches!(c.kb_backend(), crate::kb::Backend::Redb { .. }));
+
+    let c = parse(&format!("[kb]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db/kb\"\npool = 3\n{kinds}"))
+        .expect("postgres");
+    let crate::kb::Backend::Postgres(options) = c.kb_backend() else { panic!("postgres") };
+    assert_eq!(options.pool, 3);
+    // What logs and config-reload entries show of it: never the password.
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hunter2") && shown.contains("db:5432/kb as u"), "{shown}");
+
+    let e = parse(&format!("[kb]\nbackend = \"sqlite\"\n{kinds}")).unwrap_err();
+    assert!(e.message.contains("`sqlite`") && e.message.contains("\"postgres\""), "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
+    let e =
+        parse(&format!("[kb]\nbackend = \"postgres\"\nurl = \"postgres://u@db/kb\"\npool = 0\n{kinds}")).unwrap_err();
+    assert!(e.message.contains("kb.pool is between 1 and 256"), "{e}");
+    let e = parse(&format!("[kb]\nurl = \"postgres://u@db/kb\"\n{kinds}")).unwrap_err();
+    assert!(e.message.contains("kb.url is for backend = \"postgres\""), "{e}");
+}
