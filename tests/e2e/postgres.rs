@@ -744,3 +744,50 @@ async fn two_hosts_incrementing_one_entity_over_http() {
         assert_eq!(ids, (1..=total as u64 + 1).collect::<Vec<_>>(), "every event once, in seq order");
     }
 }
+
+/// An action recorded on a host that could not deliver it and then died
+/// is delivered by another host on the same database, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hosts_recorded_action_is_delivered_by_another_host() {
+    use crate::http::{Process, service_dir};
+    use serde_json::json;
+    let server = PgServer::shared();
+    let url = server.fresh_database();
+    let folder =
+        |sink: &str| {
+            let dir = service_dir(&[("sales", "probe")], "");
+            let path = dir.path().join("concord.toml");
+            let text = std::fs::read_to_string(&path).expect("config");
+            let text = text
+                .replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1)
+                .replacen("sink = \"data/actions.jsonl\"", &format!("sink = \"{sink}\""), 1);
+            std::fs::write(&path, text).expect("config");
+            dir
+        };
+    let (dir_a, dir_b) = (folder("data/actions.jsonl"), folder("sink/actions.jsonl"));
+    let (a, mut b) = (Process::start(dir_a.path()), Process::start(dir_b.path()));
+    // B's sink breaks once it runs: its folder becomes a file.
+    let _ = std::fs::remove_dir_all(dir_b.path().join("sink"));
+    std::fs::write(dir_b.path().join("sink"), "not a folder").expect("break B's sink");
+    let probe = |ops: serde_json::Value| json!({ "kind": "probe", "body": { "ops": ops } });
+    let create = probe(
+        json!([{ "op": "commit", "writes": [{ "entity": "customer/x", "expect": "absent", "set": { "name": "X" } }] }]),
+    );
+    assert!(a.api.post("/v1/invoke/sales", create).await.text.contains("versions"));
+    let act = probe(
+        json!([{ "op": "get", "entity": "customer/x" }, { "op": "act", "entity": "customer/x", "kind": "email.upsell", "payload": {}, "based_on": "read", "key": "mail-1" }]),
+    );
+    let acted = b.api.post("/v1/invoke/sales", act).await;
+    assert!(acted.text.contains(r#"{\"action\":1}"#), "{}", acted.text);
+    b.child.kill().expect("SIGKILL host B");
+
+    let store = open(&url, Access::ReadOnly).expect("the database");
+    let pending = store.pending_actions(10).expect("pending");
+    assert_eq!(pending.len(), 1, "B recorded it and could not deliver it: {pending:?}");
+    // A's next trigger delivers what waits in the shared outbox.
+    let log = probe(json!([{ "op": "log", "message": "tick" }]));
+    assert_eq!(a.api.post("/v1/invoke/sales", log).await.status, hyper::StatusCode::OK);
+    let delivered = std::fs::read_to_string(dir_a.path().join("data/actions.jsonl")).expect("A's sink");
+    assert_eq!(delivered.matches("mail-1").count(), 1, "{delivered}");
+    assert!(store.pending_actions(10).expect("pending").is_empty());
+}

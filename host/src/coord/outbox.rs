@@ -142,15 +142,19 @@ const CLAIM_MS: u64 = 60_000;
 /// round (later actions wait, so order is kept) and is reported.
 pub fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<Delivery, StoreError> {
     let mut out = Delivery::default();
-    for action in store.claim_pending_actions(usize::MAX, CLAIM_MS)? {
-        match sink.deliver(&action) {
+    let claimed = store.claim_pending_actions(usize::MAX, CLAIM_MS)?;
+    for (i, action) in claimed.iter().enumerate() {
+        match sink.deliver(action) {
             Ok(()) => {
                 store.mark_delivered(action.id, now_ms())?;
-                out.delivered.push(action);
+                out.delivered.push(action.clone());
             }
             Err(e) => {
                 tracing::warn!("action {} not delivered, will retry: {e}", action.id);
                 out.failed.push((action.id, e));
+                // This one and the ones after it are anyone's to try again.
+                let rest: Vec<u64> = claimed[i..].iter().map(|a| a.id).collect();
+                store.release_action_claims(&rest)?;
                 break;
             }
         }

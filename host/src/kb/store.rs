@@ -309,6 +309,15 @@ pub trait Store: Send + Sync + 'static {
         self.pending_actions(limit)
     }
 
+    /// Gives up this host's claims on the pending actions `ids` (see
+    /// [`Store::claim_pending_actions`]): its sink refused one, so any host
+    /// may try them at once rather than when the claim runs out. The
+    /// default does nothing (no claims to give up).
+    fn release_action_claims(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let _ = ids;
+        Ok(())
+    }
+
     /// Claims the fire (or skip) of schedule `schedule` due at `due_ms`:
     /// `true` for the first caller only, on any host sharing the store, so
     /// that a schedule fires once per cluster. Durable when it answers.

@@ -167,6 +167,12 @@ impl Store for PgStore {
         Ok(claimed)
     }
 
+    fn release_action_claims(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| int(*id)).collect();
+        self.query("UPDATE concord_actions SET claimed_until = 0 WHERE id = ANY($1) AND pending", vec![Box::new(ids)])
+            .map(drop)
+    }
+
     fn claim_schedule_fire(&self, schedule: &str, due_ms: u64) -> Result<bool, StoreError> {
         // The primary key decides: one insert of (name, due) succeeds. A
         // week's claims are kept per schedule (a host far behind would
