@@ -19,6 +19,23 @@ fn host(url: &str) -> Arc<dyn Store> {
     open(url, Access::ReadWrite).expect("a host's store on the shared database")
 }
 
+/// A folder for a `concord serve` host on the PostgreSQL database `url`:
+/// these agents (`(name, guest)`), `server` under `[server]`, and the
+/// config then passed through `edit`.
+fn pg_service_dir(
+    agents: &[(&str, &str)],
+    server: &str,
+    url: &str,
+    edit: impl FnOnce(String) -> String,
+) -> tempfile::TempDir {
+    let dir = crate::http::service_dir(agents, server);
+    let path = dir.path().join("concord.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
+    std::fs::write(&path, edit(text)).expect("config");
+    dir
+}
+
 fn pg_error(result: Result<Arc<dyn Store>, concord::kb::OpenError>) -> OpenError {
     match result {
         Err(concord::kb::OpenError::Postgres(e)) => e,
@@ -230,19 +247,12 @@ fn another_hosts_commit_wakes_this_hosts_streams() {
 /// B; Sales goes on, and its stale action is refused, naming Support.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_race_across_two_serve_processes() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     use serde_json::json;
     let server = PgServer::shared();
     let url = server.fresh_database();
     let agents = [("sales", "sales"), ("support", "support"), ("product", "product")];
-    let folder = || {
-        let dir = service_dir(&agents, "breakpoints = true");
-        let path = dir.path().join("concord.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
-        std::fs::write(&path, text).expect("config");
-        dir
-    };
+    let folder = || pg_service_dir(&agents, "breakpoints = true", &url, |text| text);
     let (dir_a, dir_b) = (folder(), folder());
     let (a, b) = (Process::start(dir_a.path()), Process::start(dir_b.path()));
     let onboard = json!({ "kind": "onboard", "entity": "customer/acme", "body": { "name": "Acme Corp" } });
@@ -344,19 +354,12 @@ fn one_host_at_a_time_claims_an_action_and_a_dead_hosts_claim_runs_out() {
 /// due time between them, not once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_fires_once_per_cluster() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     let server = PgServer::shared();
     let url = server.fresh_database();
-    let folder = || {
-        let dir = service_dir(&[("product", "probe")], "");
-        let path = dir.path().join("concord.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
-        let schedule = "\n[[schedules]]\nname = \"beat\"\nagent = \"product\"\nkind = \"probe\"\n\
-                        body = { ops = [{ op = \"log\", message = \"beat\" }] }\nevery = \"1s\"\n";
-        std::fs::write(&path, text + schedule).expect("config");
-        dir
-    };
+    let schedule = "\n[[schedules]]\nname = \"beat\"\nagent = \"product\"\nkind = \"probe\"\n\
+                    body = { ops = [{ op = \"log\", message = \"beat\" }] }\nevery = \"1s\"\n";
+    let folder = || pg_service_dir(&[("product", "probe")], "", &url, |text| text + schedule);
     let (dir_a, dir_b) = (folder(), folder());
     let a = Process::start(dir_a.path());
     let b = Process::start(dir_b.path());
@@ -483,15 +486,11 @@ fn a_server_restart_under_load_loses_nothing_and_doubles_nothing() {
 /// `Retry-After` (naming the server), and serves again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_503_while_postgresql_is_down() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     use serde_json::json;
     let server = Arc::new(PgServer::start());
     let url = server.fresh_database();
-    let dir = service_dir(&[("sales", "sales")], "");
-    let path = dir.path().join("concord.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
-    std::fs::write(&path, text).expect("config");
+    let dir = pg_service_dir(&[("sales", "sales")], "", &url, |text| text);
     let p = Process::start(dir.path());
     let onboard = |id: &str| json!({ "kind": "onboard", "entity": format!("customer/{id}"), "body": { "name": id } });
     assert_eq!(p.api.post("/v1/invoke/sales", onboard("before")).await.status, hyper::StatusCode::OK);
@@ -580,6 +579,10 @@ fn migrate_redb_to_postgresql_and_back() {
     let out = concord(dir.path(), &["migrate", "--from", &url, "--to", &back.display().to_string()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    let out = concord(dir.path(), &["migrate", "--from", &url, "--to", "mysql://db/kb"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--to: `mysql://` is not a store"), "{}", stderr(&out));
+    assert!(!dir.path().join("mysql:").exists(), "no file made of the URL");
 }
 
 /// Two `concord serve` hosts on one database, under commits sent to both:
@@ -588,18 +591,11 @@ fn migrate_redb_to_postgresql_and_back() {
 /// and every commit either host acknowledged is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_show_the_whole_cluster_and_a_killed_host_loses_nothing_acknowledged() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     use serde_json::json;
     let server = PgServer::shared();
     let url = server.fresh_database();
-    let folder = || {
-        let dir = service_dir(&[("support", "probe")], "");
-        let path = dir.path().join("concord.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
-        std::fs::write(&path, text).expect("config");
-        dir
-    };
+    let folder = || pg_service_dir(&[("support", "probe")], "", &url, |text| text);
     let (dir_a, dir_b) = (folder(), folder());
     let a = Process::start(dir_a.path());
     let mut b = Process::start(dir_b.path());
@@ -673,21 +669,14 @@ fn a_wrong_password_is_refused_without_showing_it() {
 /// and an event stream on each host sees every event once, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hosts_incrementing_one_entity_over_http() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     use serde_json::json;
     let server = PgServer::shared();
     let url = server.fresh_database();
     // Host A runs the probe as `support`, host B as `product`: both may
     // write the counter.
-    let folder = |agent: &str| {
-        let dir = service_dir(&[(agent, "probe")], "");
-        let path = dir.path().join("concord.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1);
-        let kind = "\n[kinds.counter.fields]\nn = { type = \"integer\", writers = [\"support\", \"product\"] }\n";
-        std::fs::write(&path, text + kind).expect("config");
-        dir
-    };
+    let kind = "\n[kinds.counter.fields]\nn = { type = \"integer\", writers = [\"support\", \"product\"] }\n";
+    let folder = |agent: &str| pg_service_dir(&[(agent, "probe")], "", &url, |text| text + kind);
     let (dir_a, dir_b) = (folder("support"), folder("product"));
     let (a, b) = (Process::start(dir_a.path()), Process::start(dir_b.path()));
     let probe = |ops: serde_json::Value| json!({ "kind": "probe", "body": { "ops": ops } });
@@ -749,21 +738,15 @@ async fn two_hosts_incrementing_one_entity_over_http() {
 /// is delivered by another host on the same database, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_recorded_action_is_delivered_by_another_host() {
-    use crate::http::{Process, service_dir};
+    use crate::http::Process;
     use serde_json::json;
     let server = PgServer::shared();
     let url = server.fresh_database();
-    let folder =
-        |sink: &str| {
-            let dir = service_dir(&[("sales", "probe")], "");
-            let path = dir.path().join("concord.toml");
-            let text = std::fs::read_to_string(&path).expect("config");
-            let text = text
-                .replacen("[kb]\n", &format!("[kb]\nbackend = \"postgres\"\nurl = \"{url}\"\n"), 1)
-                .replacen("sink = \"data/actions.jsonl\"", &format!("sink = \"{sink}\""), 1);
-            std::fs::write(&path, text).expect("config");
-            dir
-        };
+    let folder = |sink: &str| {
+        pg_service_dir(&[("sales", "probe")], "", &url, |text| {
+            text.replacen("sink = \"data/actions.jsonl\"", &format!("sink = \"{sink}\""), 1)
+        })
+    };
     let (dir_a, dir_b) = (folder("data/actions.jsonl"), folder("sink/actions.jsonl"));
     let (a, mut b) = (Process::start(dir_a.path()), Process::start(dir_b.path()));
     // B's sink breaks once it runs: its folder becomes a file.

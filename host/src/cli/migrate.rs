@@ -7,11 +7,19 @@ use crate::kb::postgres::PgOptions;
 use crate::kb::{self, Access, Backend, ops};
 
 /// A store named on the command line: a PostgreSQL URL, or a redb file.
-fn location(text: &str) -> Backend {
+/// Any other URL is refused rather than taken for a file name.
+fn location(flag: &str, text: &str) -> Result<Backend, Failure> {
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Backend::Postgres(PgOptions { url: text.to_string(), pool: 2 })
+        Ok(Backend::Postgres(PgOptions { url: text.to_string(), pool: 2 }))
+    } else if let Some((scheme, _)) = text.split_once("://") {
+        Err(Failure {
+            code: 3,
+            error: anyhow::anyhow!(
+                "{flag}: `{scheme}://` is not a store Concord has: give a redb file (data/concord.redb) or a postgres:// URL"
+            ),
+        })
     } else {
-        Backend::Redb { path: text.into(), sharing: kb::redb::Sharing::Exclusive }
+        Ok(Backend::Redb { path: text.into(), sharing: kb::redb::Sharing::Exclusive })
     }
 }
 
@@ -24,7 +32,7 @@ fn shown(backend: &Backend) -> String {
 }
 
 pub(super) fn migrate(from: &str, to: &str) -> Result<u8, Failure> {
-    let (source, target) = (location(from), location(to));
+    let (source, target) = (location("--from", from)?, location("--to", to)?);
     if source == target {
         return Err(Failure {
             code: 3,

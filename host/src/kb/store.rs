@@ -13,7 +13,7 @@ use crate::audit::{AuditDraft, AuditEntry, AuditFilter, Verification};
 
 /// A storage failure. These are host faults, not agent mistakes: the runtime
 /// turns them into a trap of the invocation that hit them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("the knowledge base is open read-only")]

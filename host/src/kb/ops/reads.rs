@@ -121,3 +121,33 @@ pub fn replay(
     }
     Ok(ReplayReport { events: count, entities: stored_count, differences })
 }
+
+/// Verifies the audit chain as a backend stores it: each entry's stored
+/// bytes under its seq, in seq order. An entry that does not decode, or is
+/// stored under another seq than its own, breaks the chain there, as a bad
+/// hash does.
+pub fn verify_stored<B: AsRef<[u8]>>(
+    rows: impl IntoIterator<Item = Result<(u64, B), StoreError>>,
+) -> Result<crate::audit::Verification, StoreError> {
+    use crate::audit::{AuditEntry, ChainVerifier, Verification};
+    let mut chain = ChainVerifier::default();
+    for row in rows {
+        let (seq, bytes) = row?;
+        let entry: AuditEntry = match serde_json::from_slice(bytes.as_ref()) {
+            Ok(e) => e,
+            Err(e) => {
+                return Ok(Verification::Broken { seq, problem: format!("the entry does not decode: {e} (edited)") });
+            }
+        };
+        if entry.seq != seq {
+            return Ok(Verification::Broken {
+                seq,
+                problem: format!("stored under {seq} but claims seq {} (moved)", entry.seq),
+            });
+        }
+        if let Err(broken) = chain.push(&entry) {
+            return Ok(broken);
+        }
+    }
+    Ok(chain.finish())
+}

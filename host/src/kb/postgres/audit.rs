@@ -32,7 +32,7 @@ pub(super) fn query(store: &PgStore, filter: &AuditFilter) -> Result<Vec<AuditEn
         and("call = $", Box::new(call.clone()));
     }
     if let Some(decision) = filter.decision {
-        and("decision = $", Box::new(super::tx::decision_name(decision)));
+        and("decision = $", Box::new(decision.as_str()));
     }
     if let Some(invocation) = filter.invocation {
         and("invocation = $", Box::new(int(invocation)));

@@ -26,11 +26,16 @@ pub(super) fn block<T: Send + 'static>(
     rt.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    let wait = move || rx.recv().map_err(|_| "the PostgreSQL client's threads have stopped".to_string());
+    waiting(move || rx.recv().map_err(|_| "the PostgreSQL client's threads have stopped".to_string()))
+}
+
+/// Runs `wait`, which blocks, telling the host's runtime first when this
+/// is one of its async threads (`block_in_place`), so that its other tasks
+/// move to another thread meanwhile. Elsewhere nothing else needs the
+/// thread (a current-thread runtime waits here as for any blocking call).
+fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
-        // Elsewhere nothing else needs the thread (a current-thread runtime
-        // waits here as it would for any blocking call).
         _ => wait(),
     }
 }
@@ -77,11 +82,7 @@ impl PgStore {
         self.submit(work, move |r| {
             let _ = tx.send(r);
         });
-        let wait = move || rx.recv().map_err(|_| StoreError::Backend("the store's writer has stopped".into()));
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait)?,
-            _ => wait()?,
-        }
+        waiting(move || rx.recv().map_err(|_| StoreError::Backend("the store's writer has stopped".into())))?
     }
 
     /// Queues `work` for the writer; `done` gets its result once its batch

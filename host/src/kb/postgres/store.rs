@@ -14,7 +14,7 @@
 
 use super::reads::{Pages, Param, PoolHistory};
 use super::{PgStore, decode, int, uint};
-use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, Verification};
+use crate::audit::{AuditDraft, AuditEntry, AuditFilter, Verification};
 use crate::kb::model::{ActionRecord, ChangeRequest, Entity, EntityRef, Event, Lease, Pin, Value, now_ms};
 use crate::kb::ops::{self, Txn as _};
 use crate::kb::store::{
@@ -383,31 +383,13 @@ impl Store for PgStore {
     }
 
     fn verify_audit(&self) -> Result<Verification, StoreError> {
-        let mut chain = ChainVerifier::default();
-        let rows = Pages::new(self, "SELECT seq, body FROM concord_audit WHERE seq > $1 ORDER BY seq LIMIT $2", 0);
-        for row in rows {
-            let row = row?;
-            let seq = uint(row.get(0), || "an audit seq".into())?;
-            let entry: AuditEntry = match serde_json::from_slice(row.get::<_, &[u8]>(1)) {
-                Ok(e) => e,
-                Err(e) => {
-                    return Ok(Verification::Broken {
-                        seq,
-                        problem: format!("the entry does not decode: {e} (edited)"),
-                    });
-                }
-            };
-            if entry.seq != seq {
-                return Ok(Verification::Broken {
-                    seq,
-                    problem: format!("stored under {seq} but claims seq {} (moved)", entry.seq),
-                });
-            }
-            if let Err(broken) = chain.push(&entry) {
-                return Ok(broken);
-            }
-        }
-        Ok(chain.finish())
+        let rows = Pages::new(self, "SELECT seq, body FROM concord_audit WHERE seq > $1 ORDER BY seq LIMIT $2", 0).map(
+            |row| {
+                let row = row?;
+                Ok((uint(row.get(0), || "an audit seq".into())?, row.get::<_, Vec<u8>>(1)))
+            },
+        );
+        ops::reads::verify_stored(rows)
     }
 
     fn request_key(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

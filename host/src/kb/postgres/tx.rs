@@ -495,7 +495,7 @@ impl PgTx<'_> {
         };
         let mut entry = AuditEntry::unsealed(draft, seq, at_ms);
         let body = entry.link_encoded(&prev);
-        let decision = decision_name(entry.decision);
+        let decision = entry.decision.as_str();
         let (seq_i, at_i, inv_i) = (int(entry.seq), int(entry.at_ms), int(entry.invocation));
         let insert: (&'static str, &[&(dyn ToSql + Sync)]) = (
             "INSERT INTO concord_audit (seq, at_ms, agent, invocation, call, decision, entities, body) \
@@ -527,8 +527,3 @@ impl PgTx<'_> {
 /// Moves a read cursor up, never down.
 const ADVANCE_CURSOR: &str = "INSERT INTO concord_read_cursors (agent, entity, seq) VALUES ($1, $2, $3) \
      ON CONFLICT (agent, entity) DO UPDATE SET seq = greatest(concord_read_cursors.seq, excluded.seq)";
-
-/// A decision as its column holds it: its serde name (`allowed`, `conflict`, …).
-pub(super) fn decision_name(d: crate::audit::Decision) -> String {
-    serde_json::to_value(d).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}

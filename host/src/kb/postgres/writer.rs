@@ -216,7 +216,7 @@ impl WriterThread {
             Ended::NotApplied(why) => {
                 self.fail(&why);
                 for (_, answer) in answers {
-                    answer(Err(same_kind(&why)));
+                    answer(Err(why.clone()));
                 }
             }
         }
@@ -256,15 +256,7 @@ impl WriterThread {
 fn answer_all(jobs: Vec<Job>, why: &StoreError) {
     for job in jobs {
         let (_, answer) = job(None);
-        answer(Err(same_kind(why)));
-    }
-}
-
-/// One error, for each of a batch's jobs (a [`StoreError`] is not `Clone`).
-fn same_kind(why: &StoreError) -> StoreError {
-    match why {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Backend(other.to_string().trim_start_matches("storage error: ").to_string()),
+        answer(Err(why.clone()));
     }
 }
 

@@ -36,7 +36,7 @@ pub use open::OpenError;
 
 use self::{audit_index::*, audit_log::*, open::*, reads::*, schema::*, tx::*, writer::*};
 use super::ops::{self, audit_plan::AuditPlan};
-use crate::audit::{AuditDraft, AuditEntry, AuditFilter, ChainVerifier, GENESIS_HASH, Verification};
+use crate::audit::{AuditDraft, AuditEntry, AuditFilter, GENESIS_HASH, Verification};
 use crate::kb::model::{ActionRecord, ChangeRequest, Entity, EntityRef, Event, Lease, Pin, Value};
 use crate::kb::store::{
     ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, Guard, LeaseOutcome,

@@ -596,29 +596,10 @@ impl Store for RedbStore {
         self.settle()?;
         let txn = self.read()?;
         let audit = txn.open_table(AUDIT).map_err(backend)?;
-        let mut chain = ChainVerifier::default();
-        for item in audit.iter().map_err(backend)? {
+        let rows = audit.iter().map_err(backend)?.map(|item| {
             let (k, v) = item.map_err(backend)?;
-            let seq = k.value();
-            let entry: AuditEntry = match serde_json::from_slice(v.value()) {
-                Ok(e) => e,
-                Err(e) => {
-                    return Ok(Verification::Broken {
-                        seq,
-                        problem: format!("the entry does not decode: {e} (edited)"),
-                    });
-                }
-            };
-            if entry.seq != seq {
-                return Ok(Verification::Broken {
-                    seq,
-                    problem: format!("stored under {seq} but claims seq {} (moved)", entry.seq),
-                });
-            }
-            if let Err(broken) = chain.push(&entry) {
-                return Ok(broken);
-            }
-        }
-        Ok(chain.finish())
+            Ok((k.value(), v.value().to_vec()))
+        });
+        ops::reads::verify_stored(rows)
     }
 }
