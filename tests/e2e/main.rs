@@ -10,6 +10,7 @@ mod audit;
 mod bad_input;
 mod cli;
 mod conformance;
+mod console;
 mod coord;
 mod coordination;
 mod crash;

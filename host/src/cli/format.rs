@@ -4,8 +4,8 @@ use super::out::outln;
 use crate::audit::AuditEntry;
 use crate::coord::conflicts::Report;
 use crate::coord::script::StepReport;
-use crate::kb::{ActionRecord, Lease};
-use crate::kb::{Entity, Event, Value};
+use crate::kb::ActionRecord;
+use crate::kb::{Event, Value};
 use crate::runtime::Outcome;
 use crate::server::wire::AgentView;
 use serde_json::json;
@@ -113,10 +113,12 @@ fn value(v: &Option<Value>) -> String {
     v.as_ref().map_or_else(|| "∅".to_string(), |v| visible(&v.to_string()).into_owned())
 }
 
-pub fn print_entity(e: &Entity, lease: Option<&Lease>, as_json: bool) {
+pub fn print_entity(found: &super::source::Found, as_json: bool) {
+    let (e, lease) = (&found.entity, found.lease.as_ref());
     if as_json {
         let mut view = crate::coord::import::EntityView::of(e);
         view.lease = lease.cloned();
+        view.pins = found.pins.clone();
         outln!("{}", serde_json::to_string(&view).unwrap_or_default());
         return;
     }
@@ -129,6 +131,16 @@ pub fn print_entity(e: &Entity, lease: Option<&Lease>, as_json: bool) {
             Value::Json(_) => outln!("  {k:width$}  {}", visible(&v.to_json().to_string())),
             _ => outln!("  {k:width$}  {}", visible(&v.to_string())),
         }
+    }
+    for p in &found.pins {
+        outln!(
+            "pinned {} by human:{} at {}: \"{}\" (event {})",
+            p.field,
+            p.by,
+            fmt_time(p.at_ms),
+            visible(&clip(&p.reason, MAX_REASON_CHARS)),
+            p.seq
+        );
     }
     if let Some(l) = lease {
         outln!("leased by {} until {} (token {})", l.holder, fmt_time(l.expires_at_ms), l.token);

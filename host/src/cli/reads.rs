@@ -30,8 +30,8 @@ pub(super) fn get(config: &Path, entity: &EntityRef, at: Option<AtPoint>, json: 
     let source = open(config, Access::Read)?;
     check_kind(&source, entity)?;
     match source.get(entity, at)? {
-        Some((e, lease)) => {
-            format::print_entity(&e, lease.as_ref(), json);
+        Some(found) => {
+            format::print_entity(&found, json);
             Ok(0)
         }
         None => Err(Failure::not_found(format!(

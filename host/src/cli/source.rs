@@ -9,7 +9,7 @@ use crate::audit::{AuditEntry, AuditFilter, Verification};
 use crate::coord::conflicts::Report;
 use crate::coord::import::{EntityView, RawRow, Row};
 use crate::coord::{conflicts, import, operator};
-use crate::kb::{self, ActionRecord, AtPoint, Entity, EntityRef, Event, Lease, ReplayReport, Store, Value};
+use crate::kb::{self, ActionRecord, AtPoint, EntityRef, Event, Lease, ReplayReport, Store, Value};
 use crate::policy::config::Config;
 use crate::server::wire::{
     ActionPage, AgentList, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
@@ -34,6 +34,13 @@ pub enum Source {
 
 /// Pages the CLI asks for at a time.
 const PAGE: usize = 1000;
+
+/// An entity as `concord get` shows it.
+pub struct Found {
+    pub entity: kb::Entity,
+    pub lease: Option<Lease>,
+    pub pins: Vec<crate::kb::Pin>,
+}
 
 impl Source {
     /// The running host if there is one, else the store (read-only for
@@ -75,12 +82,18 @@ impl Source {
     }
 
     /// The entity (at `at`, or now), and its live lease when it is now.
-    pub fn get(&self, entity: &EntityRef, at: Option<AtPoint>) -> Result<Option<(Entity, Option<Lease>)>, Failure> {
+    /// The entity (now, or at `at`), with its live lease and pins when it
+    /// is read as it is now.
+    pub fn get(&self, entity: &EntityRef, at: Option<AtPoint>) -> Result<Option<Found>, Failure> {
         match self {
             Source::Local { store, .. } => Ok(match at {
-                Some(at) => store.get_at(entity, at)?.map(|e| (e, None)),
+                Some(at) => store.get_at(entity, at)?.map(|e| Found { entity: e, lease: None, pins: vec![] }),
                 None => match store.get(entity)? {
-                    Some(e) => Some((e, store.live_lease(entity, crate::kb::now_ms())?)),
+                    Some(e) => Some(Found {
+                        entity: e,
+                        lease: store.live_lease(entity, crate::kb::now_ms())?,
+                        pins: store.pins(entity)?,
+                    }),
                     None => None,
                 },
             }),
@@ -97,8 +110,9 @@ impl Source {
                 }
                 match client.get::<EntityView>(&path) {
                     Ok(mut view) => {
-                        let lease = view.lease.take();
-                        Ok(Some((view.into_entity(&config.schema).map_err(anyhow::Error::msg)?, lease)))
+                        let (lease, pins) = (view.lease.take(), std::mem::take(&mut view.pins));
+                        let entity = view.into_entity(&config.schema).map_err(anyhow::Error::msg)?;
+                        Ok(Some(Found { entity, lease, pins }))
                     }
                     Err(super::client::ClientError::Refused(r)) if r.error == "not_found" => Ok(None),
                     Err(e) => Err(e.into()),

@@ -366,6 +366,10 @@ pub struct EntityView {
     /// the present only; never in an export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<crate::kb::Lease>,
+    /// Its pinned fields: who pinned each and why (in the API's view of
+    /// the present only; never in an export).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<crate::kb::Pin>,
 }
 
 impl EntityView {
@@ -377,6 +381,7 @@ impl EntityView {
             updated_by: e.updated_by.clone(),
             fields: e.fields.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
             lease: None,
+            pins: vec![],
         }
     }
 

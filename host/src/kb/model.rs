@@ -299,7 +299,7 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
 }
 
 /// A field a human pinned: agent writes to it are refused until unpinned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pin {
     pub field: String,
     pub by: String,
@@ -385,7 +385,7 @@ pub struct ActionRecord {
 }
 
 /// A handoff: one agent asks the owner of some fields to change them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChangeRequest {
     /// The seq of the `change_requested` event.
     pub id: u64,

@@ -1,6 +1,8 @@
 //! The routes, who may call each, and the OpenAPI document generated from
 //! them (utoipa): the document and the router are built from the same
-//! list, so a route cannot be served without being documented.
+//! list, so a route cannot be served without being documented. The
+//! console's assets ([`super::console`]) are the one undocumented part:
+//! they are files, not API.
 
 use super::state::App;
 use super::tokens::Role;
@@ -59,6 +61,9 @@ pub fn router(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(reads::conflicts))
         .routes(routes!(reads::actions))
         .routes(routes!(reads::agents))
+        .routes(routes!(reads::schema))
+        .routes(routes!(reads::whoami))
+        .routes(routes!(reads::change_requests))
         .routes(routes!(reads::schedules))
         .routes(routes!(reads::replay))
         .routes(routes!(streams::events))
@@ -89,6 +94,7 @@ pub fn router(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let document = doc.clone();
     let router = router
         .route("/v1/openapi.json", axum::routing::get(move || async move { axum::Json(document) }))
+        .merge(super::console::routes())
         .fallback(|| async {
             super::error::ApiError::not_found("no_such_route", "no such route: see /v1/openapi.json for the API")
         })

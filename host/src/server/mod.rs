@@ -10,6 +10,7 @@
 //! - [`auth`] and [`tokens`]: bearer tokens, roles, refusals audited.
 //! - [`observe`]: the request log, `/metrics`, `/healthz`, `/readyz`.
 //! - [`live`]: hot reload of the agents and the config, and schedules.
+//! - [`console`]: the web console's assets, served at `/`.
 //! - [`wire`]: what the API sends and takes (the CLI reads it back).
 //! - [`error`]: every refusal as `{error, detail}`.
 //! - here: listening, timeouts, the server file, graceful shutdown.
@@ -31,6 +32,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod invoke;
 pub mod live;

@@ -6,8 +6,8 @@
 use super::error::{ApiError, Json, Path, Query};
 use super::state::App;
 use super::wire::{
-    ActionPage, AgentList, AgentView, AuditPage, EntityPage, EntityView, EventPage, ScheduleList, TraceView,
-    VerifyRequest, VerifyView,
+    ActionPage, AgentList, AgentView, AuditPage, ChangeRequestPage, EntityPage, EntityView, EventPage, ScheduleList,
+    SchemaView, TraceView, VerifyRequest, VerifyView, WhoAmI,
 };
 use crate::audit::{AuditFilter, Decision};
 use crate::coord::conflicts::{self, Report};
@@ -70,9 +70,11 @@ pub async fn entity(
             let mut view = found.map(|f| EntityView::of(&f)).ok_or_else(|| {
                 ApiError::not_found("not_found", format!("{e} does not exist (see its history, or check the id)"))
             })?;
-            // A lease is a thing of the present: shown only when no `at` is.
+            // Leases and pins are things of the present: shown only when no
+            // `at` is.
             if at.is_none() {
                 view.lease = store.live_lease(&e, crate::kb::now_ms())?;
+                view.pins = store.pins(&e)?;
             }
             Ok(view)
         })
@@ -376,6 +378,89 @@ pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
         })
         .collect();
     Json(AgentList { agents, refused: app.host.refused_agents() })
+}
+
+/// Who the token is and its role (the console shows it, and offers only
+/// what the role may do; the API checks each request anyway).
+#[utoipa::path(get, path = "/v1/whoami", tag = "read",
+    responses((status = 200, description = "The token's name and role", body = WhoAmI)),
+    security(("bearer" = [])))]
+pub async fn whoami(
+    State(app): State<Arc<App>>,
+    axum::Extension(principal): axum::Extension<super::tokens::Principal>,
+) -> Json<WhoAmI> {
+    Json(WhoAmI { name: principal.name.clone(), role: principal.role.as_str().into(), open: app.tokens.is_open() })
+}
+
+/// The declared kinds: each field's type and who may write it (its owner,
+/// or the agents sharing it), and the action kinds.
+#[utoipa::path(get, path = "/v1/schema", tag = "read",
+    responses((status = 200, description = "The schema of the config in force", body = SchemaView)),
+    security(("bearer" = [])))]
+pub async fn schema(State(app): State<Arc<App>>) -> Json<SchemaView> {
+    Json(SchemaView::from(app.host.gate().policy().schema()))
+}
+
+/// Change requests an answer looks through at most, to fill a page of
+/// matches: past it the page is short, and `next` says where to go on.
+const REQUEST_SCAN: usize = 50_000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RequestsQuery {
+    /// Only requests about this entity (`kind/id`).
+    pub entity: Option<String>,
+    /// Only open requests (`true`) or only closed ones (`false`).
+    pub open: Option<bool>,
+    /// Only requests with ids (event seqs) above this.
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Change requests (handoffs), oldest first: who asked whom to change
+/// what, and what the owner decided.
+#[utoipa::path(get, path = "/v1/change-requests", tag = "read",
+    params(RequestsQuery),
+    responses(
+        (status = 200, description = "A page of requests", body = ChangeRequestPage),
+        (status = 422, description = "A bad entity", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn change_requests(
+    State(app): State<Arc<App>>,
+    Query(q): Query<RequestsQuery>,
+) -> Result<Json<ChangeRequestPage>, ApiError> {
+    let limit = page_size(q.limit)?;
+    let entity = q.entity.as_deref().map(|s| app.entity_ref(s)).transpose()?;
+    let page = app
+        .blocking(move |app| {
+            let store = app.host.store();
+            let (mut requests, mut cursor, mut scanned) = (Vec::new(), q.after.unwrap_or(0), 0);
+            loop {
+                let round = store.change_requests(cursor, 256)?;
+                let exhausted = round.len() < 256;
+                for r in round {
+                    cursor = r.id;
+                    scanned += 1;
+                    let open = r.applied.is_none();
+                    if entity.as_ref().is_none_or(|e| *e == r.entity) && q.open.is_none_or(|o| o == open) {
+                        requests.push(r);
+                        if requests.len() == limit {
+                            return Ok(ChangeRequestPage { requests, next: Some(cursor) });
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(ChangeRequestPage { requests, next: None });
+                }
+                if scanned >= REQUEST_SCAN {
+                    return Ok(ChangeRequestPage { requests, next: Some(cursor) });
+                }
+            }
+        })
+        .await?;
+    Ok(Json(app.durable(page).await?))
 }
 
 /// The schedules: each one's next fire, its last fire and that fire's

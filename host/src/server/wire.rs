@@ -328,3 +328,74 @@ pub struct ServerFile {
     pub started_at_ms: u64,
     pub version: String,
 }
+
+/// `GET /v1/schema`: the declared kinds, each field's type and who may
+/// write it, and the action kinds with the agents that may ask for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SchemaView {
+    pub kinds: std::collections::BTreeMap<String, KindView>,
+    pub actions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KindView {
+    pub fields: std::collections::BTreeMap<String, FieldView>,
+    /// Agents granted leases on the kind although they write none of it.
+    pub leases: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FieldView {
+    /// `text`, `integer`, `float`, `boolean` or `json`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Who may write it: its one owner, or the agents sharing it.
+    pub writers: Vec<String>,
+    /// Whether several agents share it (no one owner).
+    pub shared: bool,
+}
+
+impl From<&crate::policy::schema::Schema> for SchemaView {
+    fn from(schema: &crate::policy::schema::Schema) -> Self {
+        use crate::policy::schema::Writers;
+        let kinds = schema
+            .kinds
+            .iter()
+            .map(|(name, def)| {
+                let fields = def
+                    .fields
+                    .iter()
+                    .map(|(f, d)| {
+                        let view = FieldView {
+                            ty: d.ty.name().into(),
+                            writers: d.writers.names(),
+                            shared: matches!(d.writers, Writers::Shared(_)),
+                        };
+                        (f.clone(), view)
+                    })
+                    .collect();
+                (name.clone(), KindView { fields, leases: def.leases.clone() })
+            })
+            .collect();
+        SchemaView { kinds, actions: schema.actions.clone() }
+    }
+}
+
+/// A page of change requests (handoffs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChangeRequestPage {
+    pub requests: Vec<crate::kb::ChangeRequest>,
+    /// Pass as `after` for the next page; `None` at the end.
+    pub next: Option<u64>,
+}
+
+/// `GET /v1/whoami`: who the request's token is, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The token's name; `None` on an open server.
+    pub name: Option<String>,
+    /// `read`, `invoke` or `operator`.
+    pub role: String,
+    /// Whether the server runs without tokens (loopback only).
+    pub open: bool,
+}
