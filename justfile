@@ -62,8 +62,17 @@ dev *args: setup
 concord *args: build
     ./target/debug/concord {{ args }}
 
-# The whole gate: formatting, lints (host and guests), and every test
-test: setup
+# What the console's browser tests need: playwright-core (npm ci from the lockfile) and Debian's Chromium
+console-setup:
+    scripts/console_setup.sh
+
+# Screenshots of the console's main views, into docs/console/ (from its browser tests)
+console-shots: console-setup
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
+    CONCORD_CONSOLE_SHOTS=docs/console cargo test -p concord-host --test e2e console
+
+# The whole gate: formatting, lints (host and guests), and every test (the console's in headless Chromium)
+test: setup console-setup
     cargo fmt --all -- --check
     cargo clippy -p concord-host --all-targets -- -D warnings
     cargo clippy -p concord-bench --all-targets -- -D warnings
