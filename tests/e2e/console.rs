@@ -107,4 +107,30 @@ async fn console_in_headless_chromium() {
     let pin = entries.last().expect("the console's pin is audited");
     assert_eq!(pin["agent"], "human:alice", "{pin}");
     assert!(pin["args"].as_str().unwrap_or_default().contains("CEO call"), "{pin}");
+
+    // What the console reads besides: the handoffs (Product asked Sales
+    // twice; Sales declined, then applied), filtered as asked...
+    let api = p.api.with_token(&read);
+    let all = api.get("/v1/change-requests?entity=customer/acme").await.body;
+    let requests = all["requests"].as_array().expect("requests");
+    assert_eq!(requests.len(), 2, "{all}");
+    assert_eq!((requests[0]["applied"].as_bool(), requests[1]["applied"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(requests[0]["from"], "product");
+    let open = api.get("/v1/change-requests?open=true").await.body;
+    assert_eq!(open["requests"].as_array().map(Vec::len), Some(0), "{open}");
+    let paged = api.get("/v1/change-requests?limit=1").await.body;
+    assert_eq!(paged["next"], requests[0]["id"], "{paged}");
+    let elsewhere = api.get("/v1/change-requests?entity=customer/nobody").await.body;
+    assert_eq!(elsewhere["requests"].as_array().map(Vec::len), Some(0));
+    let bad = api.get("/v1/change-requests?entity=planet/mars").await;
+    assert_eq!(bad.status.as_u16(), 422, "{}", bad.text);
+    // ...who the token is, and the schema's owners.
+    let me = api.get("/v1/whoami").await.body;
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str(), me["open"].as_bool()),
+        (Some("reader"), Some("read"), Some(false))
+    );
+    let schema = api.get("/v1/schema").await.body;
+    assert_eq!(schema["kinds"]["customer"]["fields"]["deal_stage"]["writers"], serde_json::json!(["sales"]));
+    assert_eq!(schema["kinds"]["customer"]["fields"]["deal_stage"]["shared"], false);
 }
