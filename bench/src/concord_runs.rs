@@ -562,6 +562,7 @@ pub async fn reports(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
     for _ in 0..10 {
         http.push(crate::service::get_ms(&base, "/v1/conflicts").await?);
     }
+    let console = console_views(&base).await?;
     server.shutdown();
     server.wait().await;
     let check =
@@ -569,8 +570,45 @@ pub async fn reports(guests: &Path, sizes: &Sizes) -> anyhow::Result<Json> {
     Ok(json!({
         "entries": entries, "refused": refused, "cold_ms": cold_ms, "after_restart_ms": restart_ms,
         "after_1000_more_ms": incremental_ms, "summary_ms": summary_ms,
-        "http_ms_p50": median(&http), "http_ms_max": percentile(&http, 100.0), "check": check,
+        "http_ms_p50": median(&http), "http_ms_max": percentile(&http, 100.0), "console": console, "check": check,
     }))
+}
+
+/// Each view of the web console, as the requests it makes (the same
+/// paths as `host/console/*.js`), over the big log: the slowest of three
+/// loads, in ms. The agents view asks for the bench agent's latest
+/// invocation ends, of which it has none: the worst case, a walk back
+/// through every entry of the agent.
+async fn console_views(base: &str) -> anyhow::Result<Json> {
+    const VIEWS: [(&str, &[&str]); 6] = [
+        ("feed", &["/v1/audit?limit=100", "/v1/audit?limit=1"]),
+        ("feed, refusals only", &["/v1/audit?outcome=conflict&limit=100", "/v1/audit?limit=1"]),
+        (
+            "entity",
+            &[
+                "/v1/schema",
+                "/v1/entities/counter/a0",
+                "/v1/entities/counter/a0/history?after=0&limit=200",
+                "/v1/change-requests?entity=counter%2Fa0&open=true",
+            ],
+        ),
+        ("conflicts", &["/v1/conflicts"]),
+        ("agents", &["/v1/agents", "/v1/conflicts", "/v1/audit?agent=bench&call=invocation.end&limit=200"]),
+        ("trust", &["/v1/audit/verify", "/v1/audit?call=audit.checkpoint&limit=1", "/v1/audit?call=audit.key&limit=1"]),
+    ];
+    let mut out = serde_json::Map::new();
+    for (view, paths) in VIEWS {
+        let mut slowest = 0f64;
+        for _ in 0..3 {
+            let mut total = 0.0;
+            for path in paths {
+                total += crate::service::get_ms(base, path).await?;
+            }
+            slowest = slowest.max(total);
+        }
+        out.insert(view.into(), json!(slowest));
+    }
+    Ok(Json::Object(out))
 }
 
 /// Runs `f`, and how long it took, in ms.

@@ -402,6 +402,13 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             num(f(p, &["http_ms_max"]), 1),
             num(f(p, &["summary_ms"]), 1),
         ));
+        if let Some(views) = p["console"].as_object() {
+            s.push_str("The web console's views over the same log (every request a view makes, the slowest of three loads):\n\n| view | ms |\n| --- | --- |\n");
+            for (view, ms) in views {
+                s.push_str(&format!("| {view} | {} |\n", num(ms.as_f64(), 1)));
+            }
+            s.push('\n');
+        }
     }
     if let Some(v) = r.get("service") {
         s.push_str("### The service: HTTP invoke (a `kb.get` and a `kb.commit` per request)\n\n| clients | Concord (release) req/s | p50 | p99 | SQLite service req/s | p50 | p99 | ratio |\n|---|---|---|---|---|---|---|---|\n");
