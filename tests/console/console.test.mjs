@@ -213,6 +213,16 @@ test("an operator pins a field from the console, with a reason", async () => {
   assert.match(await pinned.innerText(), /pinned by alice/);
   assert.ok((await page.locator('[data-unpin="status"]').count()) === 1);
   await shot(page, "entity-pinned");
+  // A value holding markup is shown as the text it is, and nothing runs.
+  const markup = `<img src=x onerror="window.__ran=1"><script>window.__ran=2</script>`;
+  await page.locator('[data-pin="last_interaction"]').click();
+  await page.locator("dialog[open] input[name=value]").fill(markup);
+  await page.locator("dialog[open] input[name=reason]").fill("markup test");
+  await page.locator("dialog[open] button[value=ok]").click();
+  await page.locator('#state tr[data-field="last_interaction"] .badge.pinned').waitFor();
+  assert.equal(await page.locator('#state tr[data-field="last_interaction"] td.value').innerText(), markup);
+  assert.equal(await page.evaluate(() => window.__ran), undefined);
+  assert.equal(await page.locator("#state img").count(), 0);
   // A pin without a reason is not sent: the dialog asks for one.
   await page.locator('[data-pin="deal_stage"]').click();
   await page.locator("dialog[open] button[value=ok]").click();

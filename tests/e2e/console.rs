@@ -104,9 +104,12 @@ async fn console_in_headless_chromium() {
     // ...and in the audit, under the token's name.
     let audit = p.api.with_token(&read).get("/v1/audit?call=human.pin").await;
     let entries = audit.body["entries"].as_array().expect("entries");
-    let pin = entries.last().expect("the console's pin is audited");
+    let pin = entries
+        .iter()
+        .find(|e| e["args"].as_str().unwrap_or_default().contains("CEO call"))
+        .unwrap_or_else(|| panic!("the console's pin is audited: {entries:?}"));
     assert_eq!(pin["agent"], "human:alice", "{pin}");
-    assert!(pin["args"].as_str().unwrap_or_default().contains("CEO call"), "{pin}");
+    assert_eq!(pin["fields"], serde_json::json!(["status"]), "{pin}");
 
     // What the console reads besides: the handoffs (Product asked Sales
     // twice; Sales declined, then applied), filtered as asked...
