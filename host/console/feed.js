@@ -11,7 +11,7 @@ const PAGE = 100;
 const MAX_ROWS = 1000;
 
 export const DECISIONS = ["allowed", "forbidden", "conflict", "invalid", "failed", "trapped", "deferred", "denied", "pinned", "leased", "stopped", "fault"];
-const CALLS = ["invocation.start", "invocation.end", "kb.get", "kb.commit", "kb.history", "kb.recent", "log.log", "coord.act", "coord.request-change", "coord.resolve-change", "coord.lease", "coord.renew", "coord.release", "coord.changes-since-read", "cascade.stopped", "human.pin", "human.unpin", "human.revert", "human.lease-break", "human.import", "api.refused", "host.start", "host.stop"];
+const CALLS = ["invocation.start", "invocation.end", "kb.get", "kb.commit", "kb.history", "kb.recent", "log.log", "coord.act", "coord.request-change", "coord.resolve-change", "coord.lease", "coord.renew", "coord.release", "coord.changes-since-read", "http.request", "cascade.stopped", "human.pin", "human.unpin", "human.revert", "human.lease-break", "human.import", "api.refused", "host.start", "host.stop"];
 
 /** Who refused or stood in the way: the rule, and the other party. */
 function why(e) {

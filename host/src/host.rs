@@ -29,6 +29,9 @@ pub enum StartError {
     /// The config names what is not there (a schedule's agent).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A secret an agent is granted has no value in the environment.
+    #[error(transparent)]
+    Secret(#[from] crate::policy::secrets::SecretError),
 }
 
 /// Why an invocation could not be started. (How a started invocation ended,
@@ -118,6 +121,10 @@ impl Host {
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
         let runtime = Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
         check_schedules(&config, &runtime)?;
+        let config = Arc::new(config);
+        // Secrets are read before the store is opened: a missing one stops
+        // the start before anything is written.
+        let settings = crate::gate::Settings::new(config.clone())?;
         let store = kb::open(&config.kb_backend(), Access::ReadWrite)?;
         let warnings = config_warnings(&config, &runtime);
         for w in &warnings {
@@ -130,8 +137,7 @@ impl Host {
             loaded.iter().map(|a| (a.path.clone(), a.digest.clone())),
         );
         let agents = loaded.into_iter().map(|a| a.name).collect();
-        let config = Arc::new(config);
-        let gate = Arc::new(Gate::new(store, config.clone(), agents));
+        let gate = Arc::new(Gate::new(store, settings, agents));
         record_start(store_of(&gate), &config, &runtime)?;
         let tracker = Mutex::new(Tracker::load(store_of(&gate))?);
         let host = Host {
@@ -401,10 +407,15 @@ impl Host {
         let changes = crate::policy::reload::changes(&old, &new);
         let (from, to) = (old.digest.clone(), new.digest.clone());
         let file = new.file.clone();
-        for w in config_warnings(&new, &self.runtime) {
+        let warnings = config_warnings(&new, &self.runtime);
+        let settings = match crate::gate::Settings::new(Arc::new(new)) {
+            Ok(s) => s,
+            Err(e) => return refuse(e.to_string(), Some(&to)),
+        };
+        for w in warnings {
             tracing::warn!("{w}");
         }
-        self.gate.reconfigure(Arc::new(new));
+        self.gate.reconfigure(settings);
         let args = serde_json::json!({ "file": file, "from": from, "to": to, "changes": changes });
         let summary = if changes.is_empty() { "no change in effect".to_string() } else { changes.join("; ") };
         let outcome = format!("reloaded {}: {summary}", file.display());
@@ -653,6 +664,9 @@ fn config_warnings(config: &Config, runtime: &Runtime) -> Vec<String> {
         for a in r.agents.iter().filter(|a| !runtime.has_agent(a)) {
             out.push(format!("{file}:{}: rule `{}` names agent `{a}`, which is not loaded", r.line, r.name));
         }
+    }
+    for name in config.grants.keys().filter(|a| !runtime.has_agent(a)) {
+        out.push(format!("{file}: [agents.{name}] grants to agent `{name}`, which is not loaded"));
     }
     for (kind, def) in &config.schema.kinds {
         for (field, f) in &def.fields {

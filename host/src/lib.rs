@@ -16,13 +16,15 @@
 //! - `host`: [`Host`], the assembled runtime. Start here.
 //! - `gate`: the one place every host call passes through (policy, then
 //!   store, then audit).
-//! - `policy`: `concord.toml`, the schema, field ownership, and the
-//!   coordination rules (CEL).
+//! - `policy`: `concord.toml`, the schema, field ownership, the
+//!   coordination rules (CEL), and each agent's grants beyond the knowledge
+//!   base (outbound HTTP origins, secrets).
 //! - [`kb`]: entities, events, versions, pins, leases, the outbox, the
 //!   [`Store`](kb::Store) contract, the rules every backend shares, and the
 //!   redb backend.
 //! - [`audit`]: audit entries, the hash chain, signed checkpoints, queries.
-//! - `runtime`: the wasm engine, agent loading, sandboxed invocations.
+//! - `runtime`: the wasm engine, agent loading, sandboxed invocations, and
+//!   `wasi:http` (whose requests the gate checks, sends and audits).
 //! - `coord`: scripts of triggers, cascades (subscriptions, handoffs), the
 //!   outbox dispatcher and its sinks, operator commands, the conflicts report.
 //! - `server`: `concord serve`, the host as an HTTP service (triggers,

@@ -64,7 +64,7 @@ impl Histogram {
 
 /// The calls counted, in this order: the agent calls, then the invocation
 /// bracket and a stopped cascade.
-const COUNTED: [&str; 14] = [
+const COUNTED: [&str; 16] = [
     calls::GET,
     calls::COMMIT,
     calls::HISTORY,
@@ -74,8 +74,10 @@ const COUNTED: [&str; 14] = [
     calls::REQUEST_CHANGE,
     calls::RESOLVE_CHANGE,
     calls::LEASE,
+    calls::RENEW,
     calls::RELEASE,
     calls::CHANGES,
+    calls::HTTP,
     calls::INVOCATION_START,
     calls::INVOCATION_END,
     calls::CASCADE_STOPPED,
@@ -93,6 +95,9 @@ pub struct GateMetrics {
     pub commit_latency: Histogram,
     /// Invocations ended, by (agent, decision of their end).
     invocations: Mutex<BTreeMap<(String, Decision), u64>>,
+    /// Outbound HTTP body bytes by agent: (sent, received), for the
+    /// requests that got a response.
+    http_bytes: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl Default for GateMetrics {
@@ -102,6 +107,7 @@ impl Default for GateMetrics {
             refusals: Mutex::default(),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
             invocations: Mutex::default(),
+            http_bytes: Mutex::default(),
         }
     }
 }
@@ -124,6 +130,20 @@ impl GateMetrics {
     pub fn invocation(&self, agent: &str, decision: Decision) {
         let mut map = self.invocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *map.entry((agent.to_string(), decision)).or_default() += 1;
+    }
+
+    /// Counts the body bytes of one outbound request that got a response.
+    pub fn http(&self, agent: &str, sent: usize, received: usize) {
+        let mut map = self.http_bytes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry(agent.to_string()).or_default();
+        entry.0 += sent as u64;
+        entry.1 += received as u64;
+    }
+
+    /// Outbound HTTP body bytes by agent: (agent, sent, received).
+    pub fn http_bytes(&self) -> Vec<(String, u64, u64)> {
+        let map = self.http_bytes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(a, (s, r))| (a.clone(), *s, *r)).collect()
     }
 
     /// Invocations ended, by (agent, decision).

@@ -120,6 +120,8 @@ pub mod calls {
     pub const RENEW: &str = "coord.renew";
     pub const RELEASE: &str = "coord.release";
     pub const CHANGES: &str = "coord.changes-since-read";
+    /// An outbound HTTP request (`wasi:http`), checked and sent by the host.
+    pub const HTTP: &str = "http.request";
     /// A cascade step that was not run (depth limit).
     pub const CASCADE_STOPPED: &str = "cascade.stopped";
     /// Host lifecycle (agent `host`; the digest is the config's sha256).
@@ -154,8 +156,8 @@ pub mod calls {
     /// A request to the API was refused: no valid token, or too low a role.
     pub const API_REFUSED: &str = "api.refused";
     /// Every call an agent itself can make (not the invocation bracket).
-    pub const AGENT_CALLS: [&str; 12] =
-        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RENEW, RELEASE, CHANGES];
+    pub const AGENT_CALLS: [&str; 13] =
+        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RENEW, RELEASE, CHANGES, HTTP];
 }
 
 /// The agent name of host lifecycle entries.

@@ -23,6 +23,7 @@
 //! | `commit.rs` | `kb.commit` | `limits.max_call_bytes`; ownership and schema; in the writer: versions, pins, leases, fences, rules |
 //! | `act.rs` | `coord.act` | `limits.max_call_bytes`; kind, key, payload, entity (`schema`); `actions:` grants; the action rate; in the writer: the version, pins, rules |
 //! | `requests.rs` | `coord.request-change`, `coord.resolve-change` | `limits.max_call_bytes`; the owner loaded, something proposed, the owner able to apply it; resolved once, by its owner |
+//! | `http.rs` | `http.request` (an agent's `wasi:http` request) | `limits.max_http_requests`; the URL; the grant `agents.NAME.http` on the normalised target; `limits.max_call_bytes` on the body; then the exchange, within `limits.http_timeout_ms` and `limits.max_http_response_bytes` |
 //! | `leases.rs` | `coord.lease`, `coord.renew`, `coord.release` | who may lease the kind, `limits.lease_max_ms`; in the store: the live lease, the token |
 //!
 //! A refusal is written into its entry by `refuse.rs` (or names its rule
@@ -33,6 +34,7 @@ use crate::audit::{self, AuditDraft, Decision, calls};
 use crate::kb::{Actor, ChangeRequest, Conflict, Denial, EntityRef, Event, Store, StoreError};
 use crate::metrics::GateMetrics;
 use crate::policy::config::Config;
+use crate::policy::secrets::{SecretError, Secrets};
 use crate::policy::{Policy, Refusal};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 
 mod act;
 mod commit;
+mod http;
 mod leases;
 mod log;
 mod reads;
@@ -92,6 +95,8 @@ pub struct Caller {
     pub causation: Option<u64>,
     /// Host calls made so far by this invocation.
     calls: AtomicU32,
+    /// Outbound HTTP requests made so far (`limits.max_http_requests`).
+    http_requests: AtomicU32,
     breakpoint: Option<Breakpoint>,
     followups: Mutex<FollowUps>,
 }
@@ -107,7 +112,16 @@ impl Caller {
         causation: Option<u64>,
         breakpoint: Option<Breakpoint>,
     ) -> Self {
-        Self { agent, digest, invocation, causation, calls: AtomicU32::new(0), breakpoint, followups: Mutex::default() }
+        Self {
+            agent,
+            digest,
+            invocation,
+            causation,
+            calls: AtomicU32::new(0),
+            http_requests: AtomicU32::new(0),
+            breakpoint,
+            followups: Mutex::default(),
+        }
     }
 
     fn actor(&self) -> Actor {
@@ -185,20 +199,28 @@ impl Breakpoint {
     }
 }
 
-/// What the gate decides with: a config and the policy made from it.
-/// Replaced whole by a config reload ([`Gate::reconfigure`]). A call that
-/// decides twice (a commit's ownership, then its rules in the writer)
-/// decides both times on the one snapshot it took at its start.
+/// What the gate decides with: a config, the policy made from it, and the
+/// secrets it grants (read from the environment). Replaced whole by a
+/// config reload ([`Gate::reconfigure`]). A call that decides twice (a
+/// commit's ownership, then its rules in the writer) decides both times on
+/// the one snapshot it took at its start.
 #[derive(Debug)]
 pub struct Settings {
     pub config: Arc<Config>,
     pub policy: Arc<Policy>,
+    pub secrets: Arc<Secrets>,
 }
 
 impl Settings {
-    pub fn new(config: Arc<Config>) -> Self {
+    /// Reads the value of every secret an agent is granted from the
+    /// environment: a missing one is an error that names its variable.
+    pub fn new(config: Arc<Config>) -> Result<Self, SecretError> {
+        let secrets =
+            Arc::new(Secrets::resolve(&config.secrets, config.grants.values().flat_map(|g| &g.secrets), |var| {
+                std::env::var(var).ok()
+            })?);
         let policy = Arc::new(Policy::new(config.schema.clone()));
-        Self { config, policy }
+        Ok(Self { config, policy, secrets })
     }
 }
 
@@ -222,13 +244,15 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub const MAX_HISTORY: u32 = 1000;
 
 impl Gate {
-    /// `agents`: the names of the loaded agents.
-    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, agents: std::collections::BTreeSet<String>) -> Self {
+    /// `agents`: the names of the loaded agents. `settings`: see
+    /// [`Settings::new`].
+    pub fn new(store: Arc<dyn Store>, settings: Settings, agents: std::collections::BTreeSet<String>) -> Self {
+        let config = &settings.config;
         let rate =
             crate::policy::rate::ActionRate::new(config.limits.actions_per_minute, config.limits.actions_per_hour);
         Self {
             store,
-            settings: arc_swap::ArcSwap::from_pointee(Settings::new(config)),
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             agents: arc_swap::ArcSwap::from_pointee(agents),
             rate,
             metrics: GateMetrics::default(),
@@ -249,11 +273,11 @@ impl Gate {
         self.settings.load().config.clone()
     }
 
-    /// Puts `config` in force from the next host call on: calls under way
-    /// finish on the settings they started with.
-    pub fn reconfigure(&self, config: Arc<Config>) {
-        self.rate.set_limits(config.limits.actions_per_minute, config.limits.actions_per_hour);
-        self.settings.store(Arc::new(Settings::new(config)));
+    /// Puts `settings` in force from the next host call on: calls under
+    /// way finish on the settings they started with.
+    pub fn reconfigure(&self, settings: Settings) {
+        self.rate.set_limits(settings.config.limits.actions_per_minute, settings.config.limits.actions_per_hour);
+        self.settings.store(Arc::new(settings));
     }
 
     /// The agents in service, for change requests (see

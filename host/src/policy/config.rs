@@ -73,6 +73,14 @@ pub struct Limits {
     /// max_pending`); past it a new action is deferred until the sink
     /// catches up.
     pub max_pending_actions: u64,
+    /// Outbound HTTP requests one invocation may make; past it each is
+    /// refused (audited).
+    pub max_http_requests: u32,
+    /// The largest response body an outbound request may bring back.
+    pub max_http_response_bytes: usize,
+    /// How long one outbound request may take, from its check to the last
+    /// byte of its response.
+    pub http_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +99,9 @@ impl Default for Limits {
             actions_per_minute: 60,
             actions_per_hour: 1_000,
             max_pending_actions: 10_000,
+            max_http_requests: 16,
+            max_http_response_bytes: 4 << 20,
+            http_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -120,6 +131,11 @@ pub struct Config {
     /// `[agents] settle_ms`: how long a changed file must stay unmodified
     /// before it is loaded (see [`crate::runtime::folder`]).
     pub agents_settle: Duration,
+    /// `[agents.NAME]`: what each agent is granted beyond the knowledge
+    /// base (outbound HTTP, secrets). An agent not listed has nothing.
+    pub grants: BTreeMap<String, super::grants::AgentGrant>,
+    /// `[secrets.NAME]`: where each secret's value comes from and goes.
+    pub secrets: BTreeMap<String, super::secrets::SecretDef>,
     /// `[[schedules]]`: agents triggered by time.
     pub schedules: Vec<crate::coord::schedule::Schedule>,
     pub limits: Limits,
@@ -160,7 +176,7 @@ struct RawConfig {
     #[serde(default)]
     kb: RawKb,
     #[serde(default)]
-    agents: RawAgents,
+    agents: super::grants::RawAgents,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -175,6 +191,8 @@ struct RawConfig {
     server: super::server::RawServer,
     #[serde(default)]
     schedules: Vec<Spanned<RawSchedule>>,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, Spanned<super::grants::RawSecret>>,
 }
 
 #[derive(Deserialize)]
@@ -324,28 +342,11 @@ fn default_kb_path() -> String {
     "data/concord.redb".into()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgents {
-    #[serde(default = "default_agents_dir")]
-    dir: String,
-    #[serde(default = "yes")]
-    watch: bool,
-    settle_ms: Option<Spanned<u64>>,
-}
-
-impl Default for RawAgents {
-    fn default() -> Self {
-        Self { dir: default_agents_dir(), watch: true, settle_ms: None }
-    }
-}
-
 /// How long a changed agent file must rest before it loads, by default.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(500);
 
-fn default_agents_dir() -> String {
-    "agents".into()
-}
+/// Where the agents are when `[agents] dir` is not given.
+const DEFAULT_AGENTS_DIR: &str = "agents";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +361,9 @@ struct RawLimits {
     max_call_bytes: Option<Spanned<u64>>,
     lease_max_ms: Option<Spanned<u64>>,
     change_request_ttl_ms: Option<Spanned<u64>>,
+    max_http_requests: Option<Spanned<u64>>,
+    max_http_response_bytes: Option<Spanned<u64>>,
+    http_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -476,6 +480,27 @@ impl Config {
         }
         if let Some(ms) = positive(&raw.limits.change_request_ttl_ms, "change_request_ttl_ms")? {
             limits.change_request_ttl_ms = ms;
+        }
+        if let Some(n) = positive(&raw.limits.max_http_requests, "max_http_requests")? {
+            let span = raw.limits.max_http_requests.as_ref().map(Spanned::span);
+            limits.max_http_requests = u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| err(span, "limits.max_http_requests is at most 10000".into()))?;
+        }
+        if let Some(b) = positive(&raw.limits.max_http_response_bytes, "max_http_response_bytes")? {
+            let span = raw.limits.max_http_response_bytes.as_ref().map(Spanned::span);
+            if b > 1 << 30 {
+                return Err(err(span, "limits.max_http_response_bytes is at most 1073741824 (1 GiB)".into()));
+            }
+            limits.max_http_response_bytes = to_usize(b, span, "max_http_response_bytes")?;
+        }
+        if let Some(ms) = positive(&raw.limits.http_timeout_ms, "http_timeout_ms")? {
+            let span = raw.limits.http_timeout_ms.as_ref().map(Spanned::span);
+            if ms > 600_000 {
+                return Err(err(span, "limits.http_timeout_ms is at most 600000 (10 minutes)".into()));
+            }
+            limits.http_timeout = Duration::from_millis(ms);
         }
         for (value, name, target) in [
             (&raw.actions.per_minute, "per_minute", &mut limits.actions_per_minute),
@@ -669,6 +694,9 @@ impl Config {
         };
 
         let server = raw.server.parse(base).map_err(|(span, message)| err(Some(span), message))?;
+        let secrets = super::grants::parse_secrets(raw.secrets).map_err(|(span, message)| err(Some(span), message))?;
+        let grants = super::grants::parse_grants(std::mem::take(&mut raw.agents.stanzas), &secrets)
+            .map_err(|(span, message)| err(Some(span), message))?;
         let kb_postgres = raw.kb.postgres(&err)?;
 
         let sink = match raw.actions.sink.as_str() {
@@ -689,9 +717,11 @@ impl Config {
                 crate::kb::redb::Sharing::Exclusive
             },
             kb_postgres,
-            agents_dir: base.join(&raw.agents.dir),
-            agents_watch: raw.agents.watch,
+            agents_dir: base.join(raw.agents.dir.as_deref().unwrap_or(DEFAULT_AGENTS_DIR)),
+            agents_watch: raw.agents.watch.unwrap_or(true),
             agents_settle,
+            grants,
+            secrets,
             schedules,
             limits,
             schema,

@@ -8,6 +8,8 @@
 //! - [`reload`]: a config reload against the config in force: what needs a
 //!   restart, and what changed.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
+//! - [`outbound`]: the origins an agent may reach over HTTP (`[agents.NAME]
+//!   http`); [`secrets`]: the values the host adds to those requests.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
 //! every agent passes through it (via [`crate::gate::Gate`]) before the store
@@ -16,10 +18,13 @@
 
 pub mod condition;
 pub mod config;
+pub mod grants;
+pub mod outbound;
 pub mod rate;
 pub mod reload;
 pub mod rules;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 
 use crate::kb::{EntityRef, Write};

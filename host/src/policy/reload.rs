@@ -3,9 +3,10 @@
 //! for the audit ([`changes`]).
 //!
 //! Live: the schema (kinds, fields, types, owners and writers, lease
-//! grants, action kinds), the rules, the subscriptions, the schedules and
-//! the limits (`memory_mib` only down to the size the instance pool was
-//! made with). Not live, because something open was made from them: the
+//! grants, action kinds), the rules, the subscriptions, the schedules, the
+//! agents' grants and secrets (each secret's value read again from the
+//! environment; a missing one refuses the reload) and the limits
+//! (`memory_mib` only down to the size the instance pool was made with). Not live, because something open was made from them: the
 //! store (`[kb]`), the agents folder (`agents.dir`, `agents.watch`), the
 //! action sink, and everything under `[server]` (the listener, the tokens,
 //! the queue).
@@ -137,6 +138,20 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
         out.push(format!("subscription removed: {s}"));
     }
 
+    // Grants and secrets: names and origins only (a secret's value is not
+    // in the config, and is read again at every reload).
+    let grant_sig = |g: &super::grants::AgentGrant| {
+        let http: Vec<String> = g.http.origins.iter().map(ToString::to_string).collect();
+        format!("http {} secrets {}", http.join(", "), g.secrets.join(", "))
+    };
+    let old_grants = old.grants.iter().map(|(a, g)| (a.as_str(), grant_sig(g))).collect();
+    let new_grants = new.grants.iter().map(|(a, g)| (a.as_str(), grant_sig(g))).collect();
+    named_changes(&mut out, "grant of agent", &old_grants, &new_grants);
+    let secret_sig = |s: &super::secrets::SecretDef| format!("{:?}", s);
+    let old_secrets = old.secrets.iter().map(|(n, s)| (n.as_str(), secret_sig(s))).collect();
+    let new_secrets = new.secrets.iter().map(|(n, s)| (n.as_str(), secret_sig(s))).collect();
+    named_changes(&mut out, "secret", &old_secrets, &new_secrets);
+
     let old_sched = old.schedules.iter().map(|s| (s.name.as_str(), s.signature())).collect();
     let new_sched = new.schedules.iter().map(|s| (s.name.as_str(), s.signature())).collect();
     named_changes(&mut out, "schedule", &old_sched, &new_sched);
@@ -156,6 +171,9 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
         ("actions.per_minute", a.actions_per_minute.into(), b.actions_per_minute.into()),
         ("actions.per_hour", a.actions_per_hour.into(), b.actions_per_hour.into()),
         ("actions.max_pending", a.max_pending_actions, b.max_pending_actions),
+        ("max_http_requests", a.max_http_requests.into(), b.max_http_requests.into()),
+        ("max_http_response_bytes", a.max_http_response_bytes as u64, b.max_http_response_bytes as u64),
+        ("http_timeout_ms", a.http_timeout.as_millis() as u64, b.http_timeout.as_millis() as u64),
     ];
     for (key, was, now) in limits {
         if was != now {

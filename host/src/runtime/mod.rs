@@ -21,6 +21,7 @@
 
 pub mod bindings;
 pub mod folder;
+mod http;
 mod output;
 mod state;
 
@@ -417,6 +418,10 @@ impl Runtime {
         let (engine, cache) = engine(&limits, cache_dir)?;
         let mut linker: Linker<InvocationState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        // Outbound HTTP is linked for every agent and granted to none: each
+        // request is checked against the agent's grant (see `gate::http`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
@@ -653,6 +658,8 @@ impl Runtime {
             wasi,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: http::Outbound { gate: gate.clone(), caller: caller.clone() },
             caller,
             gate: gate.clone(),
         };

@@ -19,6 +19,9 @@ pub(crate) struct InvocationState {
     pub(crate) limits: StoreLimits,
     pub(crate) caller: Arc<Caller>,
     pub(crate) gate: Arc<Gate>,
+    /// `wasi:http`: its context, and the hooks that send through the gate.
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) outbound: super::http::Outbound,
 }
 
 impl WasiView for InvocationState {

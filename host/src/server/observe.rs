@@ -133,6 +133,12 @@ struct AgentDecision {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AgentDirection {
+    agent: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct RouteStatus {
     route: String,
     status: String,
@@ -188,6 +194,18 @@ impl prometheus_client::collector::Collector for Collect {
         for (agent, decision, n) in gate.refusals() {
             let labels = AgentDecision { agent, decision: decision.as_str().into() };
             ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "http_body",
+            "Outbound HTTP body bytes of agents' requests, by agent and direction (sent, received)",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+        )?;
+        for (agent, sent, received) in gate.http_bytes() {
+            for (direction, n) in [("sent", sent), ("received", received)] {
+                let labels = AgentDirection { agent: agent.clone(), direction: direction.into() };
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
         }
         histogram(
             &mut encoder,
