@@ -190,6 +190,11 @@ pub struct Process {
 
 impl Process {
     pub fn start(dir: &Path) -> Process {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// Like [`Process::start`], with these environment variables set.
+    pub fn start_with_env(dir: &Path, vars: &[(&str, &str)]) -> Process {
         let log = std::fs::File::create(dir.join("serve.log")).expect("log");
         let server_file = dir.join("data/concord.redb.server");
         let _ = std::fs::remove_file(&server_file);
@@ -199,6 +204,7 @@ impl Process {
             .env_remove("CONCORD_CONFIG")
             .env_remove("RUST_BACKTRACE")
             .env("CONCORD_LOG", "info")
+            .envs(vars.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

@@ -29,6 +29,8 @@ pub use concord::agent::types::{
     Pinned, StaleFence, Value, Write, WriteError,
 };
 pub use concord::agent::{coord, kb, log};
+
+pub mod http;
 pub use exports::concord::agent::handler::Guest as Handler;
 
 /// `kind/id` as an [`EntityRef`].

@@ -29,6 +29,15 @@
 //!   and counts this run: `{"dirty_pages": N, "runs_before": N}` (both 0 in
 //!   a fresh instance)
 //!
+//! - `{"op": "http", "method": "GET", "url": "...", "headers": {"k": "v"},
+//!   "body": "...", "follow": true}`: a request through the SDK's `http`;
+//!   `{"status": N, "body": "...", "url": "..."}` or `{"error": "refused" |
+//!   "bad_url" | "failed", "text": ...}`
+//! - `{"op": "memory_holds", "reversed": "..."}`: whether this instance's
+//!   linear memory holds the text whose reverse is given anywhere (the text
+//!   itself is never built, so looking for it cannot plant it):
+//!   `{"found": bool, "bytes_scanned": N}`
+//!
 //! The report is a JSON array with one result per op.
 //!
 //! An `event` message (a subscription) flips the entity's `status` between
@@ -56,6 +65,52 @@ fn scribble() -> Json {
         }
     }
     json!({ "dirty_pages": dirty, "runs_before": SCRIBBLES.fetch_add(1, Relaxed) })
+}
+
+fn http(op: &Json) -> Json {
+    use concord_agent::http::{HttpError, Request};
+    let mut request = Request::new(op["method"].as_str().unwrap_or("GET"), op["url"].as_str().unwrap_or_default());
+    for (name, value) in op["headers"].as_object().into_iter().flatten() {
+        request = request.header(name, value.as_str().unwrap_or_default());
+    }
+    if let Some(body) = op["body"].as_str() {
+        request = request.body(body);
+    }
+    if op["follow"] == json!(false) {
+        request = request.no_redirects();
+    }
+    match request.send() {
+        Ok(r) => json!({ "status": r.status, "body": r.text(), "url": r.url, "location": r.header("location") }),
+        Err(e) => {
+            let kind = match &e {
+                HttpError::Refused(_) => "refused",
+                HttpError::BadUrl(_) => "bad_url",
+                HttpError::Failed(_) => "failed",
+            };
+            json!({ "error": kind, "text": e.to_string() })
+        }
+    }
+}
+
+/// Scans all of linear memory for the reverse of `reversed`, comparing
+/// byte by byte from the end, so the text sought is never in memory
+/// because of the search.
+#[allow(unsafe_code)]
+fn memory_holds(reversed: &str) -> Json {
+    let needle = reversed.as_bytes();
+    let size = core::arch::wasm32::memory_size(0) * 65_536;
+    let mut found = false;
+    // Address 0 is null in Rust; nothing the host writes lives below 1 KiB.
+    let mut at = 1024;
+    while !found && at + needle.len() <= size {
+        // SAFETY: every address below `memory_size` is mapped linear memory
+        // of this instance; reading it (volatile, byte by byte) creates no
+        // reference and has no side effect.
+        found = (0..needle.len())
+            .all(|j| unsafe { core::ptr::read_volatile((at + j) as *const u8) } == needle[needle.len() - 1 - j]);
+        at += 1;
+    }
+    json!({ "found": found && !needle.is_empty(), "bytes_scanned": at })
 }
 
 fn entity(op: &Json) -> Result<EntityRef, String> {
@@ -182,6 +237,8 @@ impl Handler for Probe {
                     }
                 }
                 "scribble" => scribble(),
+                "http" => http(op),
+                "memory_holds" => memory_holds(op["reversed"].as_str().unwrap_or_default()),
                 "spin" => {
                     // Busy for `ms` of wall-clock time, making no host call:
                     // an invocation that is simply slow.
