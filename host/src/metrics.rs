@@ -64,7 +64,7 @@ impl Histogram {
 
 /// The calls counted, in this order: the agent calls, then the invocation
 /// bracket and a stopped cascade.
-const COUNTED: [&str; 16] = [
+const COUNTED: [&str; 18] = [
     calls::GET,
     calls::COMMIT,
     calls::HISTORY,
@@ -78,6 +78,8 @@ const COUNTED: [&str; 16] = [
     calls::RELEASE,
     calls::CHANGES,
     calls::HTTP,
+    calls::MODEL,
+    calls::MODEL_GRANTED,
     calls::INVOCATION_START,
     calls::INVOCATION_END,
     calls::CASCADE_STOPPED,

@@ -19,6 +19,7 @@ mod group_commit;
 mod hardening;
 mod http;
 mod live;
+mod model;
 mod outbound;
 mod postgres;
 mod sandbox;

@@ -31,6 +31,7 @@ pub use concord::agent::types::{
 pub use concord::agent::{coord, kb, log};
 
 pub mod http;
+pub mod model;
 pub use exports::concord::agent::handler::Guest as Handler;
 
 /// `kind/id` as an [`EntityRef`].

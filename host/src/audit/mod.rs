@@ -122,6 +122,10 @@ pub mod calls {
     pub const CHANGES: &str = "coord.changes-since-read";
     /// An outbound HTTP request (`wasi:http`), checked and sent by the host.
     pub const HTTP: &str = "http.request";
+    /// A chat completion from a model of `[models]`, asked by the host.
+    pub const MODEL: &str = "model.complete";
+    /// The models an agent may call.
+    pub const MODEL_GRANTED: &str = "model.granted";
     /// A cascade step that was not run (depth limit).
     pub const CASCADE_STOPPED: &str = "cascade.stopped";
     /// Host lifecycle (agent `host`; the digest is the config's sha256).
@@ -156,8 +160,23 @@ pub mod calls {
     /// A request to the API was refused: no valid token, or too low a role.
     pub const API_REFUSED: &str = "api.refused";
     /// Every call an agent itself can make (not the invocation bracket).
-    pub const AGENT_CALLS: [&str; 13] =
-        [GET, COMMIT, HISTORY, RECENT, LOG, ACT, REQUEST_CHANGE, RESOLVE_CHANGE, LEASE, RENEW, RELEASE, CHANGES, HTTP];
+    pub const AGENT_CALLS: [&str; 15] = [
+        GET,
+        COMMIT,
+        HISTORY,
+        RECENT,
+        LOG,
+        ACT,
+        REQUEST_CHANGE,
+        RESOLVE_CHANGE,
+        LEASE,
+        RENEW,
+        RELEASE,
+        CHANGES,
+        HTTP,
+        MODEL,
+        MODEL_GRANTED,
+    ];
 }
 
 /// The agent name of host lifecycle entries.

@@ -299,7 +299,8 @@ pub struct AuditArgs {
     #[arg(long)]
     pub entity: Option<EntityRef>,
     /// Only this call: kb.get, kb.commit, kb.history, kb.recent, log.log,
-    /// invocation.start, invocation.end.
+    /// coord.act, http.request, model.complete, invocation.start,
+    /// invocation.end, ... (as the audit names them).
     #[arg(long)]
     pub call: Option<String>,
     /// Only this decision: allowed, forbidden, conflict, invalid, failed, trapped.

@@ -187,23 +187,7 @@ impl Gate {
         let options = clamp(options, timeout);
 
         let max_in = limits.max_http_response_bytes;
-        let exchange = async {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            // The connection's I/O runs beside the reading of the body.
-            let io = tokio::spawn(io);
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, max_in).collect().await.map_err(|e| match e
-                .downcast::<http_body_util::LengthLimitError>()
-            {
-                Ok(_) => HttpError::HttpResponseBodySize(u64::try_from(max_in).ok()),
-                Err(e) => match e.downcast::<HttpError>() {
-                    Ok(e) => *e,
-                    Err(e) => HttpError::InternalError(Some(e.to_string())),
-                },
-            })?;
-            Ok::<_, HttpError>((parts, body.to_bytes(), io))
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange(request, options, max_in)).await {
             Ok(Ok((parts, body, io))) => {
                 let outcome = format!(
                     "{}: {bytes_out} bytes out, {} bytes in, in {} ms",
@@ -249,13 +233,40 @@ impl Gate {
     }
 }
 
+/// What an exchange brought back: the response head, its body read whole,
+/// and the connection's remaining I/O.
+pub(super) type Exchanged = (http::response::Parts, Bytes, tokio::task::JoinHandle<Result<(), HttpError>>);
+
+/// Sends `request` (already checked) and reads the response whole, at most
+/// `max_in` bytes of body. The caller bounds the time.
+pub(super) async fn exchange(
+    request: http::Request<WasiBody>,
+    options: RequestOptions,
+    max_in: usize,
+) -> Result<Exchanged, HttpError> {
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+    // The connection's I/O runs beside the reading of the body.
+    let io = tokio::spawn(io);
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, max_in).collect().await.map_err(|e| {
+        match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => HttpError::HttpResponseBodySize(u64::try_from(max_in).ok()),
+            Err(e) => match e.downcast::<HttpError>() {
+                Ok(e) => *e,
+                Err(e) => HttpError::InternalError(Some(e.to_string())),
+            },
+        }
+    })?;
+    Ok((parts, body.to_bytes(), io))
+}
+
 /// A body already read whole.
-fn full(bytes: Bytes) -> WasiBody {
+pub(super) fn full(bytes: Bytes) -> WasiBody {
     Full::new(bytes).map_err(|never: std::convert::Infallible| -> HttpError { match never {} }).boxed_unsync()
 }
 
 /// The agent's own timeouts, none longer than the host's.
-fn clamp(options: Option<RequestOptions>, timeout: Duration) -> RequestOptions {
+pub(super) fn clamp(options: Option<RequestOptions>, timeout: Duration) -> RequestOptions {
     let o = options.unwrap_or_default();
     let at_most = |d: Option<Duration>| Some(d.map_or(timeout, |d| d.min(timeout)));
     RequestOptions {

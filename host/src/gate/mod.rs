@@ -24,6 +24,7 @@
 //! | `act.rs` | `coord.act` | `limits.max_call_bytes`; kind, key, payload, entity (`schema`); `actions:` grants; the action rate; in the writer: the version, pins, rules |
 //! | `requests.rs` | `coord.request-change`, `coord.resolve-change` | `limits.max_call_bytes`; the owner loaded, something proposed, the owner able to apply it; resolved once, by its owner |
 //! | `http.rs` | `http.request` (an agent's `wasi:http` request) | `limits.max_http_requests`; the URL; the grant `agents.NAME.http` on the normalised target; `limits.max_call_bytes` on the body; then the exchange, within `limits.http_timeout_ms` and `limits.max_http_response_bytes` |
+//! | `model.rs` | `model.complete` | the model declared (`models`) and granted (`agents.NAME.models`); `limits.max_call_bytes` on the prompt; `agents.NAME.tokens_per_invocation`, then `tokens_per_day` |
 //! | `leases.rs` | `coord.lease`, `coord.renew`, `coord.release` | who may lease the kind, `limits.lease_max_ms`; in the store: the live lease, the token |
 //!
 //! A refusal is written into its entry by `refuse.rs` (or names its rule
@@ -47,10 +48,12 @@ mod commit;
 mod http;
 mod leases;
 mod log;
+mod model;
 mod reads;
 mod refuse;
 mod requests;
 
+pub use model::{ChatMessage, ModelError, ModelRequest};
 use refuse::{mark_conflict, mark_denial, mark_refusal};
 
 /// A host call that must stop the invocation (a trap) rather than be
@@ -97,6 +100,8 @@ pub struct Caller {
     calls: AtomicU32,
     /// Outbound HTTP requests made so far (`limits.max_http_requests`).
     http_requests: AtomicU32,
+    /// Model tokens spent so far (`agents.NAME.tokens_per_invocation`).
+    model_tokens: std::sync::atomic::AtomicU64,
     breakpoint: Option<Breakpoint>,
     followups: Mutex<FollowUps>,
 }
@@ -119,6 +124,7 @@ impl Caller {
             causation,
             calls: AtomicU32::new(0),
             http_requests: AtomicU32::new(0),
+            model_tokens: std::sync::atomic::AtomicU64::new(0),
             breakpoint,
             followups: Mutex::default(),
         }
@@ -215,10 +221,10 @@ impl Settings {
     /// Reads the value of every secret an agent is granted from the
     /// environment: a missing one is an error that names its variable.
     pub fn new(config: Arc<Config>) -> Result<Self, SecretError> {
-        let secrets =
-            Arc::new(Secrets::resolve(&config.secrets, config.grants.values().flat_map(|g| &g.secrets), |var| {
-                std::env::var(var).ok()
-            })?);
+        // Secrets an agent is granted, and secrets a model sends.
+        let used =
+            config.grants.values().flat_map(|g| &g.secrets).chain(config.models.values().flat_map(|m| &m.secret));
+        let secrets = Arc::new(Secrets::resolve(&config.secrets, used, |var| std::env::var(var).ok())?);
         let policy = Arc::new(Policy::new(config.schema.clone()));
         Ok(Self { config, policy, secrets })
     }
@@ -233,6 +239,8 @@ pub struct Gate {
     agents: arc_swap::ArcSwap<std::collections::BTreeSet<String>>,
     /// Each agent's actions in the last minute and hour.
     rate: crate::policy::rate::ActionRate,
+    /// Each agent's model tokens today.
+    tokens: crate::policy::tokens::DailyTokens,
     metrics: GateMetrics,
 }
 
@@ -255,6 +263,7 @@ impl Gate {
             settings: arc_swap::ArcSwap::from_pointee(settings),
             agents: arc_swap::ArcSwap::from_pointee(agents),
             rate,
+            tokens: crate::policy::tokens::DailyTokens::default(),
             metrics: GateMetrics::default(),
         }
     }

@@ -136,6 +136,8 @@ pub struct Config {
     pub grants: BTreeMap<String, super::grants::AgentGrant>,
     /// `[secrets.NAME]`: where each secret's value comes from and goes.
     pub secrets: BTreeMap<String, super::secrets::SecretDef>,
+    /// `[models.NAME]`: the language models agents may be granted.
+    pub models: BTreeMap<String, super::grants::ModelDef>,
     /// `[[schedules]]`: agents triggered by time.
     pub schedules: Vec<crate::coord::schedule::Schedule>,
     pub limits: Limits,
@@ -193,6 +195,8 @@ struct RawConfig {
     schedules: Vec<Spanned<RawSchedule>>,
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<super::grants::RawSecret>>,
+    #[serde(default)]
+    models: BTreeMap<Spanned<String>, Spanned<super::grants::RawModel>>,
 }
 
 #[derive(Deserialize)]
@@ -695,7 +699,9 @@ impl Config {
 
         let server = raw.server.parse(base).map_err(|(span, message)| err(Some(span), message))?;
         let secrets = super::grants::parse_secrets(raw.secrets).map_err(|(span, message)| err(Some(span), message))?;
-        let grants = super::grants::parse_grants(std::mem::take(&mut raw.agents.stanzas), &secrets)
+        let models =
+            super::grants::parse_models(raw.models, &secrets).map_err(|(span, message)| err(Some(span), message))?;
+        let grants = super::grants::parse_grants(std::mem::take(&mut raw.agents.stanzas), &secrets, &models)
             .map_err(|(span, message)| err(Some(span), message))?;
         let kb_postgres = raw.kb.postgres(&err)?;
 
@@ -722,6 +728,7 @@ impl Config {
             agents_settle,
             grants,
             secrets,
+            models,
             schedules,
             limits,
             schema,

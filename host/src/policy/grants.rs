@@ -1,5 +1,6 @@
 //! What `concord.toml` grants one agent beyond the knowledge base
-//! (`[agents.NAME]`), and the secrets it may be granted (`[secrets.NAME]`).
+//! (`[agents.NAME]`), the secrets it may be granted (`[secrets.NAME]`),
+//! and the language models it may call (`[models.NAME]`).
 //! Parsed with the rest of the config (see [`super::config`]), so a bad
 //! grant stops the start, or a reload, with its line.
 //!
@@ -10,12 +11,20 @@
 //! header = "Authorization"
 //! format = "Bearer {}"
 //!
+//! [models.default]
+//! url = "https://api.openai.com/v1"   # an OpenAI-compatible API; the host POSTs to …/chat/completions
+//! model = "gpt-4o-mini"
+//! secret = "openai"
+//!
 //! [agents.support]
 //! http = ["https://api.openai.com", "http://127.0.0.1:11434"]
 //! secrets = ["openai"]
+//! models = ["default"]
+//! tokens_per_invocation = 20_000
+//! tokens_per_day = 1_000_000
 //! ```
 
-use super::outbound::{HttpGrant, Origin};
+use super::outbound::{HttpGrant, Origin, Target};
 use super::secrets::SecretDef;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,13 +32,56 @@ use std::fmt;
 use toml::Spanned;
 
 /// One agent's grants. An agent without a stanza has none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentGrant {
     /// The origins it may reach over HTTP.
     pub http: HttpGrant,
     /// The secrets the host adds to its requests (to their hosts).
     pub secrets: Vec<String>,
+    /// The models it may call.
+    pub models: Vec<String>,
+    /// Model tokens (prompt and completion) one invocation may spend.
+    pub tokens_per_invocation: u64,
+    /// Model tokens the agent may spend in a UTC day, on this host.
+    pub tokens_per_day: u64,
 }
+
+/// `tokens_per_invocation` when not given.
+pub const DEFAULT_TOKENS_PER_INVOCATION: u64 = 20_000;
+/// `tokens_per_day` when not given.
+pub const DEFAULT_TOKENS_PER_DAY: u64 = 1_000_000;
+
+impl Default for AgentGrant {
+    fn default() -> Self {
+        AgentGrant {
+            http: HttpGrant::default(),
+            secrets: vec![],
+            models: vec![],
+            tokens_per_invocation: DEFAULT_TOKENS_PER_INVOCATION,
+            tokens_per_day: DEFAULT_TOKENS_PER_DAY,
+        }
+    }
+}
+
+/// `[models.NAME]`: an OpenAI-compatible chat-completions endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDef {
+    /// Where the host POSTs: the configured URL, ending in
+    /// `/chat/completions`.
+    pub endpoint: String,
+    /// Its scheme, host and port, as a request to it is checked.
+    pub target: Target,
+    /// The model name sent to the server.
+    pub model: String,
+    /// A secret whose header goes with each request (its hosts must cover
+    /// the endpoint).
+    pub secret: Option<String>,
+    /// From the request to the last byte of the answer.
+    pub timeout: std::time::Duration,
+}
+
+/// A model's `timeout_ms` when not given.
+pub const DEFAULT_MODEL_TIMEOUT_MS: u64 = 60_000;
 
 /// A bad value: the byte span it came from, and what is wrong.
 pub(super) type Bad = (std::ops::Range<usize>, String);
@@ -42,6 +94,20 @@ pub(super) struct RawGrant {
     http: Vec<String>,
     #[serde(default)]
     secrets: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    tokens_per_invocation: Option<u64>,
+    tokens_per_day: Option<u64>,
+}
+
+/// `[models.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    url: String,
+    model: String,
+    secret: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 /// `[secrets.NAME]`.
@@ -118,10 +184,63 @@ pub(super) fn parse_secrets(
     Ok(out)
 }
 
-/// Checks each agent's stanza against the secrets declared.
+/// Checks the models: an http(s) URL with no user, a model name, a secret
+/// that is declared and goes to the model's host, a timeout.
+pub(super) fn parse_models(
+    raw: BTreeMap<Spanned<String>, Spanned<RawModel>>,
+    secrets: &BTreeMap<String, SecretDef>,
+) -> Result<BTreeMap<String, ModelDef>, Bad> {
+    let mut out = BTreeMap::new();
+    for (name, model) in raw {
+        let span = model.span();
+        let (name, model) = (name.into_inner(), model.into_inner());
+        let bad = |why: String| (span.clone(), format!("models.{name}: {why}"));
+        let url = model.url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad(format!("`url` `{url}` has no scheme: write the API's base, such as `http://127.0.0.1:11434/v1`"))
+        })?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if rest[authority.len()..].contains(['?', '#']) {
+            return Err(bad(format!("`url` `{url}` has a query or a fragment: write the API's base URL")));
+        }
+        let target = Target::parse(scheme, authority).map_err(|why| bad(format!("`url`: {why}")))?;
+        let endpoint =
+            if url.ends_with("/chat/completions") { url.to_string() } else { format!("{url}/chat/completions") };
+        if model.model.trim().is_empty() {
+            return Err(bad("`model` names the model the server runs, such as `llama3.2` or `gpt-4o-mini`".into()));
+        }
+        if let Some(s) = &model.secret {
+            let Some(def) = secrets.get(s) else {
+                return Err(bad(format!("secret `{s}` is not declared; add [secrets.{s}]")));
+            };
+            if !def.hosts.iter().any(|h| h.matches(&target)) {
+                return Err(bad(format!("secret `{s}` does not go to {target}: add it to secrets.{s}.hosts")));
+            }
+        }
+        let timeout_ms = match model.timeout_ms {
+            Some(ms) if ms == 0 || ms > 600_000 => return Err(bad("`timeout_ms` is 1 to 600000".into())),
+            Some(ms) => ms,
+            None => DEFAULT_MODEL_TIMEOUT_MS,
+        };
+        out.insert(
+            name,
+            ModelDef {
+                endpoint,
+                target,
+                model: model.model,
+                secret: model.secret,
+                timeout: std::time::Duration::from_millis(timeout_ms),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Checks each agent's stanza against the secrets and models declared.
 pub(super) fn parse_grants(
     stanzas: Vec<(Spanned<String>, Spanned<toml::Value>)>,
     secrets: &BTreeMap<String, SecretDef>,
+    models: &BTreeMap<String, ModelDef>,
 ) -> Result<BTreeMap<String, AgentGrant>, Bad> {
     let mut out = BTreeMap::new();
     for (name, value) in stanzas {
@@ -154,7 +273,21 @@ pub(super) fn parse_grants(
                 )));
             }
         }
-        out.insert(name, AgentGrant { http, secrets: raw.secrets });
+        if let Some(m) = raw.models.iter().find(|m| !models.contains_key(*m)) {
+            return Err(bad(format!("models: no model `{m}` is declared; add [models.{m}] with `url` and `model`")));
+        }
+        let positive = |v: Option<u64>, key: &str, default: u64| match v {
+            Some(0) => Err(bad(format!("{key} must be greater than 0 (take the model away instead)"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let tokens_per_invocation =
+            positive(raw.tokens_per_invocation, "tokens_per_invocation", DEFAULT_TOKENS_PER_INVOCATION)?;
+        let tokens_per_day = positive(raw.tokens_per_day, "tokens_per_day", DEFAULT_TOKENS_PER_DAY)?;
+        out.insert(
+            name,
+            AgentGrant { http, secrets: raw.secrets, models: raw.models, tokens_per_invocation, tokens_per_day },
+        );
     }
     Ok(out)
 }

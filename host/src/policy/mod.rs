@@ -9,7 +9,9 @@
 //!   restart, and what changed.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
 //! - [`outbound`]: the origins an agent may reach over HTTP (`[agents.NAME]
-//!   http`); [`secrets`]: the values the host adds to those requests.
+//!   http`); [`secrets`]: the values the host adds to those requests;
+//!   [`grants`]: `[agents.NAME]`, `[secrets]` and `[models]` as configured;
+//!   [`tokens`]: the model tokens each agent spent today.
 //!
 //! [`Policy::check_commit`] is where ownership is enforced: every commit of
 //! every agent passes through it (via [`crate::gate::Gate`]) before the store
@@ -26,6 +28,7 @@ pub mod rules;
 pub mod schema;
 pub mod secrets;
 pub mod server;
+pub mod tokens;
 
 use crate::kb::{EntityRef, Write};
 use schema::Schema;

@@ -142,7 +142,14 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     // in the config, and is read again at every reload).
     let grant_sig = |g: &super::grants::AgentGrant| {
         let http: Vec<String> = g.http.origins.iter().map(ToString::to_string).collect();
-        format!("http {} secrets {}", http.join(", "), g.secrets.join(", "))
+        format!(
+            "http {} secrets {} models {} tokens {}/{}",
+            http.join(", "),
+            g.secrets.join(", "),
+            g.models.join(", "),
+            g.tokens_per_invocation,
+            g.tokens_per_day
+        )
     };
     let old_grants = old.grants.iter().map(|(a, g)| (a.as_str(), grant_sig(g))).collect();
     let new_grants = new.grants.iter().map(|(a, g)| (a.as_str(), grant_sig(g))).collect();
@@ -151,6 +158,10 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let old_secrets = old.secrets.iter().map(|(n, s)| (n.as_str(), secret_sig(s))).collect();
     let new_secrets = new.secrets.iter().map(|(n, s)| (n.as_str(), secret_sig(s))).collect();
     named_changes(&mut out, "secret", &old_secrets, &new_secrets);
+    let model_sig = |m: &super::grants::ModelDef| format!("{m:?}");
+    let old_models = old.models.iter().map(|(n, m)| (n.as_str(), model_sig(m))).collect();
+    let new_models = new.models.iter().map(|(n, m)| (n.as_str(), model_sig(m))).collect();
+    named_changes(&mut out, "model", &old_models, &new_models);
 
     let old_sched = old.schedules.iter().map(|s| (s.name.as_str(), s.signature())).collect();
     let new_sched = new.schedules.iter().map(|s| (s.name.as_str(), s.signature())).collect();

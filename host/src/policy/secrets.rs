@@ -122,6 +122,11 @@ impl Secrets {
         })
     }
 
+    /// The header of the secret `name`, if it is in force.
+    pub fn header(&self, name: &str) -> Option<(&HeaderName, &HeaderValue)> {
+        self.by_name.get(name).map(|r| (&r.header, &r.value))
+    }
+
     /// Replaces any copy of a secret's value in `text` with its name, so
     /// that what a server echoes back never reaches the audit or a log.
     pub fn scrub(&self, text: &mut String) {

@@ -2,7 +2,7 @@
 //! functions. Each function converts WIT types and hands the call to the
 //! [`Gate`]; nothing here decides policy or touches storage.
 
-use super::bindings::concord::agent::{coord, kb, log, types as wit};
+use super::bindings::concord::agent::{coord, kb, log, model as wit_model, types as wit};
 use crate::gate::{Caller, Gate, WriteError};
 use crate::kb::{self as model, EntityRef};
 use crate::policy::Refusal;
@@ -327,5 +327,41 @@ impl log::Host for InvocationState {
         }
         gate.log(&caller, name, &message).await?;
         Ok(())
+    }
+}
+
+impl wit_model::Host for InvocationState {
+    async fn granted(&mut self) -> wasmtime::Result<Vec<String>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        Ok(gate.model_granted(&caller).await?)
+    }
+
+    async fn complete(
+        &mut self,
+        request: wit_model::Request,
+    ) -> wasmtime::Result<Result<wit_model::Completion, wit_model::ModelError>> {
+        let (gate, caller) = (self.gate.clone(), self.caller.clone());
+        let request = crate::gate::ModelRequest {
+            model: request.model,
+            messages: request
+                .messages
+                .into_iter()
+                .map(|m| crate::gate::ChatMessage { role: m.role, content: m.content })
+                .collect(),
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
+        };
+        Ok(match gate.model_complete(&caller, request).await? {
+            Ok(c) => Ok(wit_model::Completion {
+                content: c.content,
+                model: c.model,
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+                finish_reason: c.finish_reason,
+            }),
+            Err(crate::gate::ModelError::Refused(why)) => Err(wit_model::ModelError::Refused(why)),
+            Err(crate::gate::ModelError::Unavailable(why)) => Err(wit_model::ModelError::Unavailable(why)),
+            Err(crate::gate::ModelError::Invalid(why)) => Err(wit_model::ModelError::Invalid(why)),
+        })
     }
 }

@@ -33,6 +33,11 @@
 //!   "body": "...", "follow": true}`: a request through the SDK's `http`;
 //!   `{"status": N, "body": "...", "url": "..."}` or `{"error": "refused" |
 //!   "bad_url" | "failed", "text": ...}`
+//! - `{"op": "model", "model": "...", "messages": [{"role": "...", "content":
+//!   "..."}], "max_tokens": N, "temperature": F}`: `model.complete`;
+//!   `{"content", "model", "prompt_tokens", "completion_tokens",
+//!   "finish_reason"}` or `{"error": "refused" | "unavailable" | "invalid",
+//!   "text": ...}`
 //! - `{"op": "memory_holds", "reversed": "..."}`: whether this instance's
 //!   linear memory holds the text whose reverse is given anywhere (the text
 //!   itself is never built, so looking for it cannot plant it):
@@ -88,6 +93,36 @@ fn http(op: &Json) -> Json {
                 HttpError::Failed(_) => "failed",
             };
             json!({ "error": kind, "text": e.to_string() })
+        }
+    }
+}
+
+fn model(op: &Json) -> Json {
+    use concord_agent::model::{self, ModelError, Request};
+    let messages = op["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| model::message(m["role"].as_str().unwrap_or("user"), m["content"].as_str().unwrap_or_default()))
+        .collect();
+    let request = Request {
+        model: op["model"].as_str().map(str::to_string),
+        messages,
+        temperature: op["temperature"].as_f64().map(|t| t as f32),
+        max_tokens: op["max_tokens"].as_u64().map(|n| n as u32),
+    };
+    match model::complete(&request) {
+        Ok(c) => json!({
+            "content": c.content, "model": c.model, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
+        }),
+        Err(e) => {
+            let kind = match &e {
+                ModelError::Refused(_) => "refused",
+                ModelError::Unavailable(_) => "unavailable",
+                ModelError::Invalid(_) => "invalid",
+            };
+            json!({ "error": kind, "text": model::describe(&e) })
         }
     }
 }
@@ -238,6 +273,7 @@ impl Handler for Probe {
                 }
                 "scribble" => scribble(),
                 "http" => http(op),
+                "model" => model(op),
                 "memory_holds" => memory_holds(op["reversed"].as_str().unwrap_or_default()),
                 "spin" => {
                     // Busy for `ms` of wall-clock time, making no host call:
