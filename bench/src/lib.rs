@@ -13,6 +13,9 @@
 //! - `hostcall`: `kb.get` from a wasm agent against the same audited get
 //!   called natively through the gate, on the same store;
 //! - `start`: a fresh instance plus a trivial handler, end to end;
+//! - `outbound`: an agent's GET through the host (`wasi:http`: checked,
+//!   audited, sent) against reqwest calling the same loopback server from
+//!   this process ([`outbound`]);
 //! - `commit`: durable commits at 1, 4, 16 and 64 concurrent invocations on
 //!   distinct entities and 16 contending on one, against SQLite (WAL,
 //!   synchronous=FULL, optimistic `UPDATE … WHERE version=?` plus an audit
@@ -44,6 +47,7 @@
 
 pub mod concord_runs;
 pub mod machine;
+pub mod outbound;
 pub mod plot;
 pub mod postgres;
 pub mod reload;
@@ -78,6 +82,9 @@ pub struct Sizes {
     pub service_ms: u64,
     /// Hot-reload rounds (a cache miss and a hit each).
     pub reload_rounds: usize,
+    /// Outbound requests per round of the outbound phase (rounds:
+    /// `get_rounds`).
+    pub http_requests: u64,
 }
 
 impl Sizes {
@@ -92,6 +99,7 @@ impl Sizes {
             in_flight: 64,
             service_ms: 5_000,
             reload_rounds: 5,
+            http_requests: 500,
         }
     }
 
@@ -106,6 +114,7 @@ impl Sizes {
             in_flight: 16,
             service_ms: 1_500,
             reload_rounds: 2,
+            http_requests: 100,
         }
     }
 }
@@ -115,8 +124,10 @@ pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Invocations contending on one entity.
 pub const CONTENDERS: usize = 16;
 
-const PHASES: [&str; 11] =
-    ["machine", "memory", "hostcall", "start", "commit", "replay", "audit", "reports", "service", "reload", "postgres"];
+const PHASES: [&str; 12] = [
+    "machine", "memory", "hostcall", "start", "outbound", "commit", "replay", "audit", "reports", "service", "reload",
+    "postgres",
+];
 
 struct Args {
     sizes: Sizes,
@@ -193,6 +204,7 @@ pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
             "memory" => runtime.block_on(concord_runs::memory(&guests, sizes))?,
             "hostcall" => runtime.block_on(concord_runs::hostcall(&guests, sizes))?,
             "start" => runtime.block_on(concord_runs::start(&guests, sizes))?,
+            "outbound" => runtime.block_on(outbound::run_phase(&guests, sizes.http_requests, sizes.get_rounds))?,
             "commit" => {
                 let concord = runtime.block_on(concord_runs::commits(&guests, sizes))?;
                 let sqlite = sqlite::commits(sizes)?;
@@ -318,6 +330,18 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             "### Invocation start (fresh instance + trivial handler, end to end)\n\n| median | p99 | target |\n|---|---|---|\n| {} µs | {} µs | median ≤ 50 µs |\n\n",
             num(f(h, &["us_p50"]), 1),
             num(f(h, &["us_p99"]), 1),
+        ));
+    }
+    if let Some(h) = r.get("outbound") {
+        s.push_str(&format!(
+            "### Outbound HTTP (a GET to a loopback server, {} requests)\n\n| | median | p99 |\n|---|---|---|\n| from a wasm agent, through the host (checked, audited, a connection each) | {} µs | {} µs |\n| reqwest from this process, a connection each | {} µs | {} µs |\n| reqwest from this process, connections kept | {} µs | |\n| added by the host (median, against a connection each) | {} µs (target ≤ 200 µs) | |\n\n",
+            h["requests"],
+            num(f(h, &["host_us_p50"]), 1),
+            num(f(h, &["host_us_p99"]), 1),
+            num(f(h, &["reqwest_fresh_us_p50"]), 1),
+            num(f(h, &["reqwest_fresh_us_p99"]), 1),
+            num(f(h, &["reqwest_pooled_us_p50"]), 1),
+            num(f(h, &["added_us_p50"]), 1),
         ));
     }
     if let Some(c) = r.get("commit") {

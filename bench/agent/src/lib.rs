@@ -10,6 +10,8 @@
 //!   unless someone else writes the entity;
 //! - `increments`: `n` successful increments of `entity.n`: read, add one,
 //!   commit on the version read; on a conflict, count it, re-read, retry.
+//! - `http_gets`: `n` outbound `GET url` requests through the host
+//!   (`wasi:http`), each timed in the guest (`lat_us`).
 //!
 //! The report is JSON: `{"ok": successes, "conflicts": c, "lat_us": [...]}`,
 //! with one latency per successful commit, timed in the guest around the
@@ -90,6 +92,18 @@ impl Handler for Bench {
                         Err(err) => return Err(describe(&err)),
                     }
                     current = kb::get(&e)?.ok_or("the counter vanished")?;
+                }
+            }
+            "http_gets" => {
+                let url = body["url"].as_str().ok_or("http_gets needs a `url`")?;
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let r = concord_agent::http::Request::get(url).no_redirects().send().map_err(|e| e.to_string())?;
+                    if r.status != 200 {
+                        return Err(format!("GET {url}: status {}", r.status));
+                    }
+                    lat_us.push(micros(t));
+                    ok += 1;
                 }
             }
             other => return Err(format!("unknown op `{other}`")),
