@@ -440,3 +440,21 @@ async fn grants_reload_live_and_a_missing_secret_refuses_the_reload() {
     let out = env.probe("support", json!([get(&second.url("/echo"))])).await;
     assert_eq!(out[0]["status"], 200, "the old grant stays: {out:?}");
 }
+
+/// Requests answer through their futures and cannot trap; past
+/// `limits.max_host_calls` the invocation is stopped all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_stops_at_the_host_call_limit() {
+    let tap = Tap::start().await;
+    let env = Env::with_config(&[("support", "probe")], &config("max_host_calls = 3\n", ""));
+    let flood: Vec<Value> = (0..200).map(|_| get(&format!("http://127.0.0.1:{}/", tap.port))).collect();
+    let inv = env.send("support", "probe", "", json!({ "ops": flood })).await;
+    match &inv.outcome {
+        concord::Outcome::Trapped(why) => assert!(why.contains("limits.max_host_calls"), "{why}"),
+        other => panic!("the flood was not stopped: {other}"),
+    }
+    assert_eq!(tap.connections(), 0);
+    let entries = http_entries(&env);
+    assert!(entries.iter().take(3).all(|e| e.decision == Decision::Forbidden), "{entries:#?}");
+    assert_eq!(entries[3].rule.as_deref(), Some("limits.max_host_calls"));
+}

@@ -87,9 +87,13 @@ impl Gate {
         let url = request.uri().to_string();
         let started = match self.enter(&caller, calls::HTTP).await {
             Ok(started) => started,
-            // Past `limits.max_host_calls`, `enter` audited the refusal; the
-            // agent's next host call stops the invocation.
-            Err(HostFault::Limit(why)) => return Err(HttpError::InternalError(Some(why))),
+            // Past `limits.max_host_calls`, `enter` audited the refusal. A
+            // request answers through its future and cannot trap: the
+            // runtime stops the invocation at its next tick instead.
+            Err(HostFault::Limit(why)) => {
+                let _ = caller.halt.set(why.clone());
+                return Err(HttpError::InternalError(Some(why)));
+            }
             Err(e) => return Err(HttpError::InternalError(Some(e.to_string()))),
         };
         let settings = self.settings.load_full();

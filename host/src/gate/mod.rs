@@ -102,6 +102,10 @@ pub struct Caller {
     http_requests: AtomicU32,
     /// Model tokens spent so far (`agents.NAME.tokens_per_invocation`).
     model_tokens: std::sync::atomic::AtomicU64,
+    /// Set when a call that cannot trap (an outbound request, answered
+    /// through its future) found the invocation past a limit: the runtime
+    /// stops the invocation at its next tick (see [`Caller::halted`]).
+    halt: std::sync::OnceLock<String>,
     breakpoint: Option<Breakpoint>,
     followups: Mutex<FollowUps>,
 }
@@ -125,6 +129,7 @@ impl Caller {
             calls: AtomicU32::new(0),
             http_requests: AtomicU32::new(0),
             model_tokens: std::sync::atomic::AtomicU64::new(0),
+            halt: std::sync::OnceLock::new(),
             breakpoint,
             followups: Mutex::default(),
         }
@@ -141,6 +146,12 @@ impl Caller {
 
     fn follow(&self, f: impl FnOnce(&mut FollowUps)) {
         f(&mut self.followups.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// Why the invocation must stop, if a call found it past a limit it
+    /// could not trap on itself.
+    pub fn halted(&self) -> Option<&str> {
+        self.halt.get().map(String::as_str)
     }
 
     /// How many host calls this invocation has made.

@@ -675,7 +675,13 @@ impl Runtime {
         let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
         let mut elapsed = 0u64;
         store.set_epoch_deadline(1);
+        let halting = store.data().caller.clone();
         store.epoch_deadline_callback(move |_| {
+            // A limit reached in a call that could not trap (see
+            // `Caller::halted`) stops the invocation here.
+            if let Some(why) = halting.halted() {
+                return Err(crate::gate::HostFault::Limit(why.to_string()).into());
+            }
             elapsed += 1;
             Ok(if elapsed >= ticks { wasmtime::UpdateDeadline::Interrupt } else { wasmtime::UpdateDeadline::Yield(1) })
         });
