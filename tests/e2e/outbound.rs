@@ -458,3 +458,29 @@ async fn a_flood_of_requests_stops_at_the_host_call_limit() {
     assert!(entries.iter().take(3).all(|e| e.decision == Decision::Forbidden), "{entries:#?}");
     assert_eq!(entries[3].rule.as_deref(), Some("limits.max_host_calls"));
 }
+
+/// A request the agent hands over and drops at once is audited all the
+/// same: the entry is drafted when the request is handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_agent_gives_up_on_is_audited() {
+    let echo = Echo::start().await;
+    let grants = format!("[agents.support]\nhttp = [\"{}\"]\n", echo.origin());
+    let env = Env::with_config(&[("support", "probe")], &config("", &grants));
+    let ops: Vec<Value> = (0..20).map(|_| json!({ "op": "http_abandon", "url": echo.url("/slow?ms=2000") })).collect();
+    let out = env.probe("support", Value::Array(ops)).await;
+    assert!(out.iter().all(|r| *r == json!("abandoned")), "{out:?}");
+    // An aborted request leaves its entry when it is dropped, which may be
+    // just after the invocation ends.
+    let mut entries = http_entries(&env);
+    for _ in 0..100 {
+        if entries.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        entries = http_entries(&env);
+    }
+    assert_eq!(entries.len(), 20, "one entry per request handed over: {entries:#?}");
+    for e in &entries {
+        assert!(e.outcome.starts_with("abandoned"), "{}", e.outcome);
+    }
+}

@@ -77,29 +77,57 @@ impl Drop for Pending {
 impl Gate {
     /// Checks, sends and audits one outbound request of `caller`'s. The
     /// error is what the agent's `wasi:http` future resolves to.
-    pub async fn http(
+    ///
+    /// The audit entry is drafted here, before the future exists: an agent
+    /// that drops the future at once (which aborts it, perhaps before its
+    /// first poll) still leaves its entry, as abandoned.
+    pub fn http(
         self: Arc<Self>,
         caller: Arc<Caller>,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-    ) -> HttpSent {
+    ) -> impl Future<Output = HttpSent> + Send + 'static {
         let method = request.method().to_string();
         let url = request.uri().to_string();
-        let started = match self.enter(&caller, calls::HTTP).await {
-            Ok(started) => started,
-            // Past `limits.max_host_calls`, `enter` audited the refusal. A
-            // request answers through its future and cannot trap: the
-            // runtime stops the invocation at its next tick instead.
+        let settings = self.settings.load_full();
+        let draft = self.draft(&caller, calls::HTTP, vec![], json!({ "method": method, "url": url }));
+        let pending = Pending {
+            gate: self.clone(),
+            draft: Some(draft),
+            started: Instant::now(),
+            secrets: settings.secrets.clone(),
+        };
+        self.send_checked(caller, request, options, pending, method, url)
+    }
+
+    async fn send_checked(
+        self: Arc<Self>,
+        caller: Arc<Caller>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        mut pending: Pending,
+        method: String,
+        url: String,
+    ) -> HttpSent {
+        match self.enter(&caller, calls::HTTP).await {
+            Ok(started) => pending.started = started,
+            // Past `limits.max_host_calls`, `enter` audited the refusal (so
+            // this call's draft is dropped unwritten). A request answers
+            // through its future and cannot trap: the runtime stops the
+            // invocation at its next tick instead.
             Err(HostFault::Limit(why)) => {
+                pending.draft = None;
                 let _ = caller.halt.set(why.clone());
                 return Err(HttpError::InternalError(Some(why)));
             }
-            Err(e) => return Err(HttpError::InternalError(Some(e.to_string()))),
-        };
+            Err(e) => {
+                pending.finish(Decision::Fault, None, format!("failed: {e}"));
+                return Err(HttpError::InternalError(Some(e.to_string())));
+            }
+        }
+        let started = pending.started;
         let settings = self.settings.load_full();
         let (config, secrets) = (&settings.config, settings.secrets.clone());
-        let draft = self.draft(&caller, calls::HTTP, vec![], json!({ "method": method, "url": url }));
-        let mut pending = Pending { gate: self.clone(), draft: Some(draft), started, secrets: secrets.clone() };
         let limits = &config.limits;
 
         let n = caller.http_requests.fetch_add(1, Ordering::Relaxed) + 1;

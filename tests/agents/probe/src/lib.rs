@@ -33,6 +33,8 @@
 //!   "body": "...", "follow": true}`: a request through the SDK's `http`;
 //!   `{"status": N, "body": "...", "url": "..."}` or `{"error": "refused" |
 //!   "bad_url" | "failed", "text": ...}`
+//! - `{"op": "http_abandon", "url": "http://host:port/path"}`: hands a GET
+//!   to the host and drops its response future at once: `"abandoned"`
 //! - `{"op": "model", "model": "...", "messages": [{"role": "...", "content":
 //!   "..."}], "max_tokens": N, "temperature": F}`: `model.complete`;
 //!   `{"content", "model", "prompt_tokens", "completion_tokens",
@@ -94,6 +96,27 @@ fn http(op: &Json) -> Json {
             };
             json!({ "error": kind, "text": e.to_string() })
         }
+    }
+}
+
+/// A request handed to the host and given up on before any answer.
+fn http_abandon(url: &str) -> Json {
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let Some(rest) = url.strip_prefix("http://") else { return json!({ "error": "http:// URLs only" }) };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    let set = request.set_scheme(Some(&Scheme::Http)).is_ok()
+        && request.set_authority(Some(authority)).is_ok()
+        && request.set_path_with_query(Some(if path.is_empty() { "/" } else { path })).is_ok();
+    if !set {
+        return json!({ "error": "the host refused the URL's parts" });
+    }
+    match wasip2::http::outgoing_handler::handle(request, None) {
+        Ok(future) => {
+            drop(future);
+            json!("abandoned")
+        }
+        Err(e) => json!({ "error": format!("{e:?}") }),
     }
 }
 
@@ -273,6 +296,7 @@ impl Handler for Probe {
                 }
                 "scribble" => scribble(),
                 "http" => http(op),
+                "http_abandon" => http_abandon(op["url"].as_str().unwrap_or_default()),
                 "model" => model(op),
                 "memory_holds" => memory_holds(op["reversed"].as_str().unwrap_or_default()),
                 "spin" => {
