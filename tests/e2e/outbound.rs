@@ -484,3 +484,30 @@ async fn a_request_the_agent_gives_up_on_is_audited() {
         assert!(e.outcome.starts_with("abandoned"), "{}", e.outcome);
     }
 }
+
+/// `concord agents` shows what each agent may reach beyond the knowledge
+/// base, and nothing for an agent granted nothing.
+#[test]
+fn concord_agents_shows_the_grants() {
+    let grants = "[secrets.key]\nenv = \"CONCORD_TEST_NEVER_SET_AGENTS\"\nhosts = [\"https://api.example.com\"]\nheader = \"x-api-key\"\n\n[agents.support]\nhttp = [\"https://api.example.com\", \"http://127.0.0.1:11434\"]\nsecrets = [\"key\"]\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("agents")).expect("agents");
+    for name in ["support", "sales"] {
+        std::fs::copy(crate::common::wasm("probe"), dir.path().join("agents").join(format!("{name}.wasm")))
+            .expect("copy");
+    }
+    std::fs::write(dir.path().join("concord.toml"), config("", grants)).expect("config");
+    let out = crate::common::concord(dir.path(), &["agents"]);
+    let text = crate::common::stdout(&out);
+    assert!(out.status.success(), "{text}{}", crate::common::stderr(&out));
+    assert!(text.contains("may reach: https://api.example.com, http://127.0.0.1:11434"), "{text}");
+    assert!(text.contains("secrets added: key"), "{text}");
+    assert_eq!(text.matches("may reach").count(), 1, "sales is granted nothing: {text}");
+    let json = crate::common::concord(dir.path(), &["agents", "--json"]);
+    let support = crate::common::stdout(&json)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON lines"))
+        .find(|v| v["name"] == "support")
+        .expect("support is listed");
+    assert_eq!(support["http"], json!(["https://api.example.com", "http://127.0.0.1:11434"]));
+}

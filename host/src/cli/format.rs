@@ -217,12 +217,26 @@ pub fn print_agents(agents: &[AgentView], refused: &[crate::runtime::RefusedFile
         if as_json {
             outln!(
                 "{}",
-                json!({ "name": a.name, "digest": a.digest, "path": a.path, "writes": fields, "loaded_at_ms": a.loaded_at_ms })
+                json!({
+                    "name": a.name, "digest": a.digest, "path": a.path, "writes": fields, "loaded_at_ms": a.loaded_at_ms,
+                    "http": a.http, "secrets": a.secrets, "models": a.models,
+                })
             );
         } else {
             outln!("{:<10} sha256:{}  {}", a.name, a.digest, a.path.display());
             outln!("           loaded {}", fmt_time(a.loaded_at_ms));
             outln!("           writes: {}", if fields.is_empty() { "(nothing)".into() } else { fields.join(", ") });
+            // Deny by default: an agent granted nothing beyond the
+            // knowledge base shows no line for it.
+            if !a.http.is_empty() {
+                outln!("           may reach: {}", a.http.join(", "));
+            }
+            if !a.secrets.is_empty() {
+                outln!("           secrets added: {}", a.secrets.join(", "));
+            }
+            if !a.models.is_empty() {
+                outln!("           models: {}", a.models.join(", "));
+            }
         }
     }
     for r in refused {

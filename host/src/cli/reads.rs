@@ -248,17 +248,7 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
         _ => {
             let runtime =
                 crate::runtime::Runtime::load(&config.agents_dir, config.limits.clone(), Some(&config.cache_dir()))?;
-            let agents = runtime
-                .agents()
-                .into_iter()
-                .map(|a| AgentView {
-                    name: a.name.clone(),
-                    digest: a.digest.clone(),
-                    path: a.path.clone(),
-                    writes: config.schema.writable_by(&a.name),
-                    loaded_at_ms: a.loaded_at_ms,
-                })
-                .collect();
+            let agents = runtime.agents().iter().map(|a| AgentView::of(a, &config)).collect();
             AgentList { agents, refused: vec![] }
         }
     };

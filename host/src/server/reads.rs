@@ -363,20 +363,8 @@ pub async fn actions(State(app): State<Arc<App>>, Query(q): Query<PageQuery>) ->
     responses((status = 200, description = "The agents", body = AgentList)),
     security(("bearer" = [])))]
 pub async fn agents(State(app): State<Arc<App>>) -> Json<AgentList> {
-    let policy = app.host.gate().policy();
-    let schema = policy.schema();
-    let agents = app
-        .host
-        .agents()
-        .into_iter()
-        .map(|a| AgentView {
-            name: a.name.clone(),
-            digest: a.digest.clone(),
-            path: a.path.clone(),
-            writes: schema.writable_by(&a.name),
-            loaded_at_ms: a.loaded_at_ms,
-        })
-        .collect();
+    let config = app.host.config();
+    let agents = app.host.agents().iter().map(|a| AgentView::of(a, &config)).collect();
     Json(AgentList { agents, refused: app.host.refused_agents() })
 }
 

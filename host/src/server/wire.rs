@@ -127,6 +127,32 @@ pub struct AgentView {
     /// When it was loaded, in ms since the epoch.
     #[serde(default)]
     pub loaded_at_ms: u64,
+    /// The origins it may reach over HTTP (`[agents.NAME] http`).
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// The secrets the host adds to its requests, by name.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The models it may call.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+impl AgentView {
+    /// A loaded agent, with what `config` lets it write and reach.
+    pub fn of(agent: &crate::runtime::AgentInfo, config: &crate::Config) -> AgentView {
+        let grant = config.grants.get(&agent.name).cloned().unwrap_or_default();
+        AgentView {
+            name: agent.name.clone(),
+            digest: agent.digest.clone(),
+            path: agent.path.clone(),
+            writes: config.schema.writable_by(&agent.name),
+            loaded_at_ms: agent.loaded_at_ms,
+            http: grant.http.origins.iter().map(ToString::to_string).collect(),
+            secrets: grant.secrets,
+            models: grant.models,
+        }
+    }
 }
 
 /// The agents in service, and the files refused.
