@@ -59,6 +59,7 @@ export async function render(main, _params, { signal }) {
           h("tr", {}, h("th", {}, "loaded"), h("td", {}, time(a.loaded_at_ms))),
           h("tr", {}, h("th", {}, "component"), h("td", {}, a.path)),
           h("tr", {}, h("th", {}, "may write"), h("td", {}, a.writes.length ? a.writes.join(", ") : h("span", { class: "muted" }, "nothing"))),
+          h("tr", {}, h("th", {}, "may reach"), h("td", {}, grants(a))),
           h("tr", {}, h("th", {}, "refusal rate"), h("td", { class: "rate" }, total ? `${refused} of ${total} write-like calls refused (${((100 * refused) / total).toFixed(1)}%)` : "no write-like calls yet")),
           h(
             "tr",
@@ -80,4 +81,13 @@ export async function render(main, _params, { signal }) {
         )
       : null,
   );
+}
+
+/** What an agent may reach beyond the knowledge base: nothing by default. */
+function grants(a) {
+  const parts = [];
+  if ((a.http || []).length) parts.push(`HTTP ${a.http.join(", ")}`);
+  if ((a.secrets || []).length) parts.push(`secrets ${a.secrets.join(", ")} (added by the host)`);
+  if ((a.models || []).length) parts.push(`models ${a.models.join(", ")}`);
+  return parts.length ? parts.join("; ") : h("span", { class: "muted" }, "nothing beyond the knowledge base");
 }

@@ -192,6 +192,7 @@ test("agents and trust pages show digests, refusal rates and the verified chain"
   assert.match(await sales.innerText(), /[0-9a-f]{64}/);
   assert.match(await sales.locator(".rate").innerText(), /refused/);
   assert.ok((await sales.locator("svg.strip rect").count()) >= 1);
+  assert.match(await sales.innerText(), /may reach\s+nothing beyond the knowledge base/);
   await shot(page, "agents");
   await page.goto(`${URL}/#/trust`);
   await page.locator("#verdict").waitFor();
