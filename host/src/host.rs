@@ -70,6 +70,17 @@ pub struct Host {
     refused: Mutex<BTreeMap<PathBuf, RefusedFile>>,
     /// One reload (of agents or of the config) at a time.
     reloading: Mutex<()>,
+    /// When the head of the outbox is due again after a failed delivery
+    /// (ms since the epoch; 0: nothing waits). `concord serve` delivers
+    /// then; otherwise the next trigger does.
+    retry_at_ms: std::sync::atomic::AtomicU64,
+    /// One delivery round at a time on this host: two at once would send
+    /// the same action twice, and count one failure twice.
+    delivering: Mutex<()>,
+    /// Set by a service that delivers in the background (see
+    /// [`Host::deliver_in_background`]); woken when a trigger ends.
+    background: std::sync::atomic::AtomicBool,
+    deliveries: tokio::sync::Notify,
 }
 
 /// What a look at the agents folder changed.
@@ -112,7 +123,7 @@ impl Host {
     /// Actions recorded but not delivered before the last stop (a crash,
     /// say) are delivered now.
     pub fn start(config: Config) -> Result<Host, StartError> {
-        let sink = outbox::open_sink(&config.sink)?;
+        let sink = outbox::open_sink(&config.sink, &config.secrets)?;
         Self::start_with_sink(config, sink)
     }
 
@@ -149,18 +160,45 @@ impl Host {
             folder: Mutex::new(folder),
             refused: Mutex::default(),
             reloading: Mutex::new(()),
+            retry_at_ms: std::sync::atomic::AtomicU64::new(0),
+            delivering: Mutex::new(()),
+            background: std::sync::atomic::AtomicBool::new(false),
+            deliveries: tokio::sync::Notify::new(),
         };
         host.expire_change_requests(crate::kb::now_ms())?;
-        let leftover = outbox::deliver_pending(host.store().as_ref(), host.sink.as_ref())?;
+        let leftover = host.deliver_actions()?;
         if !leftover.delivered.is_empty() {
             tracing::info!("delivered {} action(s) left in the outbox by the last run", leftover.delivered.len());
         }
         Ok(host)
     }
 
-    /// Delivers every action waiting in the outbox.
+    /// Delivers every action waiting in the outbox (blocking: the sink
+    /// may write a file or wait for an HTTP answer).
     pub fn deliver_actions(&self) -> Result<Delivery, StoreError> {
-        outbox::deliver_pending(self.store().as_ref(), self.sink.as_ref())
+        let _one = self.delivering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let delivery = outbox::deliver_pending(self.store().as_ref(), self.sink.as_ref())?;
+        self.retry_at_ms.store(delivery.retry_at_ms.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        Ok(delivery)
+    }
+
+    /// Hands deliveries to a sink that waits on the network (see
+    /// [`crate::outbox::Sink::inline`]) to the caller, which waits on
+    /// [`Host::deliveries_wanted`] and calls [`Host::deliver_actions`]: a
+    /// trigger's answer no longer waits for them. Other sinks stay inline.
+    pub fn deliver_in_background(&self) {
+        self.background.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves when a trigger has ended with deliveries for the background
+    /// (see [`Host::deliver_in_background`]).
+    pub async fn deliveries_wanted(&self) {
+        self.deliveries.notified().await;
+    }
+
+    /// When a failed delivery is due to be tried again, if one waits.
+    pub fn delivery_retry_at(&self) -> Option<u64> {
+        Some(self.retry_at_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|at| *at > 0)
     }
 
     /// Runs a trigger: the invocation, every invocation it causes
@@ -211,7 +249,17 @@ impl Host {
             enqueue(&mut queue, &inv, &chain);
             done.push(inv);
         }
-        if let Err(e) = self.deliver_actions() {
+        if self.background.load(std::sync::atomic::Ordering::Relaxed) && !self.sink.inline() {
+            self.deliveries.notify_one();
+            return Ok(done);
+        }
+        // The sink blocks (a file's fsync): off the async threads where the
+        // runtime allows it.
+        let delivered = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.deliver_actions()),
+            _ => self.deliver_actions(),
+        };
+        if let Err(e) = delivered {
             tracing::warn!("actions not delivered yet: {e}");
         }
         Ok(done)

@@ -26,6 +26,7 @@ macro_rules! backends {
                 pins_hold_against_agents_but_not_humans,
                 leases_fence_writes_and_tokens_only_grow,
                 an_idempotency_key_records_one_action,
+                failed_deliveries_count_then_dead_letter_then_retry,
                 change_requests_are_answered_once_by_their_owner,
                 the_audit_is_one_gap_free_chain_and_queries_find_it,
                 replay_rebuilds_the_projection,
@@ -431,6 +432,54 @@ fn an_idempotency_key_records_one_action(store: &dyn Store) {
     // Each recorded action is an event on its entity.
     let recorded = store.history(&acme(), 0, 100).expect("history");
     assert_eq!(recorded.iter().filter(|e| e.kind == EventKind::ActionRecorded).count(), 2);
+}
+
+fn failed_deliveries_count_then_dead_letter_then_retry(store: &dyn Store) {
+    use concord::kb::DeliveryFailure;
+    create_acme(store);
+    let request = ActRequest {
+        actor: actor("sales", 1),
+        entity: acme(),
+        based_on: 1,
+        kind: "email".into(),
+        payload: "{}".into(),
+        idempotency_key: Some("k".into()),
+        at_ms: T0,
+        max_pending: 10,
+    };
+    let ActOutcome::Recorded(action) =
+        store.act(request, allow(), Box::new(|_| draft("sales", 1, "act", Decision::Allowed, &[]))).expect("act").0
+    else {
+        panic!("recorded")
+    };
+    let host_draft = |_: &concord::kb::ActionRecord| draft("host", 0, "action.delivery-failed", Decision::Failed, &[]);
+    let fail = |at: u64, dead: bool| DeliveryFailure {
+        at_ms: at,
+        error: format!("503 at {at}"),
+        next_attempt_ms: at + 100,
+        dead,
+    };
+    let (once, _) = store.delivery_failed(action.id, fail(T0 + 1, false), Box::new(host_draft)).expect("failed");
+    assert_eq!((once.attempts, once.next_attempt_ms, once.dead_at_ms), (1, T0 + 101, None));
+    let pending = store.pending_actions(10).expect("pending");
+    assert_eq!(pending.len(), 1, "a failed action stays in the outbox");
+    assert_eq!((pending[0].attempts, pending[0].last_error.as_deref()), (1, Some("503 at 1700000000001")));
+    let (dead, _) = store.delivery_failed(action.id, fail(T0 + 2, true), Box::new(host_draft)).expect("dead");
+    assert_eq!((dead.attempts, dead.dead_at_ms), (2, Some(T0 + 2)));
+    assert!(store.pending_actions(10).expect("pending").is_empty(), "the dead letter is out of the outbox");
+    assert!(store.delivery_failed(action.id, fail(T0 + 3, false), Box::new(host_draft)).is_err(), "not in the outbox");
+    let retry_draft =
+        |_: &concord::kb::ActionRecord| draft("human:alice", 0, "human.action-retry", Decision::Allowed, &[]);
+    let (back, entry) = store.retry_action(action.id, T0 + 4, Box::new(retry_draft)).expect("retried");
+    assert_eq!((back.attempts, back.dead_at_ms, back.next_attempt_ms), (0, None, 0));
+    assert_eq!(back.last_error.as_deref(), Some("503 at 1700000000002"), "the last error stays on the record");
+    assert_eq!(entry.agent, "human:alice");
+    assert_eq!(store.pending_actions(10).expect("pending").len(), 1, "back in the outbox");
+    let err = store.retry_action(action.id, T0 + 5, Box::new(retry_draft)).expect_err("not dead");
+    assert!(err.to_string().contains("not in the dead letter"), "{err}");
+    assert!(store.retry_action(999, T0 + 5, Box::new(retry_draft)).is_err(), "no such action");
+    let calls: Vec<String> = store.audit(&AuditFilter::default()).expect("audit").into_iter().map(|e| e.call).collect();
+    assert_eq!(calls.iter().filter(|c| *c == "action.delivery-failed").count(), 2, "each failure audited: {calls:?}");
 }
 
 fn change_requests_are_answered_once_by_their_owner(store: &dyn Store) {

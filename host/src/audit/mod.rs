@@ -145,6 +145,10 @@ pub mod calls {
     /// starts), or a fire was skipped (overlap, or missed while down).
     pub const SCHEDULE_FIRE: &str = "schedule.fire";
     pub const SCHEDULE_SKIPPED: &str = "schedule.skipped";
+    /// A delivery of an action failed (the HTTP sink; the last attempt
+    /// moves it to the dead letter), and an operator's retry of one there.
+    pub const ACTION_FAILED: &str = "action.delivery-failed";
+    pub const ACTION_RETRY: &str = "human.action-retry";
     /// A change request closed by the host because nobody resolved it.
     pub const CHANGE_EXPIRED: &str = "change.expired";
     /// A new audit signing key (`concord audit keygen`).

@@ -183,8 +183,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List recorded actions (the outbox) and whether they were delivered.
+    /// List recorded actions (the outbox): delivered, pending (with failed
+    /// attempts), or in the dead letter; `actions retry ID` retries one.
+    #[command(args_conflicts_with_subcommands = true)]
     Actions {
+        #[command(subcommand)]
+        action: Option<ActionsAction>,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -250,6 +254,23 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsAction {
+    /// Put an action from the dead letter back in the outbox, its attempts
+    /// counted afresh (fix the receiver first). Audited.
+    Retry {
+        /// The action's id (`concord actions` lists them).
+        id: u64,
+        /// Who is retrying it (recorded as `human:NAME`). Through a running
+        /// host with tokens, the token's name is who acts.
+        #[arg(long)]
+        by: Option<String>,
+        /// Why; kept in the audit.
+        #[arg(long)]
+        reason: String,
     },
 }
 

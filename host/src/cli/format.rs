@@ -36,7 +36,12 @@ pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
             outln!("{}", serde_json::to_string(a).unwrap_or_default());
             continue;
         }
-        let delivered = a.delivered_at_ms.map_or_else(|| "pending".to_string(), fmt_time);
+        let delivered = match (a.delivered_at_ms, a.dead_at_ms) {
+            (Some(at), _) => fmt_time(at),
+            (None, Some(_)) => "DEAD LETTER".to_string(),
+            (None, None) if a.attempts > 0 => format!("pending, {} failed", a.attempts),
+            (None, None) => "pending".to_string(),
+        };
         outln!(
             "{:>4}  {:<16} {:<16} {:<8} {:>7}  {:<24} {}",
             a.id,
@@ -47,6 +52,23 @@ pub fn print_actions(actions: &[ActionRecord], as_json: bool) {
             delivered,
             visible(&a.idempotency_key)
         );
+        // Why it is not delivered, and what to do.
+        if a.delivered_at_ms.is_none()
+            && let Some(error) = &a.last_error
+        {
+            match a.dead_at_ms {
+                Some(at) => outln!(
+                    "      dead since {} after {} attempts: {}; fix the receiver, then `concord actions retry {} --reason ...`",
+                    fmt_time(at),
+                    a.attempts,
+                    visible(error),
+                    a.id
+                ),
+                None => {
+                    outln!("      last attempt failed: {}; next at {}", visible(error), fmt_time(a.next_attempt_ms))
+                }
+            }
+        }
     }
 }
 

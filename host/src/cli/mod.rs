@@ -30,7 +30,7 @@ mod run;
 mod service;
 mod source;
 
-use args::{Cli, Command, LeaseAction};
+use args::{ActionsAction, Cli, Command, LeaseAction};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -211,7 +211,10 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Schedules { json } => reads::schedules(config, json),
         Command::Replay => reads::replay(config),
         Command::Conflicts { window_ms, json } => reads::conflicts(config, window_ms, json),
-        Command::Actions { json } => reads::actions(config, json),
+        Command::Actions { action: None, json } => reads::actions(config, json),
+        Command::Actions { action: Some(ActionsAction::Retry { id, by, reason }), .. } => {
+            operate::retry_action(config, id, by, &reason)
+        }
         Command::Pin { entity, assignments, by, reason } => operate::pin(config, &entity, &assignments, by, &reason),
         Command::Unpin { entity, fields, by, reason } => operate::unpin(config, &entity, &fields, by, &reason),
         Command::Lease { action: LeaseAction::Break { entity, by, reason } } => {

@@ -50,6 +50,23 @@ pub(super) fn unpin(
     Ok(0)
 }
 
+/// `concord actions retry ID`.
+pub(super) fn retry_action(config_path: &Path, id: u64, by: Option<String>, reason: &str) -> Result<u8, Failure> {
+    let config = Config::load(config_path)?;
+    if reason.trim().is_empty() {
+        return Err(Failure::usage("give a --reason: it is kept in the audit"));
+    }
+    let source = Source::open(config, Access::Write)?;
+    let by = source.by(by)?;
+    let action = source.retry_action(id, by, reason)?;
+    outln!(
+        "action {id} ({} for {}) is back in the outbox; it is delivered at the next round (a running host's, or the next start's)",
+        action.kind,
+        action.entity
+    );
+    Ok(0)
+}
+
 /// `concord lease break KIND/ID`.
 pub(super) fn break_lease(
     config_path: &Path,

@@ -13,8 +13,8 @@ use crate::kb::{self, ActionRecord, AtPoint, EntityRef, Event, Lease, ReplayRepo
 use crate::policy::config::Config;
 use crate::server::wire::{
     ActionPage, AgentList, AuditPage, BreakLeaseRequest, CheckpointHead, CheckpointRequest, EntityPage, EventPage,
-    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RevertRequest, ScheduleList, TraceView,
-    UnpinRequest, VerifyRequest, VerifyView,
+    ImportAnswer, ImportRequest, KeyRequest, PinRequest, Recorded, RetryActionRequest, RevertRequest, ScheduleList,
+    TraceView, UnpinRequest, VerifyRequest, VerifyView,
 };
 use std::collections::BTreeSet;
 
@@ -301,6 +301,18 @@ impl Source {
             Source::Remote { client, .. } => {
                 let path = format!("/v1/entities/{}/{}/unpin", segment(&entity.kind), segment(&entity.id));
                 Ok(client.post(&path, &UnpinRequest { fields: fields.to_vec(), reason: reason.into(), by })?)
+            }
+        }
+    }
+
+    pub fn retry_action(&self, id: u64, by: Option<String>, reason: &str) -> Result<ActionRecord, Failure> {
+        match self {
+            Source::Local { store, .. } => {
+                Ok(operator::retry_action(&**store, id, by.as_deref().unwrap_or_default(), reason)?)
+            }
+            Source::Remote { client, .. } => {
+                Ok(client
+                    .post(&format!("/v1/actions/{id}/retry"), &RetryActionRequest { reason: reason.into(), by })?)
             }
         }
     }

@@ -6,7 +6,8 @@
 //! - [`cascade`]: subscriptions and handoffs: the invocations an invocation
 //!   causes, with causation and depth.
 //! - [`outbox`]: delivering recorded actions to a sink, at least once, with
-//!   idempotency keys.
+//!   idempotency keys; [`webhook`]: the HTTP sink (retries with backoff, a
+//!   dead letter).
 //! - [`operator`]: human pins, reverts and lease breaks.
 //! - [`expiry`]: change requests that nobody resolves expire.
 //! - [`schedule`]: `[[schedules]]`: agents triggered by time.
@@ -27,3 +28,4 @@ pub mod outbox;
 pub mod schedule;
 pub mod script;
 pub mod trace;
+pub mod webhook;

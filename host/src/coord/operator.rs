@@ -3,8 +3,8 @@
 
 use crate::audit::{AuditDraft, Decision, calls};
 use crate::kb::{
-    Actor, CommitOutcome, CommitRequest, EntityRef, Event, EventKind, Expect, Lease, Store, StoreError, Value, Write,
-    now_ms,
+    ActionRecord, Actor, CommitOutcome, CommitRequest, EntityRef, Event, EventKind, Expect, Lease, Store, StoreError,
+    Value, Write, now_ms,
 };
 use crate::policy::schema::{FieldType, Schema};
 use serde_json::json;
@@ -114,6 +114,26 @@ pub fn break_lease(store: &dyn Store, entity: &EntityRef, by: &str, reason: &str
     });
     let (lease, _) = store.break_lease(entity.clone(), now_ms(), audit)?;
     Ok(lease)
+}
+
+/// Puts action `id` back in the outbox from the dead letter, as
+/// `human:{by}`, audited.
+pub fn retry_action(store: &dyn Store, id: u64, by: &str, reason: &str) -> Result<ActionRecord, StoreError> {
+    let draft = human_draft_of(by, calls::ACTION_RETRY, vec![], json!({ "action": id, "reason": reason }), Vec::new());
+    let audit = Box::new(move |a: &ActionRecord| {
+        let mut d = draft.clone();
+        d.entities = vec![a.entity.key()];
+        d.outcome = format!(
+            "action {} ({}, key {}) back in the outbox; its last error: {}",
+            a.id,
+            a.kind,
+            a.idempotency_key,
+            a.last_error.as_deref().unwrap_or("none")
+        );
+        d
+    });
+    let (action, _) = store.retry_action(id, now_ms(), audit)?;
+    Ok(action)
 }
 
 /// Undoes event `seq` by appending a compensating event that sets every

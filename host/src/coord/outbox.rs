@@ -6,8 +6,17 @@
 //! it, so a crash between the two delivers it again after the restart. Each
 //! action carries an idempotency key, and the file sink writes each key at
 //! most once, so at the sink it is exactly once per key.
+//!
+//! Sinks: a JSON-lines file and stdout (here), and an HTTP endpoint
+//! ([`super::webhook`]), which POSTs each action with its key in a header.
+//! A sink says how failures are retried ([`Sink::retry`]): the file and
+//! stdout retry at every round; the HTTP sink backs off, and after its last
+//! attempt moves the action to the dead letter, audited, where `concord
+//! actions` shows it until an operator retries it. Actions are delivered in
+//! order: one waiting out its backoff holds the ones after it.
 
-use crate::kb::{ActionRecord, Store, StoreError, now_ms};
+use crate::audit::{AuditDraft, Decision, calls};
+use crate::kb::{ActionRecord, DeliveryFailure, Store, StoreError, now_ms};
 use crate::policy::config::SinkConfig;
 use std::collections::HashSet;
 use std::io::{BufRead, Write as _};
@@ -22,22 +31,67 @@ pub struct SinkError {
     pub reason: String,
 }
 
-/// Where actions go. An HTTP webhook is one more implementation.
+/// Where actions go.
 pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Delivers one action. Must be idempotent per `idempotency_key`
     /// where the sink can make it so.
     fn deliver(&self, action: &ActionRecord) -> Result<(), SinkError>;
+
+    /// How a failed delivery is tried again. By default, at the next round,
+    /// for ever.
+    fn retry(&self) -> Retry {
+        Retry::EveryRound
+    }
+
+    /// Whether a trigger may wait for this sink's deliveries before it is
+    /// answered (a local file: yes). A sink that waits on the network says
+    /// no: a service delivers to it in the background instead, so that a
+    /// slow receiver never holds a trigger's answer.
+    fn inline(&self) -> bool {
+        true
+    }
 }
 
-/// Opens the sink a config names.
-pub fn open_sink(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+/// How a sink's failed deliveries are tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// At the next delivery round, for ever (a file, stdout).
+    EveryRound,
+    /// After `base_ms`, doubling with each failure up to [`MAX_BACKOFF_MS`];
+    /// the `max_attempts`-th failure moves the action to the dead letter.
+    Backoff { max_attempts: u32, base_ms: u64 },
+}
+
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF_MS: u64 = 300_000;
+
+impl Retry {
+    /// When to try again after the `attempt`-th failure (from 1) at `now`.
+    pub fn next_attempt_ms(&self, attempt: u32, now: u64) -> u64 {
+        match self {
+            Retry::EveryRound => 0,
+            Retry::Backoff { base_ms, .. } => {
+                let wait = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(MAX_BACKOFF_MS);
+                now.saturating_add(wait)
+            }
+        }
+    }
+}
+
+/// Opens the sink a config names; `secrets` are the config's, for a sink
+/// that sends one (its value is read from the environment here).
+pub fn open_sink(
+    config: &SinkConfig,
+    secrets: &std::collections::BTreeMap<String, crate::policy::secrets::SecretDef>,
+) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match config {
         SinkConfig::Stdout => Box::new(StdoutSink),
         SinkConfig::File(path) => Box::new(JsonlSink::open(path)?),
+        SinkConfig::Http(http) => Box::new(super::webhook::HttpSink::open(http, secrets)?),
     })
 }
 
-fn line(action: &ActionRecord) -> String {
+pub(super) fn line(action: &ActionRecord) -> String {
     serde_json::json!({
         "idempotency_key": action.idempotency_key,
         "action": action.id,
@@ -130,8 +184,13 @@ impl Sink for JsonlSink {
 #[derive(Debug, Default)]
 pub struct Delivery {
     pub delivered: Vec<ActionRecord>,
-    /// Actions the sink refused; they stay in the outbox.
+    /// Actions the sink refused; they stay in the outbox (or went to the
+    /// dead letter: see `dead`).
     pub failed: Vec<(u64, SinkError)>,
+    /// Actions this round moved to the dead letter.
+    pub dead: Vec<u64>,
+    /// When the head of the outbox is due again, if it waits out a backoff.
+    pub retry_at_ms: Option<u64>,
 }
 
 /// How long a round's actions are this host's to deliver (see
@@ -143,21 +202,69 @@ const CLAIM_MS: u64 = 60_000;
 pub fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<Delivery, StoreError> {
     let mut out = Delivery::default();
     let claimed = store.claim_pending_actions(usize::MAX, CLAIM_MS)?;
+    let retry = sink.retry();
+    // This one and the ones after it are anyone's to try again.
+    let release = |from: usize| store.release_action_claims(&claimed[from..].iter().map(|a| a.id).collect::<Vec<_>>());
     for (i, action) in claimed.iter().enumerate() {
-        match sink.deliver(action) {
+        let now = now_ms();
+        if action.next_attempt_ms > now {
+            out.retry_at_ms = Some(action.next_attempt_ms);
+            release(i)?;
+            break;
+        }
+        let e = match sink.deliver(action) {
             Ok(()) => {
                 store.mark_delivered(action.id, now_ms())?;
                 out.delivered.push(action.clone());
+                continue;
             }
-            Err(e) => {
-                tracing::warn!("action {} not delivered, will retry: {e}", action.id);
-                out.failed.push((action.id, e));
-                // This one and the ones after it are anyone's to try again.
-                let rest: Vec<u64> = claimed[i..].iter().map(|a| a.id).collect();
-                store.release_action_claims(&rest)?;
-                break;
-            }
+            Err(e) => e,
+        };
+        let Retry::Backoff { max_attempts, .. } = retry else {
+            tracing::warn!("action {} not delivered, will retry: {e}", action.id);
+            out.failed.push((action.id, e));
+            release(i)?;
+            break;
+        };
+        let attempt = action.attempts.saturating_add(1);
+        let dead = attempt >= max_attempts;
+        let failure = DeliveryFailure {
+            at_ms: now,
+            error: e.to_string(),
+            next_attempt_ms: if dead { 0 } else { retry.next_attempt_ms(attempt, now) },
+            dead,
+        };
+        let (next, error) = (failure.next_attempt_ms, failure.error.clone());
+        let args = serde_json::json!({ "action": action.id, "key": action.idempotency_key, "attempt": attempt });
+        let audit = Box::new(move |r: &ActionRecord| {
+            let outcome = if dead {
+                format!(
+                    "attempt {attempt} of {max_attempts} failed: {error}; action {} is in the dead letter (`concord actions retry {}`)",
+                    r.id, r.id
+                )
+            } else {
+                format!(
+                    "attempt {attempt} of {max_attempts} failed: {error}; tried again in {} ms",
+                    next.saturating_sub(now)
+                )
+            };
+            let mut draft = AuditDraft::host(calls::ACTION_FAILED, "", args, outcome);
+            draft.decision = Decision::Failed;
+            draft.entities = vec![r.entity.key()];
+            draft
+        });
+        store.delivery_failed(action.id, failure, audit)?;
+        out.failed.push((action.id, e));
+        if dead {
+            tracing::warn!("action {} not delivered after {attempt} attempts: moved to the dead letter", action.id);
+            out.dead.push(action.id);
+            // The head left the outbox: the next one may go now.
+            continue;
         }
+        tracing::warn!("action {} not delivered (attempt {attempt} of {max_attempts}); will retry", action.id);
+        out.retry_at_ms = Some(next);
+        release(i)?;
+        break;
     }
     Ok(out)
 }

@@ -267,11 +267,11 @@ impl Gate {
 
 /// What an exchange brought back: the response head, its body read whole,
 /// and the connection's remaining I/O.
-pub(super) type Exchanged = (http::response::Parts, Bytes, tokio::task::JoinHandle<Result<(), HttpError>>);
+pub(crate) type Exchanged = (http::response::Parts, Bytes, tokio::task::JoinHandle<Result<(), HttpError>>);
 
 /// Sends `request` (already checked) and reads the response whole, at most
 /// `max_in` bytes of body. The caller bounds the time.
-pub(super) async fn exchange(
+pub(crate) async fn exchange(
     request: http::Request<WasiBody>,
     options: RequestOptions,
     max_in: usize,
@@ -293,12 +293,12 @@ pub(super) async fn exchange(
 }
 
 /// A body already read whole.
-pub(super) fn full(bytes: Bytes) -> WasiBody {
+pub(crate) fn full(bytes: Bytes) -> WasiBody {
     Full::new(bytes).map_err(|never: std::convert::Infallible| -> HttpError { match never {} }).boxed_unsync()
 }
 
 /// The agent's own timeouts, none longer than the host's.
-pub(super) fn clamp(options: Option<RequestOptions>, timeout: Duration) -> RequestOptions {
+pub(crate) fn clamp(options: Option<RequestOptions>, timeout: Duration) -> RequestOptions {
     let o = options.unwrap_or_default();
     let at_most = |d: Option<Duration>| Some(d.map_or(timeout, |d| d.min(timeout)));
     RequestOptions {

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 
 mod act;
 mod commit;
-mod http;
+pub(crate) mod http;
 mod leases;
 mod log;
 mod model;

@@ -25,6 +25,7 @@ pub use model::{
     Lease, Pin, Value, Write, now_ms, parse_time,
 };
 pub use store::{
-    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, Done, EXPIRED_PER_PUT, Extras,
-    Guard, GuardInput, Import, LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store, StoreError,
+    ActOutcome, ActRequest, Actor, AtPoint, Auditor, CommitOutcome, CommitRequest, DeliveryFailure, Done,
+    EXPIRED_PER_PUT, Extras, Guard, GuardInput, Import, LeaseOutcome, READ_AUDIT_FLUSH, ReplayReport, Store,
+    StoreError,
 };

@@ -382,6 +382,24 @@ pub struct ActionRecord {
     pub idempotency_key: String,
     pub recorded_at_ms: u64,
     pub delivered_at_ms: Option<u64>,
+    /// Deliveries tried and failed so far (a sink with retries; see
+    /// [`crate::outbox::Retry`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// Why the last delivery failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Not to be tried again before this (ms since the epoch); 0: now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_attempt_ms: u64,
+    /// Set when the last attempt failed: the action left the outbox for the
+    /// dead letter, until an operator retries it (`concord actions retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_at_ms: Option<u64>,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// A handoff: one agent asks the owner of some fields to change them.

@@ -94,6 +94,19 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 /// operation's transaction.
 pub type Auditor<T> = Box<dyn FnOnce(&T) -> AuditDraft + Send>;
 
+/// One failed delivery of an action (see [`Store::delivery_failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    pub at_ms: u64,
+    /// What the sink said.
+    pub error: String,
+    /// When to try again.
+    pub next_attempt_ms: u64,
+    /// Whether this was the last attempt (the action goes to the dead
+    /// letter).
+    pub dead: bool,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommitOutcome {
@@ -334,6 +347,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks an action delivered (it leaves the outbox).
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError>;
+
+    /// Records a failed delivery of action `id`, audited; a last attempt
+    /// (`failure.dead`) moves it from the outbox to the dead letter.
+    fn delivery_failed(
+        &self,
+        id: u64,
+        failure: DeliveryFailure,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError>;
+
+    /// Puts a dead-lettered action back in the outbox, audited (an
+    /// operator's `concord actions retry`).
+    fn retry_action(
+        &self,
+        id: u64,
+        at_ms: u64,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError>;
 
     /// Grants a lease unless another agent holds a live one.
     fn lease(

@@ -72,6 +72,7 @@ fn sink(s: &SinkConfig) -> String {
     match s {
         SinkConfig::File(p) => p.display().to_string(),
         SinkConfig::Stdout => "stdout".into(),
+        SinkConfig::Http(h) => format!("{h:?}"),
     }
 }
 

@@ -79,6 +79,7 @@ pub fn router(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::pin))
         .routes(routes!(operator::unpin))
         .routes(routes!(operator::break_lease))
+        .routes(routes!(operator::retry_action))
         .routes(routes!(operator::revert))
         .routes(routes!(operator::import_rows))
         .routes(routes!(operator::checkpoint))

@@ -202,6 +202,7 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let warm = tokio::spawn(keep_reports_warm(app.clone(), stopped.clone()));
     let expiring = tokio::spawn(expire_change_requests(app.clone(), stopped.clone()));
+    let retrying = tokio::spawn(retry_deliveries(app.clone(), stopped.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -261,8 +262,34 @@ async fn serve(
     // whoever started it has the host to itself.
     let _ = warm.await;
     let _ = expiring.await;
+    let _ = retrying.await;
     for task in living {
         let _ = task.await;
+    }
+}
+
+/// Delivers in the background: for a sink that waits on the network, when
+/// a trigger ends (see [`crate::Host::deliver_in_background`]); for any
+/// sink, when a failed delivery's backoff is over (see
+/// [`crate::outbox::Retry`]). Ends at `stopped`, never mid-way.
+async fn retry_deliveries(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    app.host.deliver_in_background();
+    loop {
+        tokio::select! {
+            () = app.host.deliveries_wanted() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if app.host.delivery_retry_at().is_none_or(|at| at > crate::kb::now_ms()) {
+                    continue;
+                }
+            }
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let host = app.host.clone();
+        match tokio::task::spawn_blocking(move || host.deliver_actions()).await {
+            Ok(Err(e)) => tracing::warn!("actions not delivered yet: {e}"),
+            Err(e) => tracing::warn!("the delivery task failed: {e}"),
+            Ok(Ok(_)) => {}
+        }
     }
 }
 

@@ -10,11 +10,11 @@ use super::state::App;
 use super::tokens::Principal;
 use super::wire::{
     BreakLeaseRequest, CheckpointHead, CheckpointRequest, ImportAnswer, ImportRequest, KeyRequest, PinRequest,
-    Recorded, RevertRequest, UnpinRequest,
+    Recorded, RetryActionRequest, RevertRequest, UnpinRequest,
 };
 use crate::audit::{AuditDraft, calls};
 use crate::coord::{import, operator};
-use crate::kb::{Event, Lease, Value};
+use crate::kb::{ActionRecord, Event, Lease, Value};
 use axum::Extension;
 use axum::extract::State;
 use std::sync::Arc;
@@ -126,6 +126,37 @@ pub async fn break_lease(
     let lease =
         app.blocking(move |app| Ok(operator::break_lease(app.host.store().as_ref(), &entity, &by, &req.reason)?)).await;
     Ok(Json(app.durable_result(lease).await?))
+}
+
+/// Put an action from the dead letter back in the outbox, its attempts
+/// counted afresh; it is delivered at the next round.
+#[utoipa::path(post, path = "/v1/actions/{id}/retry", tag = "operator",
+    params(("id" = u64, Path, description = "The action (see /v1/actions)")),
+    request_body = RetryActionRequest,
+    responses(
+        (status = 200, description = "The action, back in the outbox", body = ActionRecord),
+        (status = 409, description = "No such action, or not in the dead letter", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn retry_action(
+    State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<u64>,
+    Json(req): Json<RetryActionRequest>,
+) -> Result<Json<ActionRecord>, ApiError> {
+    let by = acting_human(&principal, req.by.as_deref())?;
+    reason_of(&req.reason)?;
+    let action =
+        app.blocking(move |app| Ok(operator::retry_action(app.host.store().as_ref(), id, &by, &req.reason)?)).await;
+    let action = app.durable_result(action).await?;
+    // Delivered now, not at the next trigger.
+    let host = app.host.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = host.deliver_actions() {
+            tracing::warn!("actions not delivered yet: {e}");
+        }
+    });
+    Ok(Json(action))
 }
 
 /// Undo an event by appending a compensating one (history is never

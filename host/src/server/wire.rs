@@ -272,6 +272,15 @@ pub struct BreakLeaseRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RetryActionRequest {
+    /// Why; kept in the audit.
+    pub reason: String,
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevertRequest {
     pub reason: String,
     /// Revert even though later events changed the same fields.

@@ -82,6 +82,10 @@ fn decide(tx: &dyn Txn, request: &ActRequest, guard: &Guard) -> Result<ActOutcom
         idempotency_key: request.idempotency_key.clone().unwrap_or_else(|| format!("action-{id}")),
         recorded_at_ms: now,
         delivered_at_ms: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_ms: 0,
+        dead_at_ms: None,
     };
     tx.insert_action(&record)?;
     let event = Event {
@@ -98,6 +102,59 @@ fn decide(tx: &dyn Txn, request: &ActRequest, guard: &Guard) -> Result<ActOutcom
     };
     super::append(tx, &event, None)?;
     Ok(ActOutcome::Recorded(record))
+}
+
+/// A failed delivery of action `id`, counted on its record. With `dead` it
+/// was the last attempt: the action leaves the outbox for the dead letter.
+pub fn delivery_failed(
+    tx: &dyn Txn,
+    id: u64,
+    failure: crate::kb::DeliveryFailure,
+    audit: crate::kb::Auditor<ActionRecord>,
+) -> Result<(ActionRecord, AuditEntry), StoreError> {
+    super::audited(tx, failure.at_ms, audit, move |tx| {
+        let mut record = tx.action(id)?.ok_or_else(|| StoreError::Rejected(format!("no action {id}")))?;
+        if record.delivered_at_ms.is_some() || record.dead_at_ms.is_some() {
+            return Err(StoreError::Rejected(format!("action {id} is no longer in the outbox")));
+        }
+        record.attempts = record.attempts.saturating_add(1);
+        record.last_error = Some(failure.error);
+        record.next_attempt_ms = failure.next_attempt_ms;
+        if failure.dead {
+            record.dead_at_ms = Some(failure.at_ms);
+            tx.deliver_action(&record)?;
+        } else {
+            tx.update_action(&record)?;
+        }
+        Ok(record)
+    })
+}
+
+/// Puts action `id` back in the outbox from the dead letter, with its
+/// attempts counted afresh (its last error stays on the record).
+pub fn retry(
+    tx: &dyn Txn,
+    id: u64,
+    at_ms: u64,
+    audit: crate::kb::Auditor<ActionRecord>,
+) -> Result<(ActionRecord, AuditEntry), StoreError> {
+    super::audited(tx, at_ms, audit, move |tx| {
+        let mut record = tx
+            .action(id)?
+            .ok_or_else(|| StoreError::Rejected(format!("there is no action {id} (`concord actions` lists them)")))?;
+        if record.dead_at_ms.is_none() {
+            let state = match record.delivered_at_ms {
+                Some(_) => "it was delivered",
+                None => "it is still in the outbox, and is tried again on its own",
+            };
+            return Err(StoreError::Rejected(format!("action {id} is not in the dead letter: {state}")));
+        }
+        record.dead_at_ms = None;
+        record.attempts = 0;
+        record.next_attempt_ms = 0;
+        tx.requeue_action(&record)?;
+        Ok(record)
+    })
 }
 
 /// Marks action `id` delivered at `at_ms` (the first delivery's time stays)

@@ -110,6 +110,13 @@ pub trait Txn: EntityHistory {
     /// Stores a delivered action's record and takes it out of the outbox.
     fn deliver_action(&self, record: &ActionRecord) -> Result<(), StoreError>;
 
+    /// Stores an action's record; its place in the outbox stays as it is.
+    fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError>;
+
+    /// Stores an action's record and puts it back in the outbox (an
+    /// operator's retry of a dead letter).
+    fn requeue_action(&self, record: &ActionRecord) -> Result<(), StoreError>;
+
     /// One change request by id.
     fn change_request(&self, id: u64) -> Result<Option<ChangeRequest>, StoreError>;
 

@@ -192,6 +192,24 @@ impl Store for PgStore {
         })
     }
 
+    fn delivery_failed(
+        &self,
+        id: u64,
+        failure: crate::kb::DeliveryFailure,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError> {
+        self.run(move |tx| ops::act::delivery_failed(tx, id, failure, audit))
+    }
+
+    fn retry_action(
+        &self,
+        id: u64,
+        at_ms: u64,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError> {
+        self.run(move |tx| ops::act::retry(tx, id, at_ms, audit))
+    }
+
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
         self.run(move |tx| ops::act::mark_delivered(tx, id, at_ms))
     }

@@ -413,6 +413,21 @@ impl ops::Txn for PgTx<'_> {
             .map(drop)
     }
 
+    fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let (id, body) = (int(record.id), encode(record)?);
+        self.conn.execute("UPDATE concord_actions SET body = $2 WHERE id = $1", &[&id, &body]).map(drop)
+    }
+
+    fn requeue_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let (id, body) = (int(record.id), encode(record)?);
+        self.conn
+            .execute(
+                "UPDATE concord_actions SET pending = true, claimed_until = 0, body = $2 WHERE id = $1",
+                &[&id, &body],
+            )
+            .map(drop)
+    }
+
     fn change_request(&self, id: u64) -> Result<Option<ChangeRequest>, StoreError> {
         let body = self.conn.opt_body("SELECT body FROM concord_change_requests WHERE id = $1", &[&int(id)])?;
         body.map(|b| decode(&b, || format!("change request {id}"))).transpose()

@@ -202,6 +202,24 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn delivery_failed(
+        &self,
+        id: u64,
+        failure: crate::kb::DeliveryFailure,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError> {
+        self.run(true, move |tx| ops::act::delivery_failed(tx, id, failure, audit))
+    }
+
+    fn retry_action(
+        &self,
+        id: u64,
+        at_ms: u64,
+        audit: Auditor<ActionRecord>,
+    ) -> Result<(ActionRecord, AuditEntry), StoreError> {
+        self.run(true, move |tx| ops::act::retry(tx, id, at_ms, audit))
+    }
+
     fn mark_delivered(&self, id: u64, at_ms: u64) -> Result<(), StoreError> {
         self.run(true, move |tx| ops::act::mark_delivered(tx, id, at_ms))
     }

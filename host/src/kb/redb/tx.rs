@@ -280,6 +280,15 @@ impl ops::Txn for Tx<'_> {
         self.outbox().map_err(backend)?.remove(record.id).map(drop).map_err(backend)
     }
 
+    fn update_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        self.actions().map_err(backend)?.insert(record.id, encode(record)?.as_slice()).map(drop).map_err(backend)
+    }
+
+    fn requeue_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        self.update_action(record)?;
+        self.outbox().map_err(backend)?.insert(record.id, ()).map(drop).map_err(backend)
+    }
+
     fn change_request(&self, id: u64) -> Result<Option<ChangeRequest>, StoreError> {
         match self.requests().map_err(backend)?.get(id).map_err(backend)? {
             Some(v) => decode(v.value(), || format!("change request {id}")).map(Some),
