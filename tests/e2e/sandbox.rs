@@ -243,3 +243,36 @@ async fn the_host_stops_invocations_in_flight_and_audits_them() {
     let late = env.send("sales", "upsell", "customer/acme", json!({})).await;
     assert_eq!(late.outcome.decision(), Decision::Stopped, "{}", late.outcome);
 }
+
+/// `[agents.NAME]` memory, fuel and time override `[limits]` for that agent
+/// alone, and the instance pool is sized for the hungriest: an agent given
+/// 64 MiB builds a 24 MiB string where one under the 16 MiB default traps;
+/// each trap names the key that set its limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_of_its_own_limits_gets_them_and_the_pool_fits_it() {
+    let grants =
+        "\n[agents.big]\nmemory_mib = 64\n\n[agents.small]\nmemory_mib = 8\n\n[agents.thrifty]\nfuel = 1_000_000\n";
+    let config = format!("{}{grants}", crate::common::config_text(crate::common::FAST_LIMITS));
+    let env = Env::with_config(
+        &[("big", "hostile"), ("small", "hostile"), ("thrifty", "hostile"), ("hostile", "hostile")],
+        &config,
+    );
+    let run = |agent: &'static str, kind: &'static str, body: serde_json::Value| {
+        let env = &env;
+        async move { env.send(agent, kind, "customer/acme", body).await.outcome }
+    };
+    // 24 MiB fits 64: the string is built, and only the log of it (over
+    // limits.max_call_bytes) stops the invocation.
+    let big = run("big", "huge_string", json!({ "mib": 24 })).await;
+    assert!(big.text().contains("limits.max_call_bytes"), "{big}");
+    let default = run("hostile", "huge_string", json!({ "mib": 24 })).await;
+    assert!(default.text().contains("past 16 MiB (limits.memory_mib)"), "{default}");
+    let small = run("small", "alloc", json!({})).await;
+    assert!(small.text().contains("past 8 MiB (agents.small.memory_mib)"), "{small}");
+    let spun = run("thrifty", "loop", json!({})).await;
+    assert!(spun.text().contains("all 1000000 fuel consumed (agents.thrifty.fuel)"), "{spun}");
+    let bad = format!("{}\n[agents.big]\nmemory_mib = 5000\n", crate::common::config_text(crate::common::FAST_LIMITS));
+    let err = concord::Config::parse(&bad, std::path::Path::new("concord.toml"), std::path::Path::new("."))
+        .expect_err("too much memory");
+    assert!(err.to_string().contains("agents.big: memory_mib is 1 to 4096"), "{err}");
+}

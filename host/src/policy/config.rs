@@ -73,6 +73,12 @@ pub struct Limits {
     /// max_pending`); past it a new action is deferred until the sink
     /// catches up.
     pub max_pending_actions: u64,
+    /// Where `memory_bytes`, `fuel` and `timeout` were set, as their trap
+    /// messages name them: `limits.memory_mib`, or an agent's own
+    /// `agents.NAME.memory_mib` (see [`Config::limits_for`]).
+    pub memory_key: String,
+    pub fuel_key: String,
+    pub timeout_key: String,
     /// Outbound HTTP requests one invocation may make; past it each is
     /// refused (audited).
     pub max_http_requests: u32,
@@ -102,6 +108,9 @@ impl Default for Limits {
             max_http_requests: 16,
             max_http_response_bytes: 4 << 20,
             http_timeout: Duration::from_secs(10),
+            memory_key: "limits.memory_mib".into(),
+            fuel_key: "limits.fuel".into(),
+            timeout_key: "limits.timeout_ms".into(),
         }
     }
 }
@@ -473,6 +482,39 @@ impl Config {
             Some(options) => crate::kb::Backend::Postgres(options.clone()),
             None => crate::kb::Backend::Redb { path: self.kb_path.clone(), sharing: self.kb_sharing },
         }
+    }
+
+    /// The sandbox limits of `agent`: `[limits]`, with its own
+    /// `[agents.NAME]` memory, fuel and time where it sets them.
+    pub fn limits_for(&self, agent: &str) -> Limits {
+        let mut limits = self.limits.clone();
+        if let Some(g) = self.grants.get(agent) {
+            if let Some(m) = g.memory_bytes {
+                limits.memory_bytes = m;
+                limits.memory_key = format!("agents.{agent}.memory_mib");
+            }
+            if let Some(f) = g.fuel {
+                limits.fuel = f;
+                limits.fuel_key = format!("agents.{agent}.fuel");
+            }
+            if let Some(t) = g.timeout {
+                limits.timeout = t;
+                limits.timeout_key = format!("agents.{agent}.timeout_ms");
+            }
+        }
+        limits
+    }
+
+    /// The most linear memory any agent may have: what the instance pool's
+    /// slots are sized for.
+    pub fn memory_ceiling(&self) -> usize {
+        self.grants.values().filter_map(|g| g.memory_bytes).fold(self.limits.memory_bytes, usize::max)
+    }
+
+    /// `[limits]` with the memory of the hungriest agent: what an engine is
+    /// made with ([`crate::Runtime::load`]).
+    pub fn pool_limits(&self) -> Limits {
+        Limits { memory_bytes: self.memory_ceiling(), ..self.limits.clone() }
     }
 
     /// Where compiled components are cached: `cache/` beside the knowledge

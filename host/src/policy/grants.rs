@@ -44,6 +44,11 @@ pub struct AgentGrant {
     pub tokens_per_invocation: u64,
     /// Model tokens the agent may spend in a UTC day, on this host.
     pub tokens_per_day: u64,
+    /// This agent's own sandbox limits, over `[limits]` (a Python or
+    /// JavaScript component needs more memory than a Rust one).
+    pub memory_bytes: Option<usize>,
+    pub fuel: Option<u64>,
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// `tokens_per_invocation` when not given.
@@ -59,6 +64,9 @@ impl Default for AgentGrant {
             models: vec![],
             tokens_per_invocation: DEFAULT_TOKENS_PER_INVOCATION,
             tokens_per_day: DEFAULT_TOKENS_PER_DAY,
+            memory_bytes: None,
+            fuel: None,
+            timeout: None,
         }
     }
 }
@@ -98,6 +106,9 @@ pub(super) struct RawGrant {
     models: Vec<String>,
     tokens_per_invocation: Option<u64>,
     tokens_per_day: Option<u64>,
+    memory_mib: Option<u64>,
+    fuel: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 /// `[models.NAME]`.
@@ -284,9 +295,35 @@ pub(super) fn parse_grants(
         let tokens_per_invocation =
             positive(raw.tokens_per_invocation, "tokens_per_invocation", DEFAULT_TOKENS_PER_INVOCATION)?;
         let tokens_per_day = positive(raw.tokens_per_day, "tokens_per_day", DEFAULT_TOKENS_PER_DAY)?;
+        let memory_bytes = match raw.memory_mib {
+            Some(mib) if mib == 0 || mib > 4096 => {
+                return Err(bad("memory_mib is 1 to 4096 (a wasm32 memory cannot grow past 4 GiB)".into()));
+            }
+            Some(mib) => {
+                Some(usize::try_from(mib << 20).map_err(|_| bad("memory_mib is too large for this machine".into()))?)
+            }
+            None => None,
+        };
+        let fuel = match raw.fuel {
+            Some(0) => return Err(bad("fuel must be greater than 0".into())),
+            other => other,
+        };
+        let timeout = match raw.timeout_ms {
+            Some(0) => return Err(bad("timeout_ms must be greater than 0".into())),
+            other => other.map(std::time::Duration::from_millis),
+        };
         out.insert(
             name,
-            AgentGrant { http, secrets: raw.secrets, models: raw.models, tokens_per_invocation, tokens_per_day },
+            AgentGrant {
+                http,
+                secrets: raw.secrets,
+                models: raw.models,
+                tokens_per_invocation,
+                tokens_per_day,
+                memory_bytes,
+                fuel,
+                timeout,
+            },
         );
     }
     Ok(out)

@@ -65,6 +65,15 @@ pub fn needs_restart(old: &Config, new: &Config, memory_ceiling: usize) -> Vec<S
             memory_ceiling >> 20
         ));
     }
+    for (agent, g) in &new.grants {
+        if let Some(m) = g.memory_bytes.filter(|m| *m > memory_ceiling) {
+            out.push(format!(
+                "agents.{agent}.memory_mib is {} MiB, past the {} MiB the running host's instance pool was made for",
+                m >> 20,
+                memory_ceiling >> 20
+            ));
+        }
+    }
     out
 }
 
@@ -144,12 +153,15 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let grant_sig = |g: &super::grants::AgentGrant| {
         let http: Vec<String> = g.http.origins.iter().map(ToString::to_string).collect();
         format!(
-            "http {} secrets {} models {} tokens {}/{}",
+            "http {} secrets {} models {} tokens {}/{} limits {:?}/{:?}/{:?}",
             http.join(", "),
             g.secrets.join(", "),
             g.models.join(", "),
             g.tokens_per_invocation,
-            g.tokens_per_day
+            g.tokens_per_day,
+            g.memory_bytes,
+            g.fuel,
+            g.timeout
         )
     };
     let old_grants = old.grants.iter().map(|(a, g)| (a.as_str(), grant_sig(g))).collect();

@@ -579,7 +579,7 @@ impl Runtime {
             return Ok(None);
         };
         // Limits are the config's at the start, for the whole invocation.
-        let limits = gate.config().limits.clone();
+        let limits = gate.config().limits_for(agent);
         let started = Instant::now();
         let args = serde_json::json!({
             "kind": message.kind,
@@ -735,9 +735,9 @@ fn describe_trap(e: &wasmtime::Error, limits: &Limits, what: &str) -> String {
     }
     let root = e.root_cause().to_string();
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => format!("CPU limit: all {} fuel consumed (limits.fuel)", limits.fuel),
+        Some(Trap::OutOfFuel) => format!("CPU limit: all {} fuel consumed ({})", limits.fuel, limits.fuel_key),
         Some(Trap::Interrupt) => {
-            format!("time limit: still running after {} ms (limits.timeout_ms)", limits.timeout.as_millis())
+            format!("time limit: still running after {} ms ({})", limits.timeout.as_millis(), limits.timeout_key)
         }
         Some(Trap::StackOverflow) => "stack overflow: the wasm call stack is exhausted".into(),
         Some(Trap::UnreachableCodeReached) => "trap: wasm `unreachable` executed (a Rust panic or abort)".into(),
@@ -746,7 +746,7 @@ fn describe_trap(e: &wasmtime::Error, limits: &Limits, what: &str) -> String {
         }
         Some(trap) => format!("{what}: {trap}"),
         None if format!("{e:#}").contains("forcing trap when growing memory") => {
-            format!("memory limit: tried to grow past {} MiB (limits.memory_mib)", limits.memory_bytes >> 20)
+            format!("memory limit: tried to grow past {} MiB ({})", limits.memory_bytes >> 20, limits.memory_key)
         }
         None => format!("{what}: {root}"),
     }
