@@ -453,21 +453,23 @@ fn failed_deliveries_count_then_dead_letter_then_retry(store: &dyn Store) {
         panic!("recorded")
     };
     let host_draft = |_: &concord::kb::ActionRecord| draft("host", 0, "action.delivery-failed", Decision::Failed, &[]);
-    let fail = |at: u64, dead: bool| DeliveryFailure {
+    // The second failure is the last; the store counts, and decides.
+    let fail = |at: u64| DeliveryFailure {
         at_ms: at,
         error: format!("503 at {at}"),
-        next_attempt_ms: at + 100,
-        dead,
+        max_attempts: 2,
+        backoff_ms: 100,
+        max_backoff_ms: 1000,
     };
-    let (once, _) = store.delivery_failed(action.id, fail(T0 + 1, false), Box::new(host_draft)).expect("failed");
+    let (once, _) = store.delivery_failed(action.id, fail(T0 + 1), Box::new(host_draft)).expect("failed");
     assert_eq!((once.attempts, once.next_attempt_ms, once.dead_at_ms), (1, T0 + 101, None));
     let pending = store.pending_actions(10).expect("pending");
     assert_eq!(pending.len(), 1, "a failed action stays in the outbox");
     assert_eq!((pending[0].attempts, pending[0].last_error.as_deref()), (1, Some("503 at 1700000000001")));
-    let (dead, _) = store.delivery_failed(action.id, fail(T0 + 2, true), Box::new(host_draft)).expect("dead");
+    let (dead, _) = store.delivery_failed(action.id, fail(T0 + 2), Box::new(host_draft)).expect("dead");
     assert_eq!((dead.attempts, dead.dead_at_ms), (2, Some(T0 + 2)));
     assert!(store.pending_actions(10).expect("pending").is_empty(), "the dead letter is out of the outbox");
-    assert!(store.delivery_failed(action.id, fail(T0 + 3, false), Box::new(host_draft)).is_err(), "not in the outbox");
+    assert!(store.delivery_failed(action.id, fail(T0 + 3), Box::new(host_draft)).is_err(), "not in the outbox");
     let retry_draft =
         |_: &concord::kb::ActionRecord| draft("human:alice", 0, "human.action-retry", Decision::Allowed, &[]);
     let (back, entry) = store.retry_action(action.id, T0 + 4, Box::new(retry_draft)).expect("retried");

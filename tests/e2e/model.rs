@@ -188,30 +188,77 @@ async fn only_granted_and_declared_models_are_asked() {
     );
 }
 
+/// The prompt `ask` sends, as the host estimates it: four bytes a token.
+fn prompt_estimate() -> u64 {
+    let prompt = json!([
+        { "role": "system", "content": "Answer low, medium or high." },
+        { "role": "user", "content": "Checkout is down for every user." },
+    ])
+    .to_string();
+    prompt.len().div_ceil(4) as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_budgets_hold_per_invocation_and_per_day() {
     let server = ChatServer::start().await;
-    let grants = "[agents.support]\nmodels = [\"default\"]\ntokens_per_invocation = 50\ntokens_per_day = 100\n";
+    let grants = "[agents.support]\nmodels = [\"default\"]\ntokens_per_invocation = 100\ntokens_per_day = 150\n";
     let env = Env::with_config(&[("support", "probe")], &config(&server, grants));
-    // 42 tokens, then 42 more asked with what is left (8), then refused.
+    let p = prompt_estimate();
+    assert!(p < 58, "the test's prompt must fit what is left after one call ({p})");
+    // Each call reserves its prompt and at most what is left for the
+    // answer; the server says it spent 42. Then the invocation has 16 left,
+    // less than the prompt alone: refused before anything is sent.
     let out = env.probe("support", json!([ask(None, None), ask(None, Some(1000)), ask(None, None)])).await;
     assert_eq!(out[0]["content"], "high", "{out:?}");
     assert_eq!(out[1]["content"], "high", "{out:?}");
     assert_eq!(out[2]["error"], "refused", "{out:?}");
-    assert!(out[2]["text"].as_str().unwrap_or_default().contains("spent 84 tokens; its budget is 50"), "{out:?}");
-    let max: Vec<Value> = server.asked().iter().map(|(b, _)| b["max_tokens"].clone()).collect();
-    assert_eq!(max, [json!(50), json!(8)], "max_tokens is lowered to what is left");
-    // The day has 84 of 100: one more call (asked for at most 16), then none.
+    assert!(
+        out[2]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("the prompt alone (about {p} tokens) is more than the 16 left")),
+        "{out:?}"
+    );
+    // A new invocation: the day has 84 of 150, so 66 are reserved; then 24
+    // are left of the day, less than the prompt.
     let out = env.probe("support", json!([ask(None, None), ask(None, None)])).await;
     assert_eq!(out[0]["content"], "high", "{out:?}");
     assert_eq!(out[1]["error"], "refused", "{out:?}");
-    assert_eq!(server.asked().last().map(|(b, _)| b["max_tokens"].clone()), Some(json!(16)));
+    let max: Vec<Value> = server.asked().iter().map(|(b, _)| b["max_tokens"].clone()).collect();
+    assert_eq!(max, [json!(100 - p), json!(58 - p), json!(66 - p)], "max_tokens is what is left after the prompt");
     let entries = model_entries(&env);
+    assert_eq!(entries[2].rule.as_deref(), Some("agents.support.tokens_per_invocation"));
+    assert_eq!(entries[2].decision, Decision::Invalid);
     let day = entries.last().expect("entries");
     assert_eq!(day.decision, Decision::Deferred);
     assert_eq!(day.rule.as_deref(), Some("agents.support.tokens_per_day"));
-    assert!(day.outcome.contains("spent 126 tokens today; its budget is 100"), "{}", day.outcome);
-    assert_eq!(entries[2].rule.as_deref(), Some("agents.support.tokens_per_invocation"));
+    assert!(day.outcome.contains("more than the 24 left"), "{}", day.outcome);
+}
+
+/// Calls at the same time cannot both take what is left of a day: the
+/// reservation is made at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_cannot_overdraw_the_day() {
+    let server = ChatServer::start().await;
+    let p = prompt_estimate();
+    let grants = format!("[agents.support]\nmodels = [\"default\"]\ntokens_per_day = {}\n", p + 50);
+    let env = Arc::new(Env::with_config(&[("support", "probe")], &config(&server, &grants)));
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let env = env.clone();
+            tokio::spawn(async move { env.probe("support", json!([ask(None, None)])).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in calls {
+        let out = c.await.expect("task");
+        if out[0]["content"] == "high" {
+            answered += 1;
+        }
+    }
+    let asked: u64 = server.asked().iter().map(|(b, _)| p + b["max_tokens"].as_u64().unwrap_or(0)).sum();
+    assert!(asked <= p + 50 + 2 * p, "the reservations overdrew the day: {asked} of {} ({answered} answered)", p + 50);
+    assert!(answered >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,12 @@ async fn answer(
             let n: usize = param("bytes").parse().unwrap_or(0);
             Response::builder().body(Full::new(Bytes::from(vec![b'x'; n])))
         }
+        // A careless server: echoes the authorization it got, in its body
+        // and in a header.
+        "/leak" => {
+            let auth = headers.iter().find(|(n, _)| n == "authorization").map(|(_, v)| v.clone()).unwrap_or_default();
+            Response::builder().header("x-echo", auth.clone()).body(Full::new(Bytes::from(format!("you sent: {auth}"))))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(param("ms").parse().unwrap_or(0))).await;
             Response::builder().body(Full::new(Bytes::from_static(b"late")))
@@ -242,6 +248,13 @@ async fn a_spelling_of_a_granted_address_reaches_the_address_as_checked() {
         .await;
     assert_eq!(out[0]["status"], 200, "{out:?}");
     assert_eq!(out[1]["status"], 200, "{out:?}");
+    // The Host header names the address as checked, not the agent's spelling.
+    let hosts: Vec<String> = echo
+        .seen()
+        .iter()
+        .map(|s| s.headers.iter().find(|(n, _)| n == "host").map(|(_, v)| v.clone()).unwrap_or_default())
+        .collect();
+    assert_eq!(hosts, [format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")]);
     // A relative redirect is followed to the same origin, checked again.
     let out = env.probe("support", json!([get(&echo.url("/redirect?to=/echo"))])).await;
     assert_eq!(out[0]["status"], 200, "{out:?}");
@@ -356,6 +369,7 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
     let ops = json!([
         get(&echo.url("/echo")),
         get(&other.url("/echo")),
+        get(&echo.url("/leak")),
         { "op": "memory_holds", "reversed": reversed },
         { "op": "memory_holds", "reversed": marker.chars().rev().collect::<String>() },
     ]);
@@ -366,16 +380,17 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
     let results: Value = serde_json::from_str(report).expect("the probe reports JSON");
     assert_eq!(results[0]["status"], 200, "{results}");
     assert_eq!(results[1]["status"], 200, "{results}");
-    assert_eq!(results[2]["found"], false, "the secret is in the agent's memory: {results}");
-    assert_eq!(results[3]["found"], true, "the memory scan does not find what is there: {results}");
-    assert!(results[2]["bytes_scanned"].as_u64().unwrap_or(0) > 1 << 20, "{results}");
+    assert_eq!(results[2]["body"], "you sent: Bearer [secret token]", "an echo is scrubbed: {results}");
+    assert_eq!(results[3]["found"], false, "the secret is in the agent's memory: {results}");
+    assert_eq!(results[4]["found"], true, "the memory scan does not find what is there: {results}");
+    assert!(results[3]["bytes_scanned"].as_u64().unwrap_or(0) > 1 << 20, "{results}");
 
     let auth = |seen: &[Seen]| -> Vec<String> {
         seen.iter()
             .flat_map(|s| s.headers.iter().filter(|(n, _)| n == "authorization").map(|(_, v)| v.clone()))
             .collect()
     };
-    assert_eq!(auth(&echo.seen()), [format!("Bearer {secret}")]);
+    assert_eq!(auth(&echo.seen()), [format!("Bearer {secret}"), format!("Bearer {secret}")]);
     assert!(auth(&other.seen()).is_empty(), "the secret went to a host that is not its own");
 
     let audit = p.api.get("/v1/audit?limit=1000").await.text;
@@ -468,7 +483,7 @@ async fn a_request_the_agent_gives_up_on_is_audited() {
     let env = Env::with_config(&[("support", "probe")], &config("", &grants));
     let ops: Vec<Value> = (0..20).map(|_| json!({ "op": "http_abandon", "url": echo.url("/slow?ms=2000") })).collect();
     let out = env.probe("support", Value::Array(ops)).await;
-    assert!(out.iter().all(|r| *r == json!("abandoned")), "{out:?}");
+    assert_eq!(out.len(), 20, "{out:?}");
     // An aborted request leaves its entry when it is dropped, which may be
     // just after the invocation ends.
     let mut entries = http_entries(&env);
@@ -480,9 +495,13 @@ async fn a_request_the_agent_gives_up_on_is_audited() {
         entries = http_entries(&env);
     }
     assert_eq!(entries.len(), 20, "one entry per request handed over: {entries:#?}");
-    for e in &entries {
-        assert!(e.outcome.starts_with("abandoned"), "{}", e.outcome);
-    }
+    // Each is counted when it is handed over: past limits.max_http_requests
+    // (16) the rest are refused, though none was ever polled.
+    entries.sort_by_key(|e| e.seq);
+    let (abandoned, refused): (Vec<_>, Vec<_>) = entries.iter().partition(|e| e.outcome.starts_with("abandoned"));
+    assert_eq!(abandoned.len(), 16, "{entries:#?}");
+    assert!(abandoned.iter().all(|e| e.decision == Decision::Allowed), "they passed the checks");
+    assert!(refused.iter().all(|e| e.rule.as_deref() == Some("limits.max_http_requests")), "{refused:#?}");
 }
 
 /// `concord agents` shows what each agent may reach beyond the knowledge
@@ -510,4 +529,57 @@ fn concord_agents_shows_the_grants() {
         .find(|v| v["name"] == "support")
         .expect("support is listed");
     assert_eq!(support["http"], json!(["https://api.example.com", "http://127.0.0.1:11434"]));
+}
+
+/// `TRACE` would echo the request, secrets and all, back to the agent;
+/// `CONNECT` would open a tunnel past the check. Both are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_and_connect_are_refused() {
+    let echo = Echo::start().await;
+    let grants = format!("[agents.support]\nhttp = [\"{}\"]\n", echo.origin());
+    let env = Env::with_config(&[("support", "probe")], &config("", &grants));
+    let out = env
+        .probe(
+            "support",
+            json!([
+                { "op": "http", "method": "TRACE", "url": echo.url("/echo") },
+                { "op": "http", "method": "CONNECT", "url": echo.url("/echo") },
+            ]),
+        )
+        .await;
+    assert!(out.iter().all(|r| r["error"] == "failed" || r["error"] == "refused"), "{out:?}");
+    assert!(echo.seen().is_empty(), "the server was reached");
+    let entries = http_entries(&env);
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries.iter().all(|e| e.decision == Decision::Invalid && e.outcome.contains("does not send")),
+        "{entries:#?}"
+    );
+}
+
+/// `limits.timeout_ms` bounds an invocation that waits on the network too,
+/// not only one running wasm: the request is cut with it, and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invocation_time_limit_covers_waiting_on_a_request() {
+    let echo = Echo::start().await;
+    let grants = format!("[agents.support]\nhttp = [\"{}\"]\n", echo.origin());
+    let text = config("", &grants).replace("timeout_ms = 5_000", "timeout_ms = 400");
+    let env = Env::with_config(&[("support", "probe")], &text);
+    let started = std::time::Instant::now();
+    let inv = env.send("support", "probe", "", json!({ "ops": [get(&echo.url("/slow?ms=5000"))] })).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the wait was not cut");
+    match &inv.outcome {
+        concord::Outcome::Trapped(why) => assert!(why.contains("time limit") && why.contains("400 ms"), "{why}"),
+        other => panic!("not stopped: {other}"),
+    }
+    let mut entries = http_entries(&env);
+    for _ in 0..100 {
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        entries = http_entries(&env);
+    }
+    assert_eq!(entries.len(), 1, "the request cut short is audited");
+    assert!(entries[0].outcome.starts_with("abandoned"), "{}", entries[0].outcome);
 }

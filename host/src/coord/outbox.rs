@@ -43,6 +43,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         Retry::EveryRound
     }
 
+    /// The longest one delivery may take: claims on the outbox are sized
+    /// by it (see [`deliver_pending`]).
+    fn max_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
     /// Whether a trigger may wait for this sink's deliveries before it is
     /// answered (a local file: yes). A sink that waits on the network says
     /// no: a service delivers to it in the background instead, so that a
@@ -64,19 +70,6 @@ pub enum Retry {
 
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF_MS: u64 = 300_000;
-
-impl Retry {
-    /// When to try again after the `attempt`-th failure (from 1) at `now`.
-    pub fn next_attempt_ms(&self, attempt: u32, now: u64) -> u64 {
-        match self {
-            Retry::EveryRound => 0,
-            Retry::Backoff { base_ms, .. } => {
-                let wait = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(MAX_BACKOFF_MS);
-                now.saturating_add(wait)
-            }
-        }
-    }
-}
 
 /// Opens the sink a config names; `secrets` are the config's, for a sink
 /// that sends one (its value is read from the environment here).
@@ -201,16 +194,53 @@ const CLAIM_MS: u64 = 60_000;
 /// round (later actions wait, so order is kept) and is reported.
 pub fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<Delivery, StoreError> {
     let mut out = Delivery::default();
-    let claimed = store.claim_pending_actions(usize::MAX, CLAIM_MS)?;
+    // A claim must outlast the deliveries it covers: claim as many as the
+    // sink can take within [`CLAIM_MS`] at its slowest, at least one.
+    let slowest = u64::try_from(sink.max_duration().as_millis()).unwrap_or(u64::MAX).max(1);
+    let batch = usize::try_from((CLAIM_MS / slowest).clamp(1, 1024)).unwrap_or(1);
+    let claim_ms = CLAIM_MS.max(slowest.saturating_mul(batch as u64)).saturating_add(CLAIM_MS);
+    loop {
+        let claimed = store.claim_pending_actions(batch, claim_ms)?;
+        if claimed.is_empty() {
+            return Ok(out);
+        }
+        let full = claimed.len() == batch;
+        match deliver_batch(store, sink, &claimed, &mut out) {
+            Ok(Some(stopped_at)) => {
+                // This one and the ones after it are anyone's to try again.
+                let rest: Vec<u64> = claimed[stopped_at..].iter().map(|a| a.id).collect();
+                store.release_action_claims(&rest)?;
+                return Ok(out);
+            }
+            Ok(None) if full => continue,
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                // A store failure: give every claim of the batch up (those
+                // delivered already are out of the outbox) before saying so.
+                let ids: Vec<u64> = claimed.iter().map(|a| a.id).collect();
+                if let Err(release) = store.release_action_claims(&ids) {
+                    tracing::warn!("the claims on actions {ids:?} stay until they run out: {release}");
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Delivers a claimed batch in order. `Some(i)`: the round stops at the
+/// `i`-th (a failure to retry later, or one still waiting out its backoff).
+fn deliver_batch(
+    store: &dyn Store,
+    sink: &dyn Sink,
+    claimed: &[ActionRecord],
+    out: &mut Delivery,
+) -> Result<Option<usize>, StoreError> {
     let retry = sink.retry();
-    // This one and the ones after it are anyone's to try again.
-    let release = |from: usize| store.release_action_claims(&claimed[from..].iter().map(|a| a.id).collect::<Vec<_>>());
     for (i, action) in claimed.iter().enumerate() {
         let now = now_ms();
         if action.next_attempt_ms > now {
             out.retry_at_ms = Some(action.next_attempt_ms);
-            release(i)?;
-            break;
+            return Ok(Some(i));
         }
         let e = match sink.deliver(action) {
             Ok(()) => {
@@ -220,51 +250,52 @@ pub fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<Delivery, S
             }
             Err(e) => e,
         };
-        let Retry::Backoff { max_attempts, .. } = retry else {
+        let Retry::Backoff { max_attempts, base_ms } = retry else {
             tracing::warn!("action {} not delivered, will retry: {e}", action.id);
             out.failed.push((action.id, e));
-            release(i)?;
-            break;
+            return Ok(Some(i));
         };
-        let attempt = action.attempts.saturating_add(1);
-        let dead = attempt >= max_attempts;
         let failure = DeliveryFailure {
             at_ms: now,
             error: e.to_string(),
-            next_attempt_ms: if dead { 0 } else { retry.next_attempt_ms(attempt, now) },
-            dead,
+            max_attempts,
+            backoff_ms: base_ms,
+            max_backoff_ms: MAX_BACKOFF_MS,
         };
-        let (next, error) = (failure.next_attempt_ms, failure.error.clone());
-        let args = serde_json::json!({ "action": action.id, "key": action.idempotency_key, "attempt": attempt });
+        let error = failure.error.clone();
+        let args = serde_json::json!({ "action": action.id, "key": action.idempotency_key });
         let audit = Box::new(move |r: &ActionRecord| {
-            let outcome = if dead {
-                format!(
+            let attempt = r.attempts;
+            let outcome = match r.dead_at_ms {
+                Some(_) => format!(
                     "attempt {attempt} of {max_attempts} failed: {error}; action {} is in the dead letter (`concord actions retry {}`)",
                     r.id, r.id
-                )
-            } else {
-                format!(
+                ),
+                None => format!(
                     "attempt {attempt} of {max_attempts} failed: {error}; tried again in {} ms",
-                    next.saturating_sub(now)
-                )
+                    r.next_attempt_ms.saturating_sub(now)
+                ),
             };
             let mut draft = AuditDraft::host(calls::ACTION_FAILED, "", args, outcome);
             draft.decision = Decision::Failed;
             draft.entities = vec![r.entity.key()];
             draft
         });
-        store.delivery_failed(action.id, failure, audit)?;
+        let (record, _) = store.delivery_failed(action.id, failure, audit)?;
         out.failed.push((action.id, e));
-        if dead {
-            tracing::warn!("action {} not delivered after {attempt} attempts: moved to the dead letter", action.id);
+        if record.dead_at_ms.is_some() {
+            tracing::warn!("action {} not delivered after {} attempts: in the dead letter", action.id, record.attempts);
             out.dead.push(action.id);
             // The head left the outbox: the next one may go now.
             continue;
         }
-        tracing::warn!("action {} not delivered (attempt {attempt} of {max_attempts}); will retry", action.id);
-        out.retry_at_ms = Some(next);
-        release(i)?;
-        break;
+        tracing::warn!(
+            "action {} not delivered (attempt {} of {max_attempts}); will retry",
+            action.id,
+            record.attempts
+        );
+        out.retry_at_ms = Some(record.next_attempt_ms);
+        return Ok(Some(i));
     }
-    Ok(out)
+    Ok(None)
 }

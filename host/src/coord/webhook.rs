@@ -34,6 +34,7 @@ type Job = (ActionRecord, mpsc::SyncSender<Result<(), String>>);
 pub struct HttpSink {
     endpoint: String,
     retry: Retry,
+    timeout: Duration,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -47,8 +48,10 @@ impl std::fmt::Debug for HttpSink {
 struct Endpoint {
     /// The URI connected to: the target as checked, and the path.
     uri: http::Uri,
-    authority: String,
+    host: http::HeaderValue,
     secret: Option<(http::HeaderName, http::HeaderValue)>,
+    /// The secret's value, to take out of what a receiver echoes.
+    secrets: Secrets,
     timeout: Duration,
 }
 
@@ -57,11 +60,11 @@ impl HttpSink {
     /// sink's thread.
     pub fn open(config: &HttpSinkConfig, secrets: &BTreeMap<String, SecretDef>) -> Result<HttpSink, SinkError> {
         let err = |reason: String| SinkError { sink: config.endpoint.clone(), reason };
+        let resolved = Secrets::resolve(secrets, config.secret.iter(), |v| std::env::var(v).ok())
+            .map_err(|e| err(e.to_string()))?;
         let secret = match &config.secret {
             None => None,
             Some(name) => {
-                let resolved =
-                    Secrets::resolve(secrets, [name], |v| std::env::var(v).ok()).map_err(|e| err(e.to_string()))?;
                 let (h, v) = resolved.header(name).ok_or_else(|| err(format!("secret `{name}` is not declared")))?;
                 Some((h.clone(), v.clone()))
             }
@@ -69,7 +72,8 @@ impl HttpSink {
         let uri = format!("{}://{}{}", config.target.scheme, config.target.authority(), config.path)
             .parse()
             .map_err(|e| err(format!("the URL does not parse: {e}")))?;
-        let endpoint = Endpoint { uri, authority: config.target.authority(), secret, timeout: config.timeout };
+        let endpoint =
+            Endpoint { uri, host: config.target.host_header(), secret, secrets: resolved, timeout: config.timeout };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,6 +91,7 @@ impl HttpSink {
         Ok(HttpSink {
             endpoint: config.endpoint.clone(),
             retry: Retry::Backoff { max_attempts: config.max_attempts, base_ms: config.backoff_ms },
+            timeout: config.timeout,
             jobs,
         })
     }
@@ -107,6 +112,10 @@ impl Sink for HttpSink {
     fn inline(&self) -> bool {
         false
     }
+
+    fn max_duration(&self) -> Duration {
+        self.timeout
+    }
 }
 
 /// One POST, read whole; a 2xx is a delivery.
@@ -114,7 +123,7 @@ async fn post(endpoint: &Endpoint, action: &ActionRecord) -> Result<(), String> 
     let mut builder = http::Request::builder()
         .method(http::Method::POST)
         .uri(endpoint.uri.clone())
-        .header(http::header::HOST, endpoint.authority.as_str())
+        .header(http::header::HOST, endpoint.host.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(IDEMPOTENCY_HEADER, action.idempotency_key.as_str());
     if let Some((name, value)) = &endpoint.secret {
@@ -131,6 +140,9 @@ async fn post(endpoint: &Endpoint, action: &ActionRecord) -> Result<(), String> 
         Ok(Ok((parts, _, _))) if parts.status.is_success() => Ok(()),
         Ok(Ok((parts, body, _))) => {
             let mut text = String::from_utf8_lossy(&body).into_owned();
+            // A receiver that echoes the request must not put the secret in
+            // the record, the audit or the log. Scrubbed whole, then cut.
+            endpoint.secrets.scrub(&mut text);
             if crate::audit::cut_to(&mut text, QUOTE_BYTES) {
                 text.push('…');
             }

@@ -39,10 +39,18 @@ struct Pending {
     draft: Option<AuditDraft>,
     started: Instant,
     secrets: Arc<crate::policy::secrets::Secrets>,
+    /// Whether the request passed the checks: an abandoned one that did is
+    /// audited as allowed, one that did not as invalid.
+    checked: bool,
 }
 
 impl Pending {
     fn finish(mut self, decision: Decision, rule: Option<String>, outcome: String) {
+        self.take(decision, rule, outcome);
+    }
+
+    /// Writes the entry now (a refusal in the checks, before the future).
+    fn take(&mut self, decision: Decision, rule: Option<String>, outcome: String) {
         if let Some(mut draft) = self.draft.take() {
             draft.decision = decision;
             draft.rule = rule;
@@ -68,51 +76,77 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut draft) = self.draft.take() {
-            draft.outcome = "abandoned: the agent dropped the request before it finished".into();
+            if self.checked {
+                draft.outcome = "abandoned: the agent dropped the request before it finished".into();
+            } else {
+                draft.decision = Decision::Invalid;
+                draft.outcome = "abandoned: the agent dropped the request before it was checked".into();
+            }
             self.write(draft);
         }
     }
 }
 
+/// What the checks made of a request before it was sent.
+struct Checked {
+    target: Target,
+    /// The secrets granted to the agent.
+    granted: Vec<String>,
+}
+
+/// Methods the host does not send: `TRACE` echoes the request (with the
+/// secrets the host added) back to the agent; `CONNECT` opens a tunnel
+/// past the check.
+const REFUSED_METHODS: [http::Method; 2] = [http::Method::TRACE, http::Method::CONNECT];
+
 impl Gate {
     /// Checks, sends and audits one outbound request of `caller`'s. The
     /// error is what the agent's `wasi:http` future resolves to.
     ///
-    /// The audit entry is drafted here, before the future exists: an agent
+    /// Everything but the breakpoint and the body is decided here, when the
+    /// agent hands the request over, before the future exists: an agent
     /// that drops the future at once (which aborts it, perhaps before its
-    /// first poll) still leaves its entry, as abandoned.
+    /// first poll) has been counted and checked, and its entry says so.
     pub fn http(
         self: Arc<Self>,
         caller: Arc<Caller>,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> impl Future<Output = HttpSent> + Send + 'static {
+        let settings = self.settings.load_full();
         let method = request.method().to_string();
         let url = request.uri().to_string();
-        let settings = self.settings.load_full();
         let draft = self.draft(&caller, calls::HTTP, vec![], json!({ "method": method, "url": url }));
-        let pending = Pending {
+        let mut pending = Pending {
             gate: self.clone(),
             draft: Some(draft),
             started: Instant::now(),
             secrets: settings.secrets.clone(),
+            checked: false,
         };
-        self.send_checked(caller, request, options, pending, method, url)
+        let checked = self.check_http(&caller, &settings, &request, &mut pending);
+        async move {
+            let checked = checked?;
+            if let Some(bp) = &caller.breakpoint {
+                bp.check(calls::HTTP).await;
+            }
+            pending.started = Instant::now();
+            self.send_checked(caller, request, options, pending, settings, checked, method, url).await
+        }
     }
 
-    async fn send_checked(
-        self: Arc<Self>,
-        caller: Arc<Caller>,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        mut pending: Pending,
-        method: String,
-        url: String,
-    ) -> HttpSent {
-        match self.enter(&caller, calls::HTTP).await {
-            Ok(started) => pending.started = started,
-            // Past `limits.max_host_calls`, `enter` audited the refusal (so
-            // this call's draft is dropped unwritten). A request answers
+    /// The checks, in order; a refusal is audited here.
+    fn check_http(
+        &self,
+        caller: &Caller,
+        settings: &super::Settings,
+        request: &http::Request<WasiBody>,
+        pending: &mut Pending,
+    ) -> Result<Checked, HttpError> {
+        match self.count_call(caller, calls::HTTP) {
+            Ok(()) => {}
+            // Past `limits.max_host_calls`, the count audited the refusal
+            // (so this call's draft is dropped unwritten). A request answers
             // through its future and cannot trap: the runtime stops the
             // invocation at its next tick instead.
             Err(HostFault::Limit(why)) => {
@@ -121,26 +155,27 @@ impl Gate {
                 return Err(HttpError::InternalError(Some(why)));
             }
             Err(e) => {
-                pending.finish(Decision::Fault, None, format!("failed: {e}"));
+                pending.take(Decision::Fault, None, format!("failed: {e}"));
                 return Err(HttpError::InternalError(Some(e.to_string())));
             }
         }
-        let started = pending.started;
-        let settings = self.settings.load_full();
-        let (config, secrets) = (&settings.config, settings.secrets.clone());
+        let config = &settings.config;
         let limits = &config.limits;
-
         let n = caller.http_requests.fetch_add(1, Ordering::Relaxed) + 1;
         if n > limits.max_http_requests {
             let why = format!(
                 "request {n} refused: the limit is {} per invocation (limits.max_http_requests)",
                 limits.max_http_requests
             );
-            pending.finish(Decision::Invalid, Some("limits.max_http_requests".into()), why);
+            pending.take(Decision::Invalid, Some("limits.max_http_requests".into()), why);
             return Err(HttpError::HttpRequestDenied);
         }
-
-        let uri = request.uri().clone();
+        if REFUSED_METHODS.contains(request.method()) {
+            let why = format!("refused: the host does not send {} requests", request.method());
+            pending.take(Decision::Invalid, Some("http".into()), why);
+            return Err(HttpError::HttpRequestMethodInvalid);
+        }
+        let uri = request.uri();
         let target = uri
             .scheme_str()
             .ok_or_else(|| "the request names no scheme".to_string())
@@ -148,7 +183,7 @@ impl Gate {
         let target = match target {
             Ok(t) => t,
             Err(why) => {
-                pending.finish(Decision::Invalid, Some("http".into()), format!("refused: {why}"));
+                pending.take(Decision::Invalid, Some("http".into()), format!("refused: {why}"));
                 return Err(HttpError::HttpRequestUriInvalid);
             }
         };
@@ -156,10 +191,30 @@ impl Gate {
         let rule = format!("agents.{}.http", caller.agent);
         if let Err(why) = grant.map(|g| &g.http).cloned().unwrap_or_default().check(&target) {
             let outcome = format!("refused before any connection: {why} in {rule}");
-            pending.finish(Decision::Forbidden, Some(rule), outcome);
+            pending.take(Decision::Forbidden, Some(rule), outcome);
             return Err(HttpError::HttpRequestDenied);
         }
+        pending.checked = true;
+        Ok(Checked { target, granted: grant.map(|g| g.secrets.clone()).unwrap_or_default() })
+    }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn send_checked(
+        self: Arc<Self>,
+        caller: Arc<Caller>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        pending: Pending,
+        settings: Arc<super::Settings>,
+        checked: Checked,
+        method: String,
+        url: String,
+    ) -> HttpSent {
+        let mut pending = pending;
+        let started = pending.started;
+        let (config, secrets) = (&settings.config, settings.secrets.clone());
+        let limits = &config.limits;
+        let Checked { target, granted } = checked;
         let timeout = limits.http_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let (mut parts, body) = request.into_parts();
@@ -187,13 +242,16 @@ impl Gate {
         let bytes_out = body.len();
 
         // Secrets go in after every check, and only to their own hosts.
-        let granted = grant.map(|g| g.secrets.as_slice()).unwrap_or_default();
         let mut added = vec![];
-        for (name, header, value) in secrets.headers_for(granted, &target) {
+        for (name, header, value) in secrets.headers_for(&granted, &target) {
             parts.headers.insert(header.clone(), value.clone());
             added.push(name.to_string());
         }
-        // Connect to the target as checked, never to the agent's spelling.
+        // Connect to the target as checked, never to the agent's spelling;
+        // the `Host` header names it the same way (a virtual host must not
+        // route `127.1` or `API.X.COM.` elsewhere than the check read it).
+        parts.headers.insert(http::header::HOST, target.host_header());
+        let uri = parts.uri.clone();
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = match format!("{}://{}{path}", target.scheme, target.authority()).parse() {
             Ok(u) => u,
@@ -229,6 +287,14 @@ impl Gate {
                 );
                 self.metrics.http(&caller.agent, bytes_out, body.len());
                 pending.finish(Decision::Allowed, None, outcome);
+                // A server that echoes the request (its headers, a debug
+                // page) must not hand the agent the secrets added to it.
+                let (mut parts, body) = (parts, secrets.scrub_bytes(&added, body));
+                for value in parts.headers.values_mut() {
+                    if let Some(clean) = secrets.scrub_header(&added, value) {
+                        *value = clean;
+                    }
+                }
                 let response = http::Response::from_parts(parts, full(body));
                 let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                     Box::new(async move { io.await.map_err(|e| HttpError::InternalError(Some(e.to_string())))? });

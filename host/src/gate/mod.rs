@@ -370,6 +370,17 @@ impl Gate {
     /// Counts the call against `limits.max_host_calls` (past it, the call
     /// is audited and the invocation trapped) and stops at a breakpoint.
     async fn enter(&self, caller: &Caller, call: &str) -> Result<Instant, HostFault> {
+        self.count_call(caller, call)?;
+        if let Some(bp) = &caller.breakpoint {
+            bp.check(call).await;
+        }
+        Ok(Instant::now())
+    }
+
+    /// The counting half of [`Gate::enter`], for a call that must be
+    /// counted before it can wait (an outbound request is counted when it
+    /// is handed over, not when its future is first polled).
+    fn count_call(&self, caller: &Caller, call: &str) -> Result<(), HostFault> {
         let n = caller.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if n > self.settings.load().config.limits.max_host_calls {
             let max = self.settings.load().config.limits.max_host_calls;
@@ -384,10 +395,7 @@ impl Gate {
                 "more than {max} host calls in one invocation (limits.max_host_calls)"
             )));
         }
-        if let Some(bp) = &caller.breakpoint {
-            bp.check(call).await;
-        }
-        Ok(Instant::now())
+        Ok(())
     }
 
     /// Refuses a call whose arguments are larger than

@@ -82,7 +82,7 @@ impl Gate {
             use sha2::Digest as _;
             hex::encode(sha2::Sha256::digest(prompt.as_bytes()))
         };
-        let mut draft = self.draft(
+        let draft = self.draft(
             caller,
             calls::MODEL,
             vec![],
@@ -122,27 +122,52 @@ impl Gate {
             );
             return refuse(draft, Decision::Invalid, "limits.max_call_bytes".into(), why);
         }
+        // The budgets: what the prompt will cost (estimated, four bytes a
+        // token) plus the most the answer may, reserved at once against
+        // both; settled to what the server says it spent.
+        let prompt_tokens = u64::try_from(prompt.len().div_ceil(4)).unwrap_or(u64::MAX);
         let spent = caller.model_tokens.load(Ordering::Relaxed);
+        let invocation_rule = format!("agents.{}.tokens_per_invocation", caller.agent);
+        let day_rule = format!("agents.{}.tokens_per_day", caller.agent);
         if spent >= grant.tokens_per_invocation {
-            let rule = format!("agents.{}.tokens_per_invocation", caller.agent);
-            let why =
-                format!("this invocation spent {spent} tokens; its budget is {} ({rule})", grant.tokens_per_invocation);
-            return refuse(draft, Decision::Invalid, rule, why);
-        }
-        let now = crate::kb::now_ms();
-        let today = self.tokens.spent(&caller.agent, now);
-        if today >= grant.tokens_per_day {
-            let rule = format!("agents.{}.tokens_per_day", caller.agent);
             let why = format!(
-                "{} spent {today} tokens today; its budget is {} ({rule}); whole again in {} min (UTC midnight)",
-                caller.agent,
-                grant.tokens_per_day,
-                DailyTokens::until_tomorrow_ms(now).div_ceil(60_000)
+                "this invocation spent {spent} tokens; its budget is {} ({invocation_rule})",
+                grant.tokens_per_invocation
             );
-            return refuse(draft, Decision::Deferred, rule, why);
+            return refuse(draft, Decision::Invalid, invocation_rule, why);
         }
-        let left = (grant.tokens_per_invocation - spent).min(grant.tokens_per_day - today);
-        let max_tokens = u64::from(request.max_tokens.unwrap_or(u32::MAX)).min(left);
+        let invocation_left = grant.tokens_per_invocation - spent;
+        let asked = u64::from(request.max_tokens.unwrap_or(u32::MAX));
+        let want = prompt_tokens.saturating_add(asked).min(invocation_left);
+        let now = crate::kb::now_ms();
+        let reserved = match self.tokens.reserve(&caller.agent, now, want, grant.tokens_per_day) {
+            Ok(took) => took,
+            Err(today) => {
+                let why = format!(
+                    "{} spent {today} tokens today; its budget is {} ({day_rule}); whole again in {} min (UTC midnight)",
+                    caller.agent,
+                    grant.tokens_per_day,
+                    DailyTokens::until_tomorrow_ms(now).div_ceil(60_000)
+                );
+                return refuse(draft, Decision::Deferred, day_rule, why);
+            }
+        };
+        if reserved <= prompt_tokens {
+            self.tokens.settle(&caller.agent, now, reserved, 0);
+            let (decision, rule) = match reserved < want {
+                true => (Decision::Deferred, day_rule),
+                false => (Decision::Invalid, invocation_rule),
+            };
+            let why = format!(
+                "the prompt alone (about {prompt_tokens} tokens) is more than the {reserved} left of the budget ({rule})"
+            );
+            return refuse(draft, decision, rule, why);
+        }
+        caller.model_tokens.fetch_add(reserved, Ordering::Relaxed);
+        let max_tokens = reserved - prompt_tokens;
+        // Until it is settled, the reservation stays spent: a call dropped
+        // mid-way (an operator's stop) is charged it, and audited.
+        let mut guard = Abandoned { gate: self, draft: Some(draft), started };
 
         let mut body = json!({ "model": model.model, "messages": messages, "max_tokens": max_tokens, "stream": false });
         if let Some(t) = request.temperature {
@@ -160,13 +185,18 @@ impl Gate {
             .method(http::Method::POST)
             .uri(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::HOST, model.target.authority());
+            .header(http::header::HOST, model.target.host_header());
         if let Some((header, value)) = model.secret.as_deref().and_then(|s| settings.secrets.header(s)) {
             builder = builder.header(header, value);
         }
         let request = match builder.body(super::http::full(Bytes::from(body.to_string()))) {
             Ok(r) => r,
-            Err(e) => return refuse(draft, Decision::Invalid, "models".into(), format!("model `{name}`: {e}")),
+            Err(e) => {
+                self.tokens.settle(&caller.agent, now, reserved, 0);
+                caller.model_tokens.fetch_sub(reserved, Ordering::Relaxed);
+                let draft = guard.draft.take().unwrap_or_else(|| self.draft(caller, calls::MODEL, vec![], json!({})));
+                return refuse(draft, Decision::Invalid, "models".into(), format!("model `{name}`: {e}"));
+            }
         };
         let max_in = config.limits.max_http_response_bytes;
         let options = super::http::clamp(None, model.timeout);
@@ -191,18 +221,24 @@ impl Gate {
             Ok(Ok((parts, bytes, _io))) if !parts.status.is_success() => {
                 Err(ModelError::Unavailable(format!("model `{name}` answered {}: {}", parts.status, quote(&bytes))))
             }
-            Ok(Ok((_, bytes, _io))) => parse(&bytes).map_err(|why| {
+            Ok(Ok((_, bytes, _io))) => parse(&bytes, prompt_tokens).map_err(|why| {
                 ModelError::Invalid(format!(
                     "model `{name}`'s answer is not a chat completion ({why}): {}",
                     quote(&bytes)
                 ))
             }),
         };
+        // A failed call is charged its prompt: the server may have read it.
+        let charged = match &result {
+            Ok(c) => u64::from(c.prompt_tokens) + u64::from(c.completion_tokens),
+            Err(_) => prompt_tokens,
+        };
+        self.tokens.settle(&caller.agent, now, reserved, charged);
+        caller.model_tokens.fetch_sub(reserved, Ordering::Relaxed);
+        caller.model_tokens.fetch_add(charged, Ordering::Relaxed);
+        let mut draft = guard.draft.take().unwrap_or_else(|| self.draft(caller, calls::MODEL, vec![], json!({})));
         match &result {
             Ok(c) => {
-                let tokens = u64::from(c.prompt_tokens) + u64::from(c.completion_tokens);
-                caller.model_tokens.fetch_add(tokens, Ordering::Relaxed);
-                self.tokens.add(&caller.agent, now, tokens);
                 draft.outcome = format!(
                     "{}: {}+{} tokens, {} ms: {}",
                     c.finish_reason,
@@ -212,10 +248,25 @@ impl Gate {
                     c.content
                 );
             }
-            Err(e) => draft.outcome = format!("failed: {e}"),
+            Err(e) => draft.outcome = format!("failed: {e} (charged {charged} tokens for the prompt)"),
         }
         settings.secrets.scrub(&mut draft.outcome);
         self.record(draft, started)?;
+        // What the server said goes back to the agent without the secret
+        // the host sent it.
+        let scrub = |mut text: String| {
+            settings.secrets.scrub(&mut text);
+            text
+        };
+        let result = match result {
+            Ok(mut c) => {
+                c.content = scrub(c.content);
+                Ok(c)
+            }
+            Err(ModelError::Unavailable(why)) => Err(ModelError::Unavailable(scrub(why))),
+            Err(ModelError::Invalid(why)) => Err(ModelError::Invalid(scrub(why))),
+            Err(ModelError::Refused(why)) => Err(ModelError::Refused(scrub(why))),
+        };
         Ok(result)
     }
 }
@@ -240,6 +291,26 @@ impl Gate {
     }
 }
 
+/// A model call's audit entry, written as abandoned if the call is dropped
+/// before it is answered (the invocation stopped under it).
+struct Abandoned<'a> {
+    gate: &'a Gate,
+    draft: Option<crate::audit::AuditDraft>,
+    started: std::time::Instant,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(mut draft) = self.draft.take() {
+            draft.outcome =
+                "abandoned: the invocation stopped before the model answered (its reservation stays charged)".into();
+            if let Err(e) = self.gate.record(draft, self.started) {
+                tracing::error!("the audit entry of a model call was not written: {e}");
+            }
+        }
+    }
+}
+
 /// The start of a server's answer, for an error.
 fn quote(bytes: &[u8]) -> String {
     let mut text = String::from_utf8_lossy(bytes).into_owned();
@@ -252,7 +323,7 @@ fn quote(bytes: &[u8]) -> String {
 /// Reads an OpenAI-compatible chat completion. A server that does not say
 /// how many tokens it spent is counted by an estimate (four bytes a
 /// token), so that a budget cannot be passed by omitting `usage`.
-fn parse(bytes: &[u8]) -> Result<Completion, String> {
+fn parse(bytes: &[u8], prompt_estimate: u64) -> Result<Completion, String> {
     let v: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let choice = v["choices"].get(0).ok_or("no `choices[0]`")?;
     let content = choice["message"]["content"].as_str().ok_or("no `choices[0].message.content` text")?.to_string();
@@ -260,7 +331,7 @@ fn parse(bytes: &[u8]) -> Result<Completion, String> {
     let tokens =
         |key: &str, fallback: u32| v["usage"][key].as_u64().map_or(fallback, |n| u32::try_from(n).unwrap_or(u32::MAX));
     Ok(Completion {
-        prompt_tokens: tokens("prompt_tokens", estimate(bytes.len())),
+        prompt_tokens: tokens("prompt_tokens", u32::try_from(prompt_estimate).unwrap_or(u32::MAX)),
         completion_tokens: tokens("completion_tokens", estimate(content.len())),
         model: v["model"].as_str().unwrap_or_default().to_string(),
         finish_reason: choice["finish_reason"].as_str().unwrap_or("unknown").to_string(),
@@ -275,14 +346,14 @@ mod tests {
     #[test]
     fn a_chat_completion_is_read_and_anything_else_says_what_is_missing() {
         let ok = br#"{"model":"m1","choices":[{"message":{"role":"assistant","content":"high"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1}}"#;
-        let c = parse(ok).expect("a completion");
+        let c = parse(ok, 9).expect("a completion");
         assert_eq!((c.content.as_str(), c.model.as_str(), c.prompt_tokens, c.completion_tokens), ("high", "m1", 12, 1));
         assert_eq!(c.finish_reason, "stop");
-        assert!(parse(b"<html>bad gateway</html>").expect_err("garbage").starts_with("not JSON"));
-        assert_eq!(parse(br#"{"choices":[]}"#).expect_err("empty"), "no `choices[0]`");
-        assert!(parse(br#"{"choices":[{"message":{"content":7}}]}"#).is_err());
-        let no_usage = parse(br#"{"choices":[{"message":{"content":"12345678"}}]}"#).expect("no usage");
+        assert!(parse(b"<html>bad gateway</html>", 9).expect_err("garbage").starts_with("not JSON"));
+        assert_eq!(parse(br#"{"choices":[]}"#, 9).expect_err("empty"), "no `choices[0]`");
+        assert!(parse(br#"{"choices":[{"message":{"content":7}}]}"#, 9).is_err());
+        let no_usage = parse(br#"{"choices":[{"message":{"content":"12345678"}}]}"#, 9).expect("no usage");
         assert_eq!(no_usage.completion_tokens, 2, "estimated, never free");
-        assert!(no_usage.prompt_tokens > 0);
+        assert_eq!(no_usage.prompt_tokens, 9, "the prompt's own estimate");
     }
 }

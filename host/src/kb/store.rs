@@ -95,16 +95,27 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 pub type Auditor<T> = Box<dyn FnOnce(&T) -> AuditDraft + Send>;
 
 /// One failed delivery of an action (see [`Store::delivery_failed`]).
+/// Whether it was the last attempt, and when the next one is, are decided
+/// in the store's transaction, on the attempts counted there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryFailure {
     pub at_ms: u64,
     /// What the sink said.
     pub error: String,
-    /// When to try again.
-    pub next_attempt_ms: u64,
-    /// Whether this was the last attempt (the action goes to the dead
-    /// letter).
-    pub dead: bool,
+    /// The attempt that fails the action for good.
+    pub max_attempts: u32,
+    /// The wait after the first failure; it doubles after each, up to
+    /// `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl DeliveryFailure {
+    /// When to try again after the `attempt`-th failure (from 1).
+    pub fn next_attempt_ms(&self, attempt: u32) -> u64 {
+        let wait = self.backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(self.max_backoff_ms);
+        self.at_ms.saturating_add(wait)
+    }
 }
 
 /// What a commit did.

@@ -271,6 +271,17 @@ impl Target {
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// The `Host` header for a request to it: the host as checked, with the
+    /// port unless it is the scheme's default.
+    pub fn host_header(&self) -> http::HeaderValue {
+        let text = match self.port == self.scheme.default_port() {
+            true => self.host.to_string(),
+            false => self.authority(),
+        };
+        // A normalised host and a port are header-safe (ASCII, no controls).
+        http::HeaderValue::from_str(&text).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+    }
 }
 
 impl fmt::Display for Target {

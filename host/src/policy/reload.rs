@@ -5,8 +5,11 @@
 //! Live: the schema (kinds, fields, types, owners and writers, lease
 //! grants, action kinds), the rules, the subscriptions, the schedules, the
 //! agents' grants and secrets (each secret's value read again from the
-//! environment; a missing one refuses the reload) and the limits
-//! (`memory_mib` only down to the size the instance pool was made with). Not live, because something open was made from them: the
+//! host's environment, which nothing outside the process can change: a
+//! new key needs a restart; a missing one refuses the reload) and the
+//! limits (`memory_mib` only up to the size the instance pool was made
+//! with, `[agents.NAME]` ones included). Not live, because something open
+//! was made from them: the
 //! store (`[kb]`), the agents folder (`agents.dir`, `agents.watch`), the
 //! action sink, and everything under `[server]` (the listener, the tokens,
 //! the queue).

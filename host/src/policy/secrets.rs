@@ -127,6 +127,26 @@ impl Secrets {
         self.by_name.get(name).map(|r| (&r.header, &r.value))
     }
 
+    /// `body` with any copy of the values of the secrets `names` replaced
+    /// by the secret's name (a response that echoes what the host added).
+    pub fn scrub_bytes(&self, names: &[String], body: bytes::Bytes) -> bytes::Bytes {
+        let mut out: Option<Vec<u8>> = None;
+        for name in names {
+            let Some(r) = self.by_name.get(name) else { continue };
+            let current = out.as_deref().unwrap_or(&body);
+            if let Some(replaced) = replace_all(current, r.raw.as_bytes(), format!("[secret {name}]").as_bytes()) {
+                out = Some(replaced);
+            }
+        }
+        out.map_or(body, bytes::Bytes::from)
+    }
+
+    /// `value` scrubbed like [`Secrets::scrub_bytes`], if it held a secret.
+    pub fn scrub_header(&self, names: &[String], value: &HeaderValue) -> Option<HeaderValue> {
+        let scrubbed = self.scrub_bytes(names, bytes::Bytes::copy_from_slice(value.as_bytes()));
+        (scrubbed.as_ref() != value.as_bytes()).then(|| HeaderValue::from_bytes(&scrubbed).ok()).flatten()
+    }
+
     /// Replaces any copy of a secret's value in `text` with its name, so
     /// that what a server echoes back never reaches the audit or a log.
     pub fn scrub(&self, text: &mut String) {
@@ -136,6 +156,26 @@ impl Secrets {
             }
         }
     }
+}
+
+/// `haystack` with every `needle` replaced, if there was one.
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let (mut i, mut found) = (0, false);
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+            found = true;
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    found.then_some(out)
 }
 
 #[cfg(test)]
@@ -188,6 +228,13 @@ mod tests {
         let mut echoed = "the server said: Bearer sk-123".to_string();
         secrets.scrub(&mut echoed);
         assert_eq!(echoed, "the server said: Bearer [secret openai]");
+        let names = vec!["openai".to_string()];
+        let body = secrets.scrub_bytes(&names, bytes::Bytes::from_static(b"authorization: Bearer sk-123; sk-123"));
+        assert_eq!(&body[..], b"authorization: Bearer [secret openai]; [secret openai]");
+        let clean = bytes::Bytes::from_static(b"nothing here");
+        assert_eq!(secrets.scrub_bytes(&names, clean.clone()), clean);
+        let header = secrets.scrub_header(&names, &HeaderValue::from_static("Bearer sk-123")).expect("scrubbed");
+        assert_eq!(header, "Bearer [secret openai]");
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub(crate) struct Outbound {
 }
 
 impl WasiHttpHooks for Outbound {
+    /// The gate sets `Host` from the target as checked, not from the
+    /// agent's spelling of it.
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

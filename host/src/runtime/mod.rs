@@ -605,7 +605,21 @@ impl Runtime {
             let slot = self.slots.acquire().await;
             drop(waiting);
             match slot {
-                Ok(_permit) => self.run(&loaded, &limits, gate, caller.clone(), message, id).await,
+                // The epoch deadline bounds time spent running wasm; this
+                // bounds the rest too (a wait on the network, in a host
+                // call), a little later so that the first names the trap
+                // when both could.
+                Ok(_permit) => {
+                    let run = self.run(&loaded, &limits, gate, caller.clone(), message, id);
+                    match tokio::time::timeout(limits.timeout + 2 * EPOCH_TICK, run).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Outcome::Trapped(format!(
+                            "time limit: still running after {} ms ({}), waiting in a host call",
+                            limits.timeout.as_millis(),
+                            limits.timeout_key
+                        )),
+                    }
+                }
                 Err(_) => Outcome::Trapped("the runtime is shutting down".into()),
             }
         };

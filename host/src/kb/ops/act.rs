@@ -104,8 +104,8 @@ fn decide(tx: &dyn Txn, request: &ActRequest, guard: &Guard) -> Result<ActOutcom
     Ok(ActOutcome::Recorded(record))
 }
 
-/// A failed delivery of action `id`, counted on its record. With `dead` it
-/// was the last attempt: the action leaves the outbox for the dead letter.
+/// A failed delivery of action `id`, counted on its record. The
+/// `max_attempts`-th failure moves it from the outbox to the dead letter.
 pub fn delivery_failed(
     tx: &dyn Txn,
     id: u64,
@@ -118,9 +118,10 @@ pub fn delivery_failed(
             return Err(StoreError::Rejected(format!("action {id} is no longer in the outbox")));
         }
         record.attempts = record.attempts.saturating_add(1);
+        let dead = record.attempts >= failure.max_attempts;
+        record.next_attempt_ms = if dead { 0 } else { failure.next_attempt_ms(record.attempts) };
         record.last_error = Some(failure.error);
-        record.next_attempt_ms = failure.next_attempt_ms;
-        if failure.dead {
+        if dead {
             record.dead_at_ms = Some(failure.at_ms);
             tx.deliver_action(&record)?;
         } else {
@@ -164,5 +165,7 @@ pub fn mark_delivered(tx: &dyn Txn, id: u64, at_ms: u64) -> Result<(), StoreErro
         return Err(StoreError::Rejected(format!("no action {id}")));
     };
     record.delivered_at_ms.get_or_insert(at_ms);
+    // A delivery that landed after all is not in the dead letter.
+    record.dead_at_ms = None;
     tx.deliver_action(&record)
 }
