@@ -222,3 +222,26 @@ pub fn demo_dir() -> tempfile::TempDir {
     std::fs::copy(root().join("scenarios/acme.jsonl"), dir.path().join("acme.jsonl")).expect("script");
     dir
 }
+
+/// A test's own HTTP/1 server on a free loopback port, answering each
+/// request with `handler`; it lives as long as the test's runtime.
+pub async fn serve_loopback<F, Fut>(handler: F) -> std::net::SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handler);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}

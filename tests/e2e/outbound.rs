@@ -34,22 +34,9 @@ struct Echo {
 
 impl Echo {
     async fn start() -> Echo {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| answer(req, log.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = crate::common::serve_loopback(move |req| answer(req, log.clone())).await;
         Echo { addr, seen }
     }
 

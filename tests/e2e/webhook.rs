@@ -32,22 +32,9 @@ struct Receiver {
 
 impl Receiver {
     async fn start(mode: u8) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let (mode, posts) = (Arc::new(AtomicU8::new(mode)), Arc::<Mutex<Vec<(String, Value)>>>::default());
         let (m, p) = (mode.clone(), posts.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (m, p) = (m.clone(), p.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| receive(req, m.clone(), p.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = crate::common::serve_loopback(move |req| receive(req, m.clone(), p.clone())).await;
         Receiver { addr, mode, posts }
     }
 

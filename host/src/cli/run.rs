@@ -105,7 +105,7 @@ fn sink_name(config: &Config) -> String {
     match &config.sink {
         crate::policy::config::SinkConfig::Stdout => "to stdout".into(),
         crate::policy::config::SinkConfig::File(p) => format!("to {}", p.display()),
-        crate::policy::config::SinkConfig::Http(h) => format!("to {}", h.endpoint),
+        crate::policy::config::SinkConfig::Http(h) => format!("to {}", h.endpoint.url),
     }
 }
 

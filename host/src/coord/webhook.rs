@@ -59,7 +59,7 @@ impl HttpSink {
     /// Reads the secret (if any) from the environment and starts the
     /// sink's thread.
     pub fn open(config: &HttpSinkConfig, secrets: &BTreeMap<String, SecretDef>) -> Result<HttpSink, SinkError> {
-        let err = |reason: String| SinkError { sink: config.endpoint.clone(), reason };
+        let err = |reason: String| SinkError { sink: config.endpoint.url.clone(), reason };
         let resolved = Secrets::resolve(secrets, config.secret.iter(), |v| std::env::var(v).ok())
             .map_err(|e| err(e.to_string()))?;
         let secret = match &config.secret {
@@ -69,11 +69,14 @@ impl HttpSink {
                 Some((h.clone(), v.clone()))
             }
         };
-        let uri = format!("{}://{}{}", config.target.scheme, config.target.authority(), config.path)
-            .parse()
-            .map_err(|e| err(format!("the URL does not parse: {e}")))?;
-        let endpoint =
-            Endpoint { uri, host: config.target.host_header(), secret, secrets: resolved, timeout: config.timeout };
+        let uri = config.endpoint.uri().parse().map_err(|e| err(format!("the URL does not parse: {e}")))?;
+        let endpoint = Endpoint {
+            uri,
+            host: config.endpoint.target.host_header(),
+            secret,
+            secrets: resolved,
+            timeout: config.timeout,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -89,7 +92,7 @@ impl HttpSink {
             })
             .map_err(|e| err(format!("cannot start its thread: {e}")))?;
         Ok(HttpSink {
-            endpoint: config.endpoint.clone(),
+            endpoint: config.endpoint.url.clone(),
             retry: Retry::Backoff { max_attempts: config.max_attempts, base_ms: config.backoff_ms },
             timeout: config.timeout,
             jobs,

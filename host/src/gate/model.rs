@@ -175,17 +175,12 @@ impl Gate {
         }
         // The endpoint was checked when the config was read; connect to it
         // as checked, like an agent's own request.
-        let uri = format!(
-            "{}://{}{}",
-            model.target.scheme,
-            model.target.authority(),
-            model.endpoint.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap_or("/")
-        );
+        let uri = model.endpoint.uri();
         let mut builder = http::Request::builder()
             .method(http::Method::POST)
             .uri(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::HOST, model.target.host_header());
+            .header(http::header::HOST, model.endpoint.target.host_header());
         if let Some((header, value)) = model.secret.as_deref().and_then(|s| settings.secrets.header(s)) {
             builder = builder.header(header, value);
         }
@@ -217,7 +212,7 @@ impl Gate {
                 | HttpError::ConnectionWriteTimeout
                 | HttpError::HttpResponseTimeout,
             )) => Err(late()),
-            Ok(Err(e)) => Err(ModelError::Unavailable(format!("model `{name}` at {}: {e}", model.target))),
+            Ok(Err(e)) => Err(ModelError::Unavailable(format!("model `{name}` at {}: {e}", model.endpoint.target))),
             Ok(Ok((parts, bytes, _io))) if !parts.status.is_success() => {
                 Err(ModelError::Unavailable(format!("model `{name}` answered {}: {}", parts.status, quote(&bytes))))
             }

@@ -172,82 +172,7 @@ pub struct Subscription {
     pub line: usize,
 }
 
-/// Where the outbox dispatcher delivers actions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkConfig {
-    /// A JSON-lines file; each idempotency key is written at most once.
-    File(PathBuf),
-    /// Standard output, one JSON line per delivery.
-    Stdout,
-    /// An HTTP endpoint, POSTed each action (see [`crate::coord::webhook`]).
-    Http(HttpSinkConfig),
-}
-
-/// `[actions] sink = "http(s)://…"`, with `[actions.http]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpSinkConfig {
-    /// The URL as configured.
-    pub endpoint: String,
-    /// Its scheme, host and port, normalised: what is connected to.
-    pub target: super::outbound::Target,
-    /// Its path and query.
-    pub path: String,
-    /// A secret whose header goes with each POST.
-    pub secret: Option<String>,
-    /// Failures before the dead letter.
-    pub max_attempts: u32,
-    /// The first wait after a failure, doubling after each.
-    pub backoff_ms: u64,
-    /// One POST, from the connection to the answer.
-    pub timeout: Duration,
-}
-
-/// `[actions.http]`.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHttpSink {
-    secret: Option<String>,
-    max_attempts: Option<u64>,
-    backoff_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-}
-
-impl RawHttpSink {
-    /// The HTTP sink for `url`, checked against the secrets declared.
-    fn parse(self, url: &str, secrets: &BTreeMap<String, super::secrets::SecretDef>) -> Result<HttpSinkConfig, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("actions.sink `{url}` has no scheme"))?;
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let path = &rest[authority.len()..];
-        if path.contains('#') {
-            return Err(format!("actions.sink `{url}` has a fragment: write the URL the host POSTs to"));
-        }
-        let target = super::outbound::Target::parse(scheme, authority).map_err(|why| format!("actions.sink: {why}"))?;
-        if let Some(s) = &self.secret {
-            let def = secrets
-                .get(s)
-                .ok_or_else(|| format!("actions.http.secret `{s}` is not declared; add [secrets.{s}]"))?;
-            if !def.hosts.iter().any(|h| h.matches(&target)) {
-                return Err(format!("actions.http.secret `{s}` does not go to {target}: add it to secrets.{s}.hosts"));
-            }
-        }
-        let in_range = |v: Option<u64>, key: &str, range: std::ops::RangeInclusive<u64>, default: u64| match v {
-            Some(n) if !range.contains(&n) => {
-                Err(format!("actions.http.{key} is {} to {}", range.start(), range.end()))
-            }
-            Some(n) => Ok(n),
-            None => Ok(default),
-        };
-        Ok(HttpSinkConfig {
-            endpoint: url.to_string(),
-            path: if path.is_empty() { "/".into() } else { path.to_string() },
-            target,
-            secret: self.secret,
-            max_attempts: u32::try_from(in_range(self.max_attempts, "max_attempts", 1..=100, 5)?).unwrap_or(5),
-            backoff_ms: in_range(self.backoff_ms, "backoff_ms", 1..=300_000, 1_000)?,
-            timeout: Duration::from_millis(in_range(self.timeout_ms, "timeout_ms", 1..=600_000, 10_000)?),
-        })
-    }
-}
+pub use super::sink::{HttpSinkConfig, SinkConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -332,7 +257,7 @@ struct RawActions {
     per_hour: Option<Spanned<u64>>,
     max_pending: Option<Spanned<u64>>,
     /// For an HTTP sink.
-    http: Option<Spanned<RawHttpSink>>,
+    http: Option<Spanned<super::sink::RawHttpSink>>,
 }
 
 impl Default for RawActions {
@@ -824,25 +749,8 @@ impl Config {
             .map_err(|(span, message)| err(Some(span), message))?;
         let kb_postgres = raw.kb.postgres(&err)?;
 
-        let http_span = raw.actions.http.as_ref().map(Spanned::span);
-        let sink = match raw.actions.sink.as_str() {
-            "stdout" => SinkConfig::Stdout,
-            url if url.starts_with("http://") || url.starts_with("https://") => SinkConfig::Http(
-                raw.actions
-                    .http
-                    .map(Spanned::into_inner)
-                    .unwrap_or_default()
-                    .parse(url, &secrets)
-                    .map_err(|why| err(http_span.clone(), why))?,
-            ),
-            _ if raw.actions.http.is_some() => {
-                return Err(err(
-                    http_span,
-                    "[actions.http] is for an HTTP sink: set actions.sink to the URL to POST to".into(),
-                ));
-            }
-            path => SinkConfig::File(base.join(path)),
-        };
+        let sink = super::sink::parse(&raw.actions.sink, raw.actions.http, base, &secrets)
+            .map_err(|(span, message)| err(span, message))?;
 
         Ok(Config {
             file: file.to_path_buf(),

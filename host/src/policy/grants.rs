@@ -24,7 +24,7 @@
 //! tokens_per_day = 1_000_000
 //! ```
 
-use super::outbound::{HttpGrant, Origin, Target};
+use super::outbound::{Endpoint, HttpGrant, Origin};
 use super::secrets::SecretDef;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -76,9 +76,7 @@ impl Default for AgentGrant {
 pub struct ModelDef {
     /// Where the host POSTs: the configured URL, ending in
     /// `/chat/completions`.
-    pub endpoint: String,
-    /// Its scheme, host and port, as a request to it is checked.
-    pub target: Target,
+    pub endpoint: Endpoint,
     /// The model name sent to the server.
     pub model: String,
     /// A secret whose header goes with each request (its hosts must cover
@@ -207,26 +205,16 @@ pub(super) fn parse_models(
         let (name, model) = (name.into_inner(), model.into_inner());
         let bad = |why: String| (span.clone(), format!("models.{name}: {why}"));
         let url = model.url.trim_end_matches('/');
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            bad(format!("`url` `{url}` has no scheme: write the API's base, such as `http://127.0.0.1:11434/v1`"))
-        })?;
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        if rest[authority.len()..].contains(['?', '#']) {
-            return Err(bad(format!("`url` `{url}` has a query or a fragment: write the API's base URL")));
+        if url.contains('?') {
+            return Err(bad(format!("`url` `{url}` has a query: write the API's base URL")));
         }
-        let target = Target::parse(scheme, authority).map_err(|why| bad(format!("`url`: {why}")))?;
-        let endpoint =
-            if url.ends_with("/chat/completions") { url.to_string() } else { format!("{url}/chat/completions") };
+        let url = if url.ends_with("/chat/completions") { url.to_string() } else { format!("{url}/chat/completions") };
+        let endpoint = Endpoint::parse(&url).map_err(|why| bad(format!("`url` {why}")))?;
         if model.model.trim().is_empty() {
             return Err(bad("`model` names the model the server runs, such as `llama3.2` or `gpt-4o-mini`".into()));
         }
         if let Some(s) = &model.secret {
-            let Some(def) = secrets.get(s) else {
-                return Err(bad(format!("secret `{s}` is not declared; add [secrets.{s}]")));
-            };
-            if !def.hosts.iter().any(|h| h.matches(&target)) {
-                return Err(bad(format!("secret `{s}` does not go to {target}: add it to secrets.{s}.hosts")));
-            }
+            SecretDef::check_use(secrets, s, "secret", &endpoint.target).map_err(bad)?;
         }
         let timeout_ms = match model.timeout_ms {
             Some(ms) if ms == 0 || ms > 600_000 => return Err(bad("`timeout_ms` is 1 to 600000".into())),
@@ -237,7 +225,6 @@ pub(super) fn parse_models(
             name,
             ModelDef {
                 endpoint,
-                target,
                 model: model.model,
                 secret: model.secret,
                 timeout: std::time::Duration::from_millis(timeout_ms),

@@ -8,6 +8,7 @@
 //! - [`reload`]: a config reload against the config in force: what needs a
 //!   restart, and what changed.
 //! - [`server`]: `[server]`, how `concord serve` listens and what it takes on.
+//! - [`sink`]: `[actions] sink`, where recorded actions are delivered.
 //! - [`outbound`]: the origins an agent may reach over HTTP (`[agents.NAME]
 //!   http`); [`secrets`]: the values the host adds to those requests;
 //!   [`grants`]: `[agents.NAME]`, `[secrets]` and `[models]` as configured;
@@ -28,6 +29,7 @@ pub mod rules;
 pub mod schema;
 pub mod secrets;
 pub mod server;
+pub mod sink;
 pub mod tokens;
 
 use crate::kb::{EntityRef, Write};

@@ -290,6 +290,40 @@ impl fmt::Display for Target {
     }
 }
 
+/// A URL the host itself sends to (a model server, a webhook), checked
+/// when the config is read: where it connects, and the path it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The URL as configured.
+    pub url: String,
+    pub target: Target,
+    /// The path and query, from `/`.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Reads `http(s)://host[:port][/path][?query]`; a fragment, a user or
+    /// another scheme is refused.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("`{url}` has no scheme: write the whole URL, such as `http://127.0.0.1:11434/v1`")
+        })?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let path = &rest[authority.len()..];
+        if path.contains('#') {
+            return Err(format!("`{url}` has a fragment, which is never sent: leave it out"));
+        }
+        let target = Target::parse(scheme, authority).map_err(|why| format!("`{url}`: {why}"))?;
+        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+        Ok(Endpoint { url: url.to_string(), target, path })
+    }
+
+    /// The URI to connect to: the target as checked, then the path.
+    pub fn uri(&self) -> String {
+        format!("{}://{}{}", self.target.scheme, self.target.authority(), self.path)
+    }
+}
+
 /// The origins one agent may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpGrant {
@@ -431,6 +465,25 @@ mod tests {
         assert!(!o("https://*.example.com").covers(&o("https://example.com")));
         assert!(!o("https://*.example.com").covers(&o("http://api.example.com")));
         assert!(!o("http://127.0.0.1:8080").covers(&o("http://127.0.0.1:8081")));
+    }
+
+    #[test]
+    fn endpoints_connect_to_the_target_as_checked() {
+        let e = Endpoint::parse("HTTP://0x7f.1:8080/v1/chat?x=1").expect("valid");
+        assert_eq!(e.uri(), "http://127.0.0.1:8080/v1/chat?x=1");
+        assert_eq!(
+            Endpoint::parse("https://hooks.example.com").expect("valid").uri(),
+            "https://hooks.example.com:443/"
+        );
+        for (bad, says) in [
+            ("hooks.example.com/x", "has no scheme"),
+            ("https://a.example.com/x#frag", "fragment"),
+            ("https://user@a.example.com/", "names a user"),
+            ("ftp://a.example.com/", "not http or https"),
+        ] {
+            let why = Endpoint::parse(bad).expect_err(bad);
+            assert!(why.contains(says), "{bad}: {why}");
+        }
     }
 
     #[test]

@@ -30,6 +30,26 @@ pub struct SecretDef {
 }
 
 impl SecretDef {
+    /// Whether this secret is sent to requests to `target`.
+    pub fn goes_to(&self, target: &Target) -> bool {
+        self.hosts.iter().any(|h| h.matches(target))
+    }
+
+    /// Checks that the secret `name` is declared and sent to `target`;
+    /// `key` names where it was asked for (`secret`, `actions.http.secret`).
+    pub fn check_use<'a>(
+        secrets: &'a BTreeMap<String, SecretDef>,
+        name: &str,
+        key: &str,
+        target: &Target,
+    ) -> Result<&'a SecretDef, String> {
+        let def = secrets.get(name).ok_or_else(|| format!("{key} `{name}` is not declared; add [secrets.{name}]"))?;
+        if !def.goes_to(target) {
+            return Err(format!("{key} `{name}` does not go to {target}: add it to secrets.{name}.hosts"));
+        }
+        Ok(def)
+    }
+
     /// Checks a header name and a format (`{}` exactly once).
     pub fn header_and_format(header: &str, format: &str) -> Result<(HeaderName, String), String> {
         let name = HeaderName::from_bytes(header.as_bytes())
