@@ -140,6 +140,9 @@ pub struct Config {
     /// `[agents] settle_ms`: how long a changed file must stay unmodified
     /// before it is loaded (see [`crate::runtime::folder`]).
     pub agents_settle: Duration,
+    /// `[agents] cache_dir`: where compiled components are kept between
+    /// runs (default `cache/` beside the knowledge base).
+    pub agents_cache: PathBuf,
     /// `[agents.NAME]`: what each agent is granted beyond the knowledge
     /// base (outbound HTTP, secrets). An agent not listed has nothing.
     pub grants: BTreeMap<String, super::grants::AgentGrant>,
@@ -442,10 +445,9 @@ impl Config {
         Limits { memory_bytes: self.memory_ceiling(), ..self.limits.clone() }
     }
 
-    /// Where compiled components are cached: `cache/` beside the knowledge
-    /// base.
+    /// Where compiled components are cached (`[agents] cache_dir`).
     pub fn cache_dir(&self) -> PathBuf {
-        self.kb_path.parent().unwrap_or(Path::new(".")).join("cache")
+        self.agents_cache.clone()
     }
 
     /// Reads and validates a config file. Relative paths inside it are
@@ -768,6 +770,10 @@ impl Config {
             agents_dir: base.join(raw.agents.dir.as_deref().unwrap_or(DEFAULT_AGENTS_DIR)),
             agents_watch: raw.agents.watch.unwrap_or(true),
             agents_settle,
+            agents_cache: match &raw.agents.cache_dir {
+                Some(dir) => base.join(dir),
+                None => base.join(&raw.kb.path).parent().unwrap_or(base).join("cache"),
+            },
             grants,
             secrets,
             models,

@@ -136,6 +136,7 @@ pub(super) struct RawAgents {
     pub(super) dir: Option<String>,
     pub(super) watch: Option<bool>,
     pub(super) settle_ms: Option<Spanned<u64>>,
+    pub(super) cache_dir: Option<String>,
     pub(super) stanzas: Vec<(Spanned<String>, Spanned<toml::Value>)>,
 }
 
@@ -145,7 +146,7 @@ impl<'de> Deserialize<'de> for RawAgents {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = RawAgents;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("the [agents] table: `dir`, `watch`, `settle_ms`, and a table per agent ([agents.NAME])")
+                f.write_str("the [agents] table: `dir`, `watch`, `settle_ms`, `cache_dir`, and a table per agent ([agents.NAME])")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawAgents, A::Error> {
                 let mut out = RawAgents::default();
@@ -154,6 +155,7 @@ impl<'de> Deserialize<'de> for RawAgents {
                         "dir" => out.dir = Some(map.next_value()?),
                         "watch" => out.watch = Some(map.next_value()?),
                         "settle_ms" => out.settle_ms = Some(map.next_value()?),
+                        "cache_dir" => out.cache_dir = Some(map.next_value()?),
                         _ => out.stanzas.push((key, map.next_value()?)),
                     }
                 }
@@ -248,7 +250,7 @@ pub(super) fn parse_grants(
         let value = value.into_inner();
         if !value.is_table() {
             return Err(bad(
-                "is not a key of [agents] (`dir`, `watch`, `settle_ms`) nor an agent's table: write `[agents.NAME]` with `http` and `secrets`"
+                "is not a key of [agents] (`dir`, `watch`, `settle_ms`, `cache_dir`) nor an agent's table: write `[agents.NAME]` with `http` and `secrets`"
                     .into(),
             ));
         }

@@ -41,6 +41,7 @@ pub fn needs_restart(old: &Config, new: &Config, memory_ceiling: usize) -> Vec<S
     differs("kb.backend", format!("{:?}", old.kb_postgres), format!("{:?}", new.kb_postgres));
     differs("kb.shared_reads", format!("{:?}", old.kb_sharing), format!("{:?}", new.kb_sharing));
     differs("agents.dir", old.agents_dir.display().to_string(), new.agents_dir.display().to_string());
+    differs("agents.cache_dir", old.agents_cache.display().to_string(), new.agents_cache.display().to_string());
     differs("agents.watch", old.agents_watch.to_string(), new.agents_watch.to_string());
     differs("actions.sink", sink(&old.sink), sink(&new.sink));
     let (a, b) = (&old.server, &new.server);
