@@ -130,7 +130,7 @@ impl Host {
     /// Like [`Host::start`], delivering actions to `sink` instead of the
     /// configured one.
     pub fn start_with_sink(config: Config, sink: Box<dyn Sink>) -> Result<Host, StartError> {
-        let runtime = Runtime::load(&config.agents_dir, config.pool_limits(), Some(&config.cache_dir()))?;
+        let runtime = Runtime::load(&config.agents_dir, config.pool_limits(), Some(&config.agents_cache))?;
         check_schedules(&config, &runtime)?;
         let config = Arc::new(config);
         // Secrets are read before the store is opened: a missing one stops

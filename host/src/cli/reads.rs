@@ -247,7 +247,7 @@ pub(super) fn agents(config_path: &Path, json: bool) -> Result<u8, Failure> {
         Some(Err(e)) => return Err(e),
         _ => {
             let runtime =
-                crate::runtime::Runtime::load(&config.agents_dir, config.pool_limits(), Some(&config.cache_dir()))?;
+                crate::runtime::Runtime::load(&config.agents_dir, config.pool_limits(), Some(&config.agents_cache))?;
             let agents = runtime.agents().iter().map(|a| AgentView::of(a, &config)).collect();
             AgentList { agents, refused: vec![] }
         }

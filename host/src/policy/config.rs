@@ -445,11 +445,6 @@ impl Config {
         Limits { memory_bytes: self.memory_ceiling(), ..self.limits.clone() }
     }
 
-    /// Where compiled components are cached (`[agents] cache_dir`).
-    pub fn cache_dir(&self) -> PathBuf {
-        self.agents_cache.clone()
-    }
-
     /// Reads and validates a config file. Relative paths inside it are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
