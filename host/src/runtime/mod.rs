@@ -365,6 +365,34 @@ fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<(Engine, Option<w
     Ok((Engine::new(&config).map_err(engine_err)?, cache))
 }
 
+/// What every agent is linked against: WASI, outbound HTTP, and the
+/// `concord:agent` world's imports.
+fn linker(engine: &Engine) -> Result<Linker<InvocationState>, LoadError> {
+    let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+    let mut linker: Linker<InvocationState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+    // Outbound HTTP is linked for every agent and granted to none: each
+    // request is checked against the agent's grant (see `gate::http`).
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
+    bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+    Ok(linker)
+}
+
+/// Compiles the agent at `path` into `cache_dir` with the engine settings
+/// a host of these `limits` makes ([`Runtime::load`] then finds it there
+/// instead of compiling), and checks that it fits the agent world.
+/// `concord build` calls it, so that a host start after a build does not
+/// compile. Returns how long the compile took (near zero when the cache
+/// already held it).
+pub fn precompile(path: &Path, limits: &Limits, cache_dir: &Path) -> Result<Duration, LoadError> {
+    let (engine, _cache) = engine(limits, Some(cache_dir))?;
+    let linker = linker(&engine)?;
+    let started = Instant::now();
+    Runtime::load_one(&engine, &linker, path)
+        .map_err(|reason| LoadError::BadFiles(vec![BadAgentFile { path: path.to_path_buf(), reason }]))?;
+    Ok(started.elapsed())
+}
+
 /// The `*.wasm` files of an agents folder, sorted. Errors if there are none.
 pub fn agent_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let folder_err = |e: std::io::Error| LoadError::Folder { dir: dir.to_path_buf(), reason: e.to_string() };
@@ -388,7 +416,7 @@ pub fn agent_names(dir: &Path) -> Result<Vec<String>, LoadError> {
 
 /// An agent's name is its file's stem: letters, digits, `_` and `-`, and
 /// none of the [`RESERVED_NAMES`].
-fn check_agent_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_agent_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!("`{name}` is not a valid agent name: rename the file to letters, digits, `_` or `-`"));
     }
@@ -416,14 +444,7 @@ impl Runtime {
         let paths = agent_files(dir)?;
 
         let (engine, cache) = engine(&limits, cache_dir)?;
-        let mut linker: Linker<InvocationState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        // Outbound HTTP is linked for every agent and granted to none: each
-        // request is checked against the agent's grant (see `gate::http`).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linker = linker(&engine)?;
 
         let mut agents = BTreeMap::new();
         let mut bad = Vec::new();
