@@ -138,6 +138,12 @@ impl Server {
         };
         let text = serde_json::to_string(&record)
             .map_err(|e| ServeError::ServerFile { path: file.clone(), reason: e.to_string() })?;
+        // With PostgreSQL, nothing else may have made the folder the local
+        // files go in (`[kb] path`'s).
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ServeError::ServerFile { path: file.clone(), reason: e.to_string() })?;
+        }
         std::fs::write(&file, text + "\n")
             .map_err(|e| ServeError::ServerFile { path: file.clone(), reason: e.to_string() })?;
         let app = App::new(host, config, tokens, options.clock.clone());
