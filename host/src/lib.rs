@@ -56,11 +56,11 @@ mod runtime;
 mod server;
 
 pub use cli::main;
-pub use coord::{conflicts, operator, outbox, schedule, script};
+pub use coord::{conflicts, import, operator, outbox, schedule, script};
 pub use gate::{Breakpoint, Caller};
 pub use host::{AgentChange, ConfigReload, Host, InvokeError, StartError};
 pub use policy::config::{Config, ConfigError, Limits};
-pub use runtime::{Invocation, LoadError, MAX_LIVE_INVOCATIONS, Message, Origin, Outcome, Runtime};
+pub use runtime::{Invocation, LoadError, MAX_LIVE_INVOCATIONS, Message, Origin, Outcome, Runtime, precompile};
 pub use server::live::LiveOptions;
 pub use server::state::MAX_STREAMS;
 pub use server::{ServeError, Server, tokens};

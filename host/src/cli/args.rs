@@ -193,6 +193,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a new agent: its sources, a build file, a test, and its stanza in
+    /// concord.toml (the fields it owns). Then `concord build NAME`.
+    New {
+        /// The agent's name: letters, digits, `_` or `-`. Its sources go in
+        /// the agents folder, under NAME/.
+        name: String,
+        /// The language: rust, python or typescript.
+        #[arg(long, value_enum)]
+        lang: Lang,
+    },
+    /// Build agents from their sources (agents/NAME/: a Cargo.toml, an
+    /// app.py or an index.ts), drop each into the agents folder as NAME.wasm,
+    /// and compile it into the host's cache, so that a start does not.
+    /// Without names, every agent source folder is built.
+    Build {
+        /// The agents to build (default: every source folder found).
+        names: Vec<String>,
+        /// Where the agents' source folders are (default: the agents folder).
+        #[arg(long)]
+        src: Option<PathBuf>,
+        /// Where the built components go (default: the agents folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the host as a service: an HTTP API for triggers, reads, streams
     /// and operators, until SIGINT or SIGTERM (a second one stops at once).
     Serve {
@@ -392,4 +416,13 @@ pub enum AuditAction {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// The languages `concord new` scaffolds and `concord build` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    #[value(alias = "ts")]
+    Typescript,
 }

@@ -5,6 +5,7 @@
 //! - `source`: where a command reads and writes: the store, or the API of
 //!   the `concord serve` that holds it (through `client`).
 //! - `reads`, `operate`, `run`, `service`, `migrate`: the commands, by family.
+//! - `build`, `scaffold`: `concord build` and `concord new`, for agent authors.
 //! - `format`: tables and JSON lines; `out`: stdout, and what a closed
 //!   pipe means (a read command ends quietly; `run` and `serve` go on).
 //!
@@ -20,6 +21,7 @@
 //! mapping does not compile.
 
 mod args;
+mod build;
 mod client;
 mod format;
 mod migrate;
@@ -27,6 +29,7 @@ mod operate;
 mod out;
 mod reads;
 mod run;
+mod scaffold;
 mod service;
 mod source;
 
@@ -198,6 +201,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Check => run::check(config),
         Command::Migrate { from, to } => migrate::migrate(&from, &to),
         Command::Serve { listen } => service::serve(config, listen),
+        Command::New { name, lang } => scaffold::new(config, &name, lang),
+        Command::Build { names, src, out } => build::build(config, &names, src, out),
         Command::Invoke { agent, kind, entity, body, key, no_wait, json } => {
             service::invoke(config, &agent, &kind, entity, body, key, !no_wait, json)
         }
