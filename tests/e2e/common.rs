@@ -12,31 +12,22 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
-/// Builds every guest (examples and test agents) once, and returns the
-/// folder with their `.wasm` files. The guests have their own target dir, so
-/// this never waits on the lock `cargo test` holds.
+/// Builds every Rust guest (examples and test agents) once, and returns
+/// the folder with their `.wasm` files. The guests have their own target
+/// dir, so this never waits on the lock `cargo test` holds.
 pub fn wasm_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut packages = Vec::new();
+        for p in RUST_GUESTS {
+            packages.extend(["-p", p]);
+        }
         let status = Command::new(cargo)
             .current_dir(&root)
             .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/wasm", "--quiet"])
-            .args([
-                "-p",
-                "sales",
-                "-p",
-                "support",
-                "-p",
-                "product",
-                "-p",
-                "probe",
-                "-p",
-                "hostile",
-                "-p",
-                "wrong-world",
-            ])
+            .args(packages)
             .status()
             .expect("cargo runs");
         assert!(
@@ -47,17 +38,74 @@ pub fn wasm_dir() -> &'static Path {
     })
 }
 
-/// The path of a built guest, such as `probe` or `wrong_world`.
+/// The guests in Rust, by package name.
+const RUST_GUESTS: [&str; 5] = ["sales", "probe", "hostile", "wrong-world", "conformance"];
+
+/// The guests in Python and TypeScript: (name, the folder of its sources).
+const POLYGLOT_GUESTS: [(&str, &str); 4] = [
+    ("support", "agents"),
+    ("product", "agents"),
+    ("conformance-py", "tests/agents"),
+    ("conformance-ts", "tests/agents"),
+];
+
+/// Builds the Python and TypeScript guests once, with `concord build` as a
+/// user would (it installs their toolchains on first use, and skips what
+/// is up to date), into `target/agents/`, and compiles them into the tests'
+/// shared cache, so that no test host compiles an 18 MB component.
+pub fn polyglot_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        let out = root.join("target/agents");
+        let config = root.join("target/agents-build.toml");
+        std::fs::create_dir_all(&out).expect("target/agents");
+        std::fs::write(&config, config_text(FAST_LIMITS)).expect("the build's config");
+        for folder in ["agents", "tests/agents"] {
+            let names: Vec<&str> = POLYGLOT_GUESTS.iter().filter(|(_, f)| *f == folder).map(|(n, _)| *n).collect();
+            let status = Command::new(env!("CARGO_BIN_EXE_concord"))
+                .current_dir(&root)
+                .arg("--config")
+                .arg(&config)
+                .arg("build")
+                .args(&names)
+                .arg("--src")
+                .arg(root.join(folder))
+                .arg("--out")
+                .arg(&out)
+                .env("CONCORD_LOG", "warn")
+                .status()
+                .expect("concord build runs");
+            assert!(status.success(), "`concord build {}` failed: see its output above", names.join(" "));
+        }
+        out
+    })
+}
+
+/// Where every test host keeps compiled components: one cache for all, so
+/// each component is compiled once per `cargo test`, not once per test.
+pub fn cache_dir() -> PathBuf {
+    root().join("target/concord-cache")
+}
+
+/// The path of a built guest, such as `probe`, `wrong_world` or `support`.
 pub fn wasm(name: &str) -> PathBuf {
+    if POLYGLOT_GUESTS.iter().any(|(n, _)| *n == name) {
+        return polyglot_dir().join(format!("{name}.wasm"));
+    }
     wasm_dir().join(format!("{name}.wasm"))
 }
 
-/// The example config, with the `[limits]` table replaced.
+/// The example config, with the `[limits]` table replaced and the tests'
+/// shared cache of compiled components.
 pub fn config_text(limits: &str) -> String {
     let text = std::fs::read_to_string(root().join("concord.toml")).expect("concord.toml is readable");
     let start = text.find("[limits]").expect("concord.toml has [limits]");
     let end = start + text[start..].find("\n# Customer records").expect("limits end");
-    format!("{}[limits]\n{limits}\n{}", &text[..start], &text[end..])
+    let text = format!("{}[limits]\n{limits}\n{}", &text[..start], &text[end..]);
+    let agents = "[agents]\n";
+    let at = text.find(agents).expect("concord.toml has [agents]") + agents.len();
+    format!("{}cache_dir = {:?}\n{}", &text[..at], cache_dir().display().to_string(), &text[at..])
 }
 
 /// Test limits: small enough that runaway agents stop quickly.

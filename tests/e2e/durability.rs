@@ -71,7 +71,10 @@ fn an_owner_without_an_agent_is_a_warning() {
 /// agents without compiling them again.
 #[test]
 fn a_restart_does_not_recompile_unchanged_agents() {
-    let env = Env::new(&[("sales", "sales"), ("support", "support")]);
+    // A cache of its own (beside its store), not the tests' shared one.
+    let shared = format!("cache_dir = {:?}\n", crate::common::cache_dir().display().to_string());
+    let config = crate::common::config_text(crate::common::FAST_LIMITS).replace(&shared, "");
+    let env = Env::with_config(&[("sales", "sales"), ("support", "probe")], &config);
     let (hits, misses) = env.host.runtime().cache_stats();
     assert_eq!((hits, misses), (0, 2), "first start compiles both");
     let env = env.restart();

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod agent_conformance;
 mod audit;
 mod bad_input;
 mod cli;
@@ -23,6 +24,7 @@ mod model;
 mod outbound;
 mod postgres;
 mod sandbox;
+mod scaffold;
 mod schedules;
 mod serve;
 mod serve_process;
