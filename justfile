@@ -1,11 +1,14 @@
 # Concord tasks. `just run` plays the demo; `just test` runs the whole gate.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# The example agents: Sales in Rust, Support in Python (agents/support/app.py),
+# Product in TypeScript (agents/product/index.ts). `concord build` builds each
+# by its language; the Rust ones are also linted below.
 agents := "sales support product"
-test_agents := "probe hostile wrong-world bench-agent"
-# Guests get their own target dir under target/, so that tests can build
+rust_agents := "sales"
+# Rust guests get their own target dir, target/wasm, so that tests can build
 # them while `cargo test` holds the host's build lock.
-wasm_dir := "target/wasm/wasm32-wasip2/release"
+test_agents := "probe hostile wrong-world bench-agent conformance"
 
 # List the recipes
 default:
@@ -15,10 +18,11 @@ default:
 setup:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# Build the example agents and drop them into agents/*.wasm
-build-agents: setup
-    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
-    for a in {{ agents }}; do cp {{ wasm_dir }}/$a.wasm agents/$a.wasm; done
+# Build the example agents into agents/*.wasm with `concord build` (it installs
+# the Python and JavaScript toolchains under target/ and agents/sdk-js on first
+# use) and compile them into the host's cache
+build-agents: setup build
+    ./target/debug/concord build {{ agents }}
 
 # Build the host (the `concord` binary)
 build:
@@ -68,7 +72,6 @@ console-setup:
 
 # Screenshots of the console's main views, into docs/console/ (from its browser tests)
 console-shots: console-setup
-    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
     CONCORD_CONSOLE_SHOTS=docs/console cargo test -p concord-host --test e2e console
 
 # The whole gate: formatting, lints (host and guests), and every test (the console's in headless Chromium)
@@ -76,20 +79,22 @@ test: setup console-setup
     cargo fmt --all -- --check
     cargo clippy -p concord-host --all-targets -- -D warnings
     cargo clippy -p concord-bench --all-targets -- -D warnings
-    cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
-    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
+    cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", rust_agents) }} {{ prepend("-p ", test_agents) }} -p concord-agent -- -D warnings
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", rust_agents) }} {{ prepend("-p ", test_agents) }}
+    scripts/test_sdk_python.sh
+    scripts/toolchain_js.sh && npm test --silent --prefix agents/sdk-js
     cargo test -p concord-host
     scripts/fuzz_api.sh 10
 
 # The API fuzzed from its OpenAPI document (schemathesis), longer (default 200 examples per operation)
-fuzz-api examples="200": setup
-    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }}
-    cargo build -p concord-host
+fuzz-api examples="200": setup build
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", rust_agents) }}
+    ./target/debug/concord build {{ agents }} --out target/agents
     scripts/fuzz_api.sh {{ examples }}
 
 # The crash test, longer: kill-and-restart rounds under load (default 30)
 crash-test rounds="30": setup
-    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", agents) }} {{ prepend("-p ", test_agents) }}
+    cargo build --release --target wasm32-wasip2 --target-dir target/wasm {{ prepend("-p ", rust_agents) }} {{ prepend("-p ", test_agents) }}
     CONCORD_CRASH_ROUNDS={{ rounds }} cargo test -p concord-host --test e2e crash:: -- --nocapture
 
 # The benchmarks, each against its baseline in the same run (see BENCHMARKS.md);

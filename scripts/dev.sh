@@ -2,14 +2,14 @@
 # `just dev`: the example agents rebuilt as their sources change, and a
 # running `concord serve` that picks each build up through hot reload.
 #
-# - Builds the agents and installs each into agents/ only if it changed,
-#   by writing beside it and renaming over it: the host never sees a file
-#   half-written (it also waits for a file to settle; see README "While it
-#   runs").
+# - Builds the agents with `concord build`, which installs each into
+#   agents/ only if it changed, by writing beside it and renaming over it:
+#   the host never sees a file half-written (it also waits for a file to
+#   settle; see README "While it runs").
 # - Starts `concord serve` (with any arguments given), unless --no-serve
 #   is given (when a host serves already, for example).
-# - Looks at the sources every second (agents/*/src, their Cargo.toml, the
-#   SDK and wit/): polling, so that it needs no inotify tools and sees
+# - Looks at the sources every second (the agents' folders, the SDKs and
+#   wit/): polling, so that it needs no inotify tools and sees
 #   edits on any filesystem. A failed build is printed and the last good
 #   agents keep serving.
 #
@@ -18,7 +18,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 agents=(sales support product)
-wasm_dir=target/wasm/wasm32-wasip2/release
 serve=1
 serve_args=()
 for arg in "$@"; do
@@ -30,26 +29,16 @@ done
 
 # Whether a source is newer than the file $1.
 changed_since() {
-    [[ -n "$(find wit agents/sdk "${agents[@]/#/agents/}" \( -path '*/target' -prune \) -o -type f \
-        \( -name '*.rs' -o -name '*.wit' -o -name Cargo.toml \) -newer "$1" -print -quit)" ]]
+    [[ -n "$(find wit agents/sdk agents/sdk-python agents/sdk-js/src "${agents[@]/#/agents/}" \
+        \( -name target -o -name node_modules -o -name __pycache__ \) -prune -o -type f \
+        \( -name '*.rs' -o -name '*.wit' -o -name Cargo.toml -o -name '*.py' -o -name '*.ts' \) \
+        -newer "$1" -print -quit)" ]]
 }
 
 build_and_install() {
-    local args=()
-    for a in "${agents[@]}"; do args+=(-p "$a"); done
-    if ! cargo build --quiet --release --target wasm32-wasip2 --target-dir target/wasm "${args[@]}"; then
+    if ! ./target/debug/concord build "${agents[@]}"; then
         echo "dev: the build failed; the agents in service stay as they were" >&2
-        return 0
     fi
-    for a in "${agents[@]}"; do
-        local built="$wasm_dir/$a.wasm" dest="agents/$a.wasm"
-        if [[ -f "$dest" ]] && cmp -s "$built" "$dest"; then
-            continue
-        fi
-        cp "$built" "agents/.$a.wasm.tmp"
-        mv -f "agents/.$a.wasm.tmp" "$dest"
-        echo "dev: installed $dest (sha256 $(sha256sum "$dest" | cut -c1-12)…)"
-    done
 }
 
 stamp=$(mktemp)
@@ -73,9 +62,9 @@ trap 'exit 0' TERM
 
 # Taken before the first build, so that an edit made during it is seen.
 touch "$stamp"
+cargo build --quiet -p concord-host
 build_and_install
 if [[ "$serve" == 1 ]]; then
-    cargo build --quiet -p concord-host
     # (The odd expansion keeps `set -u` quiet on bash before 4.4 when
     # there are no arguments.)
     ./target/debug/concord serve ${serve_args[@]+"${serve_args[@]}"} &

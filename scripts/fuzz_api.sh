@@ -4,8 +4,8 @@
 # the document. Usage: scripts/fuzz_api.sh MAX_EXAMPLES_PER_OPERATION
 # (`just test` runs a short pass, `just fuzz-api` a long one).
 #
-# Needs target/debug/concord and the example agents in target/wasm (the
-# `just` recipes build both); installs schemathesis into target/venv on
+# Needs target/debug/concord, Sales in target/wasm and Support and Product
+# in target/agents (the `just` recipes and the e2e tests build them); installs schemathesis into target/venv on
 # first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +28,11 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/agents"
-for a in sales support product; do cp "target/wasm/wasm32-wasip2/release/$a.wasm" "$work/agents/"; done
-# The example config, with a small body limit (so the fuzzer meets 413s)
-# and everything else as shipped.
-{ cat concord.toml; printf '\n[server]\nmax_body_bytes = 65536\n'; } > "$work/concord.toml"
+cp target/wasm/wasm32-wasip2/release/sales.wasm target/agents/support.wasm target/agents/product.wasm "$work/agents/"
+# The example config, with a small body limit (so the fuzzer meets 413s),
+# the tests' cache of compiled components, and everything else as shipped.
+{ sed "s|^\[agents\]\$|[agents]\ncache_dir = \"$root/target/concord-cache\"|" concord.toml
+  printf '\n[server]\nmax_body_bytes = 65536\n'; } > "$work/concord.toml"
 cd "$work"
 # Some state to read: the Acme scenario.
 "$root/target/debug/concord" run --script "$root/scenarios/acme.jsonl" > run.log 2>&1
