@@ -13,6 +13,10 @@
 //! - `hostcall`: `kb.get` from a wasm agent against the same audited get
 //!   called natively through the gate, on the same store;
 //! - `start`: a fresh instance plus a trivial handler, end to end;
+//! - `languages`: the conformance agent in Rust, Python and TypeScript:
+//!   size, first compile, cached load, invocation start, `kb.get` per call,
+//!   a commit; and the start of a host whose example agents are all cached
+//!   ([`languages`]);
 //! - `outbound`: an agent's GET through the host (`wasi:http`: checked,
 //!   audited, sent) against reqwest calling the same loopback server from
 //!   this process ([`outbound`]);
@@ -46,6 +50,7 @@
 //! [`machine`] (fsync, memory, CPU), [`service`] (HTTP), [`reload`], [`postgres`], [`stats`], [`plot`].
 
 pub mod concord_runs;
+pub mod languages;
 pub mod machine;
 pub mod outbound;
 pub mod plot;
@@ -124,8 +129,19 @@ pub const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Invocations contending on one entity.
 pub const CONTENDERS: usize = 16;
 
-const PHASES: [&str; 12] = [
-    "machine", "memory", "hostcall", "start", "outbound", "commit", "replay", "audit", "reports", "service", "reload",
+const PHASES: [&str; 13] = [
+    "machine",
+    "memory",
+    "hostcall",
+    "start",
+    "languages",
+    "outbound",
+    "commit",
+    "replay",
+    "audit",
+    "reports",
+    "service",
+    "reload",
     "postgres",
 ];
 
@@ -172,19 +188,37 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Builds the guests the benchmarks load, and returns their folder.
+/// Builds the guests the benchmarks load (the Rust ones with cargo, the
+/// Python and TypeScript ones with the project's toolchain scripts), and
+/// returns the one folder that holds them all (`target/bench-guests`).
 fn build_guests() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root())
         .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/wasm", "--quiet"])
-        .args(["-p", "bench-agent", "-p", "sales", "-p", "support", "-p", "product"])
+        .args(["-p", "bench-agent", "-p", "sales", "-p", "conformance"])
         .status()
         .context("running cargo to build the guest agents")?;
     if !status.success() {
         bail!("building the guest agents failed; is the wasm32-wasip2 target installed? (`just setup`)");
     }
-    Ok(root().join("target/wasm/wasm32-wasip2/release"))
+    let polyglot = languages::build_polyglot()?;
+    let rust = root().join("target/wasm/wasm32-wasip2/release");
+    let all = root().join("target/bench-guests");
+    std::fs::create_dir_all(&all)?;
+    for (from, name) in [
+        (&rust, "bench_agent"),
+        (&rust, "sales"),
+        (&rust, "conformance"),
+        (&polyglot, "support"),
+        (&polyglot, "product"),
+        (&polyglot, "conformance-py"),
+        (&polyglot, "conformance-ts"),
+    ] {
+        let file = format!("{name}.wasm");
+        std::fs::copy(from.join(&file), all.join(&file)).with_context(|| format!("copying {file}"))?;
+    }
+    Ok(all)
 }
 
 pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
@@ -204,6 +238,9 @@ pub fn main(sqlite_service: &Path) -> anyhow::Result<()> {
             "memory" => runtime.block_on(concord_runs::memory(&guests, sizes))?,
             "hostcall" => runtime.block_on(concord_runs::hostcall(&guests, sizes))?,
             "start" => runtime.block_on(concord_runs::start(&guests, sizes))?,
+            "languages" => {
+                runtime.block_on(languages::run_phase(&guests, sizes.starts.min(1_000), sizes.get_rounds))?
+            }
             "outbound" => runtime.block_on(outbound::run_phase(&guests, sizes.http_requests, sizes.get_rounds))?,
             "commit" => {
                 let concord = runtime.block_on(concord_runs::commits(&guests, sizes))?;
@@ -330,6 +367,27 @@ fn render(r: &Json, sizes: &Sizes) -> String {
             "### Invocation start (fresh instance + trivial handler, end to end)\n\n| median | p99 | target |\n|---|---|---|\n| {} µs | {} µs | median ≤ 50 µs |\n\n",
             num(f(h, &["us_p50"]), 1),
             num(f(h, &["us_p99"]), 1),
+        ));
+    }
+    if let Some(l) = r.get("languages") {
+        s.push_str("### One agent in three languages (the conformance agent)\n\n| | size | first compile | cached load | invocation start p50 / p99 | `kb.get` per call | read + commit p50 / p99 |\n|---|---|---|---|---|---|---|\n");
+        for lang in ["rust", "python", "typescript"] {
+            let x = &l[lang];
+            s.push_str(&format!(
+                "| {lang} | {} MB | {} s | {} ms | {} / {} µs | {} µs | {} / {} ms |\n",
+                num(f(x, &["bytes"]).map(|b| b / 1e6), 1),
+                num(f(x, &["first_compile_s"]), 1),
+                num(f(x, &["cached_load_ms"]), 0),
+                num(f(x, &["start_us_p50"]), 0),
+                num(f(x, &["start_us_p99"]), 0),
+                num(f(x, &["get_us"]), 2),
+                num(f(x, &["commit_ms_p50"]), 2),
+                num(f(x, &["commit_ms_p99"]), 2),
+            ));
+        }
+        s.push_str(&format!(
+            "\nTargets: a Python or TypeScript invocation starts in ≤ 1 ms (median, warm cache). A host with every example agent cached starts in {} s (target ≤ 1 s).\n\n",
+            num(f(l, &["host_start_cached_s"]), 2)
         ));
     }
     if let Some(h) = r.get("outbound") {
