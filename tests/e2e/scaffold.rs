@@ -61,6 +61,9 @@ async fn new_test_build_run(project: &Path, name: &str, lang: &str, test: &mut C
     let out = run(project, &["build", name]);
     ok("concord build", &out);
     assert!(project.join(format!("agents/{name}.wasm")).is_file(), "{}", stdout(&out));
+    let out = run(project, &["build", name]);
+    ok("concord build, again", &out);
+    assert!(stdout(&out).contains("up to date"), "nothing changed, nothing rebuilt: {}", stdout(&out));
     two_notes(project, name, &kind).await;
 
     // Again: refused, naming what is there, and nothing changed.

@@ -33,7 +33,6 @@ pub(super) fn build(
     out: Option<PathBuf>,
 ) -> Result<u8, Failure> {
     let config = Config::load(config_path)?;
-    let root = project_root(config_path)?;
     let src = src.unwrap_or_else(|| config.agents_dir.clone());
     let out = out.unwrap_or_else(|| config.agents_dir.clone());
     let targets = if names.is_empty() { source_folders(&src)? } else { named(&src, names)? };
@@ -43,7 +42,8 @@ pub(super) fn build(
         let started = Instant::now();
         let fresh = match lang {
             Lang::Rust => build_rust(&name, &dir, &built)?,
-            Lang::Python | Lang::Typescript => build_polyglot(&root, &name, &dir, lang, &built)?,
+            // Only these need the checkout (the SDK and the toolchain scripts).
+            Lang::Python | Lang::Typescript => build_polyglot(&project_root(config_path)?, &name, &dir, lang, &built)?,
         };
         let size = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0);
         let what =

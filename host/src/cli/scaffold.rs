@@ -207,3 +207,20 @@ fn relative(from: &Path, to: &Path) -> String {
     parts.extend(b[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
     if parts.is_empty() { ".".into() } else { parts.join("/") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::relative;
+    use std::path::Path;
+
+    #[test]
+    fn paths_are_given_from_the_agents_folder() {
+        let from = Path::new("/work/repo/agents/notes");
+        assert_eq!(relative(from, Path::new("/work/repo")), "../..");
+        assert_eq!(relative(from, Path::new("/work/repo/concord.toml")), "../../concord.toml");
+        assert_eq!(relative(from, Path::new("/work/other/concord.toml")), "../../../other/concord.toml");
+        assert_eq!(relative(from, from), ".");
+        // Nothing in common but the root: the path itself.
+        assert_eq!(relative(from, Path::new("/srv/concord")), "/srv/concord");
+    }
+}
