@@ -117,6 +117,15 @@ async fn conforms(guest: &str) {
     assert!(matches!(end.decision, Decision::Failed | Decision::Trapped), "{guest}: {:?}", end.decision);
     assert!(end.outcome.contains("conformance trap"), "{guest}: {}", end.outcome);
 
+    // What the benchmarks send: no host call, N reads, a read and a commit.
+    assert_eq!(report(&env, "support", "ping").await, json!({"pong": true}), "{guest}");
+    let inv = env.send("support", "reads", "customer/c1", json!({"n": 3})).await;
+    assert_eq!(inv.outcome.text(), r#"{"reads":3}"#, "{guest}");
+    let gets = env.audit(AuditFilter { invocation: Some(inv.id), call: Some(calls::GET.into()), ..Default::default() });
+    assert_eq!(gets.len(), 3, "{guest}");
+    let before = env.get("customer/c1").expect("c1").version;
+    assert_eq!(report(&env, "support", "bump").await, json!({"version": before + 1}), "{guest}");
+
     let inv = env.send("support", "no_such_kind", "customer/c1", json!({})).await;
     assert_eq!(inv.outcome, concord::Outcome::Failed("conformance does not handle no_such_kind".into()), "{guest}");
 }

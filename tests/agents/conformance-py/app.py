@@ -130,6 +130,19 @@ def trap(target):
     raise RuntimeError("conformance trap")
 
 
+def reads(target, body):
+    n = body.get("n", 1) if isinstance(body, dict) else 1
+    for _ in range(n):
+        get(target)
+    return {"reads": n}
+
+
+def bump(target):
+    c = read(target)
+    versions = commit([Write.update(c).set("open_tickets", (c.integer("open_tickets") or 0) + 1)], "conformance: bump")
+    return {"version": versions[0]}
+
+
 BEHAVIOURS = {
     "commit_retry": commit_retry,
     "forbidden": forbidden,
@@ -139,11 +152,16 @@ BEHAVIOURS = {
     "awareness": awareness,
     "log": log_,
     "trap": trap,
+    "bump": bump,
 }
 
 
 @handler
 def handle(message):
+    if message.kind == "ping":
+        return {"pong": True}
+    if message.kind == "reads" and message.entity is not None:
+        return reads(message.entity, message.body_json())
     if message.kind == "change_request":
         if message.entity is None:
             raise Fail("conformance needs an entity")
