@@ -135,3 +135,24 @@ async fn a_new_rust_agent_joins_the_workspace_tests_builds_and_runs() {
     let members = std::fs::read_to_string(p.path().join("Cargo.toml")).expect("Cargo.toml");
     assert!(members.contains("\"agents/notes-rs\","), "{members}");
 }
+
+/// A refusal leaves nothing behind: a name whose kind the config cannot
+/// take is refused before any file is written, and a build file that does
+/// not parse is named, not taken for a folder without sources.
+#[test]
+fn refusals_name_the_problem_and_write_nothing() {
+    let p = project();
+    let before = std::fs::read_to_string(p.path().join("concord.toml")).expect("config");
+    let out = run(p.path(), &["new", "1notes", "--lang", "python"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the stanza for `1notes` does not fit"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing was written"), "{}", stderr(&out));
+    assert!(!p.path().join("agents/1notes").exists(), "no half-made agent");
+    assert_eq!(std::fs::read_to_string(p.path().join("concord.toml")).expect("config"), before);
+
+    std::fs::create_dir(p.path().join("agents/broken")).expect("broken");
+    std::fs::write(p.path().join("agents/broken/Cargo.toml"), "[package\nname = ").expect("a bad Cargo.toml");
+    let out = run(p.path(), &["build", "broken"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("broken/Cargo.toml is not valid TOML"), "{}", stderr(&out));
+}

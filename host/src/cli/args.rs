@@ -426,3 +426,23 @@ pub enum Lang {
     #[value(alias = "ts")]
     Typescript,
 }
+
+impl Lang {
+    /// As `--lang` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Typescript => "typescript",
+        }
+    }
+
+    /// As a sentence names it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Typescript => "TypeScript",
+        }
+    }
+}

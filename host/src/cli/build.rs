@@ -51,7 +51,7 @@ pub(super) fn build(
         let compiled = crate::runtime::precompile(&built, &config.pool_limits(), &config.agents_cache)?;
         println!(
             "{name} ({}): {} ({:.1} MB), {what}; compiled into {} in {:.1} s",
-            lang_name(lang),
+            lang.as_str(),
             built.display(),
             size as f64 / 1e6,
             config.agents_cache.display(),
@@ -59,14 +59,6 @@ pub(super) fn build(
         );
     }
     Ok(0)
-}
-
-fn lang_name(lang: Lang) -> &'static str {
-    match lang {
-        Lang::Rust => "rust",
-        Lang::Python => "python",
-        Lang::Typescript => "typescript",
-    }
 }
 
 /// The Concord checkout the SDKs and toolchain scripts come from: the
@@ -90,19 +82,22 @@ pub(super) fn project_root(config_path: &Path) -> Result<PathBuf, Failure> {
 
 /// The language of the agent sources in `dir`, from its build file. A
 /// crate is an agent when it builds a `cdylib` (a library crate beside the
-/// agents, such as the Rust SDK, is not).
-fn language(dir: &Path) -> Option<Lang> {
-    if let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) {
-        let table: toml::Table = text.parse().ok()?;
-        let types = table.get("lib")?.get("crate-type")?.as_array()?;
-        types.iter().any(|t| t.as_str() == Some("cdylib")).then_some(Lang::Rust)
-    } else if dir.join("app.py").is_file() {
+/// agents, such as the Rust SDK, is not). A Cargo.toml that does not parse
+/// is an error, naming it, not a folder without sources.
+fn language(dir: &Path) -> Result<Option<Lang>, Failure> {
+    let manifest = dir.join("Cargo.toml");
+    if manifest.is_file() {
+        let table = read_toml(&manifest)?;
+        let types = table.get("lib").and_then(|l| l.get("crate-type")).and_then(|t| t.as_array());
+        return Ok(types.is_some_and(|t| t.iter().any(|t| t.as_str() == Some("cdylib"))).then_some(Lang::Rust));
+    }
+    Ok(if dir.join("app.py").is_file() {
         Some(Lang::Python)
     } else if dir.join("index.ts").is_file() {
         Some(Lang::Typescript)
     } else {
         None
-    }
+    })
 }
 
 type Target = (String, PathBuf, Lang);
@@ -115,8 +110,8 @@ fn source_folders(src: &Path) -> Result<Vec<Target>, Failure> {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
         if path.is_dir()
-            && let Some(lang) = language(&path)
             && crate::runtime::check_agent_name(&name).is_ok()
+            && let Some(lang) = language(&path)?
         {
             found.push((name, path, lang));
         }
@@ -144,7 +139,7 @@ fn named(src: &Path, names: &[String]) -> Result<Vec<Target>, Failure> {
                 dir.display()
             )));
         }
-        let lang = language(&dir).ok_or_else(|| {
+        let lang = language(&dir)?.ok_or_else(|| {
             Failure::usage(format!(
                 "{} holds no agent sources: a Rust agent has a Cargo.toml building a cdylib, a Python one an \
                  app.py, a TypeScript one an index.ts",

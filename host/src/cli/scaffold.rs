@@ -6,14 +6,15 @@
 //! its own (its name, with `-` as `_`), creating them on first write: the
 //! smallest agent that shows a versioned read, a create, an update and a
 //! retry after a conflict. Nothing is overwritten: an existing folder, kind
-//! or agent stanza is refused, and a stanza that would break the config is
-//! taken back out before the command fails.
+//! or agent stanza is refused. Everything is checked before anything is
+//! written (the config with the stanza loads, the workspace takes the
+//! crate), so a refusal leaves no half-made agent behind.
 
 use super::Failure;
 use super::args::Lang;
 use crate::policy::config::Config;
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A template file: its path under the agent's folder, and its text with
 /// `{{name}}` (the agent), `{{kind}}` (its entity kind), `{{root}}` (the
@@ -59,22 +60,21 @@ pub(super) fn new(config_path: &Path, name: &str, lang: Lang) -> Result<u8, Fail
         return Err(Failure::usage(format!("{} already exists: pick another name", dir.display())));
     }
 
-    if lang == Lang::Rust && workspace_above(&std::path::absolute(&dir)?).is_none() {
-        return Err(Failure::usage(format!(
-            "a Rust agent is a crate of a cargo workspace, and there is none above {}: make the agent inside the \
-             Concord checkout (or a project with a Cargo.toml holding [workspace])",
-            dir.display()
-        )));
-    }
+    // Everything is checked before anything is written: the config with the
+    // stanza loads, the workspace takes the crate, the checkout is found.
+    let config_text = with_stanza(config_path, name, &kind)?;
+    let workspace = if lang == Lang::Rust { Some(workspace_edit(&dir)?) } else { None };
     let templates = match lang {
         Lang::Rust => RUST,
         Lang::Python => PYTHON,
         Lang::Typescript => TYPESCRIPT,
     };
     // The checkout (SDKs, scripts) and the config, as the agent's folder
-    // sees them: its build and test files name both.
+    // sees them: the Python and TypeScript build and test files name both.
+    // A Rust agent needs neither: its workspace holds the SDK.
     let at = std::path::absolute(&dir)?;
-    let root = relative(&at, &super::build::project_root(config_path)?);
+    let checkout = if lang == Lang::Rust { None } else { Some(super::build::project_root(config_path)?) };
+    let root = checkout.as_deref().map(|c| relative(&at, c)).unwrap_or_default();
     let config_file = relative(&at, &std::path::absolute(config_path)?);
     for (file, text) in templates {
         let path = dir.join(file);
@@ -88,12 +88,14 @@ pub(super) fn new(config_path: &Path, name: &str, lang: Lang) -> Result<u8, Fail
             .replace("{{config}}", &config_file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    add_stanza(config_path, name, &kind)?;
-    let member = if lang == Lang::Rust { join_workspace(&dir)? } else { None };
+    std::fs::write(config_path, config_text).with_context(|| format!("cannot write {}", config_path.display()))?;
+    if let Some((manifest, edited, _)) = &workspace {
+        std::fs::write(manifest, edited).with_context(|| format!("cannot write {}", manifest.display()))?;
+    }
 
-    println!("made the {} agent `{name}` in {}", lang_word(lang), dir.display());
+    println!("made the {} agent `{name}` in {}", lang.title(), dir.display());
     println!("  concord.toml: [kinds.{kind}.fields] note and count, owned by {name}");
-    if let Some(member) = member {
+    if let Some((_, _, member)) = workspace {
         println!("  Cargo.toml: \"{member}\" joined the workspace's members");
     }
     println!("next:");
@@ -101,7 +103,7 @@ pub(super) fn new(config_path: &Path, name: &str, lang: Lang) -> Result<u8, Fail
         "  concord build {name}          build it into {}",
         config.agents_dir.join(format!("{name}.wasm")).display()
     );
-    println!("  {}", test_hint(lang, name));
+    println!("  {}", test_hint(lang, name, &dir, checkout.as_deref()));
     println!(
         "  concord invoke {name} note --entity {kind}/first --body '{{\"text\":\"hello\"}}'   (with `concord serve` \
          running)"
@@ -109,66 +111,65 @@ pub(super) fn new(config_path: &Path, name: &str, lang: Lang) -> Result<u8, Fail
     Ok(0)
 }
 
-fn lang_word(lang: Lang) -> &'static str {
-    match lang {
-        Lang::Rust => "Rust",
-        Lang::Python => "Python",
-        Lang::Typescript => "TypeScript",
-    }
-}
-
-fn test_hint(lang: Lang, name: &str) -> String {
+/// How to run the new agent's own test.
+fn test_hint(lang: Lang, name: &str, dir: &Path, checkout: Option<&Path>) -> String {
+    let script = |s: &str| checkout.unwrap_or(Path::new(".")).join("scripts").join(s).display().to_string();
     match lang {
         Lang::Rust => format!("cargo test -p {name}          run its test"),
-        Lang::Python => format!("scripts/test_python_agent.sh agents/{name}   run its test"),
-        Lang::Typescript => format!("scripts/test_js_agent.sh agents/{name}   run its test"),
+        Lang::Python => format!("{} {}   run its test", script("test_python_agent.sh"), dir.display()),
+        Lang::Typescript => format!("{} {}   run its test", script("test_js_agent.sh"), dir.display()),
     }
 }
 
-/// Appends the agent's kind to the config, and takes it back out if the
-/// config does not load with it. (The Python and JavaScript runtimes fit
-/// the default `[limits] memory_mib`: the examples need about 13 MiB.)
-fn add_stanza(config_path: &Path, name: &str, kind: &str) -> Result<(), Failure> {
-    let before =
+/// The config's text with the agent's kind appended, checked to load: it
+/// is written only once everything else is known to fit. (The Python and
+/// JavaScript runtimes fit the default `[limits] memory_mib`: the examples
+/// need about 13 MiB.)
+fn with_stanza(config_path: &Path, name: &str, kind: &str) -> Result<String, Failure> {
+    let mut text =
         std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let stanza = format!(
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
         "\n# The `{name}` agent, made by `concord new`: the fields it writes.\n\
          [kinds.{kind}.fields]\n\
          note  = {{ type = \"text\",    owner = \"{name}\" }}\n\
          count = {{ type = \"integer\", owner = \"{name}\" }}\n"
-    );
-    let mut after = before.clone();
-    if !after.ends_with('\n') {
-        after.push('\n');
-    }
-    after.push_str(&stanza);
-    std::fs::write(config_path, &after).with_context(|| format!("cannot write {}", config_path.display()))?;
-    if let Err(e) = Config::load(config_path) {
-        std::fs::write(config_path, &before)
-            .with_context(|| format!("cannot restore {} after a bad stanza", config_path.display()))?;
+    ));
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    if let Err(e) = Config::parse(&text, config_path, base) {
         return Err(Failure::usage(format!(
-            "the stanza for `{name}` does not fit {} ({e}); the file is as it was",
+            "the stanza for `{name}` does not fit {} ({e}): pick another name; nothing was written",
             config_path.display()
         )));
     }
-    Ok(())
+    Ok(text)
 }
 
-/// Adds the crate to the members of the cargo workspace above it, if there
-/// is one: cargo builds only members with `-p`. Returns the member added.
-fn join_workspace(dir: &Path) -> Result<Option<String>, Failure> {
+/// The edit that adds the crate to the members of the cargo workspace
+/// above it (cargo builds only members with `-p`): the manifest, its new
+/// text, and the member added. Checked to parse with the member in the
+/// list; written by the caller.
+fn workspace_edit(dir: &Path) -> Result<(PathBuf, String, String), Failure> {
     let dir = std::path::absolute(dir)?;
-    let Some((root, text)) = workspace_above(&dir) else { return Ok(None) };
-    let manifest = root.join("Cargo.toml");
-    let Some(start) = text.find("members = [") else {
-        return Err(Failure::usage(format!(
-            "{} has a [workspace] without a `members = [` list to add the agent to: add \"{}\" by hand",
-            manifest.display(),
+    let (root, text) = workspace_above(&dir).ok_or_else(|| {
+        Failure::usage(format!(
+            "a Rust agent is a crate of a cargo workspace, and there is none above {}: make the agent inside the \
+             Concord checkout (or a project with a Cargo.toml holding [workspace])",
             dir.display()
-        )));
-    };
+        ))
+    })?;
+    let manifest = root.join("Cargo.toml");
     let member = dir.strip_prefix(&root).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
-    let close = start + text[start..].find(']').context("the workspace's members list has no closing ]")?;
+    let by_hand = || {
+        Failure::usage(format!(
+            "cannot add \"{member}\" to the workspace members in {}: add it by hand (nothing was written)",
+            manifest.display()
+        ))
+    };
+    let start = text.find("members = [").ok_or_else(by_hand)?;
+    let close = start + text[start..].find(']').ok_or_else(by_hand)?;
     let mut edited = text.clone();
     edited.insert_str(close, &format!("    \"{member}\",\n"));
     // Only an edit that still parses, with the member in the list, is kept.
@@ -177,18 +178,14 @@ fn join_workspace(dir: &Path) -> Result<Option<String>, Failure> {
         t.get("workspace")?.get("members")?.as_array().map(|m| m.iter().any(|v| v.as_str() == Some(&member)))
     });
     if joined != Some(true) {
-        return Err(Failure::usage(format!(
-            "could not add \"{member}\" to the workspace members in {}: add it by hand",
-            manifest.display()
-        )));
+        return Err(by_hand());
     }
-    std::fs::write(&manifest, edited).with_context(|| format!("cannot write {}", manifest.display()))?;
-    Ok(Some(member))
+    Ok((manifest, edited, member))
 }
 
 /// The nearest cargo workspace above `dir` (which need not exist yet):
 /// its folder and its Cargo.toml's text.
-fn workspace_above(dir: &Path) -> Option<(std::path::PathBuf, String)> {
+fn workspace_above(dir: &Path) -> Option<(PathBuf, String)> {
     dir.ancestors().skip(1).find_map(|d| {
         let text = std::fs::read_to_string(d.join("Cargo.toml")).ok()?;
         text.parse::<toml::Table>().ok()?.contains_key("workspace").then(|| (d.to_path_buf(), text))
