@@ -105,17 +105,17 @@ impl Lab {
 
     /// The demo: the example config and the three example agents.
     fn demo(guests: &Path) -> anyhow::Result<Lab> {
-        Self::new(guests, &[("sales", "sales"), ("support", "support"), ("product", "product")], &demo_config()?)
+        let cache = crate::root().join("target/bench-cache/examples");
+        Self::new(guests, &[("sales", "sales"), ("support", "support"), ("product", "product")], &demo_config(&cache)?)
     }
 }
 
-/// The example config, its compiled components kept in one cache for the
-/// whole bench run (`target/bench-cache/examples`): a Python or TypeScript
-/// component compiles for seconds, which no figure here is about but the
-/// languages phase's first compile.
-pub fn demo_config() -> anyhow::Result<String> {
+/// The example config, its compiled components kept in `cache`. The
+/// example agents' phases share one (`target/bench-cache/examples`): a
+/// Python or TypeScript component compiles for seconds, which no figure
+/// here is about but the languages phase's first compile.
+pub fn demo_config(cache: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(crate::root().join("concord.toml"))?;
-    let cache = crate::root().join("target/bench-cache/examples");
     let at = text.find("[agents]\n").context("concord.toml has no [agents] table")? + "[agents]\n".len();
     Ok(format!("{}cache_dir = {:?}\n{}", &text[..at], cache.display().to_string(), &text[at..]))
 }

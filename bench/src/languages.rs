@@ -60,13 +60,6 @@ pub fn build_polyglot() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The example config, its compiled components kept in `cache`.
-fn config_text(cache: &Path) -> anyhow::Result<String> {
-    let shared = crate::root().join("target/bench-cache/examples").display().to_string();
-    Ok(crate::concord_runs::demo_config()?
-        .replace(&format!("{shared:?}"), &format!("{:?}", cache.display().to_string())))
-}
-
 /// A folder with these agents (`(name, component file)`) and the example
 /// config; `Host::start` on it is timed by the caller.
 fn lab(agents: &[(&str, PathBuf)], cache: &Path) -> anyhow::Result<(tempfile::TempDir, Config)> {
@@ -77,7 +70,7 @@ fn lab(agents: &[(&str, PathBuf)], cache: &Path) -> anyhow::Result<(tempfile::Te
             .with_context(|| format!("copying {}", from.display()))?;
     }
     let file = dir.path().join("concord.toml");
-    std::fs::write(&file, config_text(cache)?)?;
+    std::fs::write(&file, crate::concord_runs::demo_config(cache)?)?;
     let config = Config::load(&file)?;
     Ok((dir, config))
 }

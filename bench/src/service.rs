@@ -230,7 +230,7 @@ pub async fn run(guests: &Path, sizes: &Sizes, baseline: &Path) -> anyhow::Resul
     let config = format!("{}\n[server]\nqueue = 4096\n", crate::concord_runs::BENCH_CONFIG);
 
     // Idle memory with the three example agents.
-    let demo = crate::concord_runs::demo_config()?;
+    let demo = crate::concord_runs::demo_config(&crate::root().join("target/bench-cache/examples"))?;
     let agents = [("sales", "sales"), ("support", "support"), ("product", "product")];
     let idle = concord(&release, guests, &agents, &demo)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
